@@ -1,0 +1,332 @@
+//! The `mailvault` command line: subcommands, output formats and exit codes.
+//!
+//! Exit codes: 0 everything succeeded; 1 something failed at run time (a mailbox, the
+//! store, damaged objects); 2 the input is invalid, and then nothing was touched.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::export::{self, Format};
+use crate::protocol::{RunProtocol, RunResult};
+use crate::resources::{self, namespace_of, ArchiveProfile, Bundle, Located};
+use crate::store::{local::LocalStore, Archive, StoreError};
+use crate::{engine, plan, sources};
+
+/// The archive directory when neither `--store` nor the profile names one.
+pub const DEFAULT_STORE: &str = "mailvault-archive";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mailvault",
+    version,
+    about = "Archives many IMAP mailboxes at once, declaratively"
+)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "MAILVAULT_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run every ArchiveProfile in the given YAML (or the one named) once, now.
+    Run(RunArgs),
+    /// Write every archived message of a user to a directory.
+    Export(ExportArgs),
+    /// Re-hash every stored message and check every index entry.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// A YAML file (multi-document) or a directory of them, as for `kubectl apply -f`.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Only this profile (`name` or `namespace/name`).
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Archive into this directory instead of the profile's store.
+    #[arg(long)]
+    pub store: Option<String>,
+    #[arg(long, short = 'o', value_enum, default_value = "text")]
+    pub output: Output,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// The archive directory.
+    #[arg(long, default_value = DEFAULT_STORE)]
+    pub store: String,
+    /// The archive user to export.
+    #[arg(long)]
+    pub user: String,
+    /// Output directory; must be new or empty.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value = "eml")]
+    pub format: Format,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// The archive directory.
+    #[arg(long, default_value = DEFAULT_STORE)]
+    pub store: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+/// Runs a parsed command line.
+pub async fn main(cli: Cli) -> ExitCode {
+    init_logging(cli.log_format);
+    let code = match cli.command {
+        Command::Run(args) => run(args).await,
+        Command::Export(args) => export_cmd(args).await,
+        Command::Verify(args) => verify(args).await,
+    };
+    ExitCode::from(code)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MAILVAULT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// An error message and the exit code it ends with.
+struct Failure(u8, String);
+
+fn invalid(message: impl Into<String>) -> Failure {
+    Failure(2, message.into())
+}
+
+async fn run(args: RunArgs) -> u8 {
+    match run_inner(args).await {
+        Ok(code) => code,
+        Err(Failure(code, message)) => {
+            eprintln!("error: {message}");
+            code
+        }
+    }
+}
+
+/// A profile ready to run: everything checked before any connection is made.
+struct Prepared<'a> {
+    profile: &'a Located<ArchiveProfile>,
+    mailboxes: Vec<sources::Mailbox>,
+}
+
+async fn run_inner(args: RunArgs) -> Result<u8, Failure> {
+    let bundle = resources::load_paths(&args.files).map_err(|e| invalid(e.to_string()))?;
+    let profiles = chosen_profiles(&bundle, args.profile.as_deref())?;
+    // Validate and resolve everything first: invalid input touches nothing.
+    let mut errors = Vec::new();
+    let mut prepared = Vec::new();
+    for profile in profiles {
+        let field_errors = resources::validate_profile(&bundle, profile);
+        if !field_errors.is_empty() {
+            errors.extend(field_errors.iter().map(ToString::to_string));
+            continue;
+        }
+        let namespace = namespace_of(&profile.object.metadata);
+        let set = bundle
+            .mailbox_set(namespace, &profile.object.spec.mailbox_set_ref.name)
+            .expect("validated");
+        match sources::resolve(&bundle, set) {
+            Ok(resolved) => prepared.push(Prepared {
+                profile,
+                mailboxes: resolved.mailboxes,
+            }),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if !errors.is_empty() {
+        errors.dedup();
+        return Err(invalid(errors.join("\n")));
+    }
+    let mut protocols = Vec::new();
+    for Prepared { profile, mailboxes } in prepared {
+        let store = args
+            .store
+            .clone()
+            .unwrap_or_else(|| profile_store(&profile.object));
+        let archive = open_store(&store).map_err(|e| Failure(1, e.to_string()))?;
+        let name = profile.object.metadata.name.clone().unwrap_or_default();
+        let run_id = plan::local_run_id(&name, chrono::Utc::now());
+        let settings = Arc::new(plan::run_settings(&bundle, &profile.object, run_id));
+        let protocol = engine::run(settings, archive.clone(), mailboxes).await;
+        archive
+            .save_protocol(
+                &protocol.namespace,
+                &protocol.profile,
+                &protocol.run_id,
+                &protocol,
+            )
+            .await
+            .map_err(|e| Failure(1, format!("saving the run protocol: {e}")))?;
+        protocols.push(protocol);
+    }
+    print_protocols(&protocols, args.output);
+    let all_ok = protocols.iter().all(|p| p.result == RunResult::Succeeded);
+    Ok(if all_ok { 0 } else { 1 })
+}
+
+fn chosen_profiles<'a>(
+    bundle: &'a Bundle,
+    wanted: Option<&str>,
+) -> Result<Vec<&'a Located<ArchiveProfile>>, Failure> {
+    let full_name = |p: &Located<ArchiveProfile>| {
+        format!(
+            "{}/{}",
+            namespace_of(&p.object.metadata),
+            p.object.metadata.name.as_deref().unwrap_or("")
+        )
+    };
+    if bundle.profiles.is_empty() {
+        return Err(invalid("no ArchiveProfile in the given files"));
+    }
+    let Some(wanted) = wanted else {
+        return Ok(bundle.profiles.iter().collect());
+    };
+    let chosen: Vec<_> = bundle
+        .profiles
+        .iter()
+        .filter(|p| full_name(p) == wanted || p.object.metadata.name.as_deref() == Some(wanted))
+        .collect();
+    if chosen.is_empty() {
+        let known: Vec<_> = bundle.profiles.iter().map(full_name).collect();
+        return Err(invalid(format!(
+            "no ArchiveProfile {wanted:?} in the given files (found: {})",
+            known.join(", ")
+        )));
+    }
+    Ok(chosen)
+}
+
+fn profile_store(profile: &ArchiveProfile) -> String {
+    profile
+        .spec
+        .store
+        .as_ref()
+        .and_then(|s| s.local.as_ref())
+        .and_then(|l| l.path.clone())
+        .unwrap_or_else(|| DEFAULT_STORE.to_string())
+}
+
+/// Opens the archive a `--store` argument or profile names.
+pub fn open_store(location: &str) -> Result<Archive, StoreError> {
+    Ok(Archive::new(Arc::new(LocalStore::open(Path::new(
+        location,
+    ))?)))
+}
+
+fn print_protocols(protocols: &[RunProtocol], output: Output) {
+    match output {
+        Output::Json => {
+            let json = match protocols {
+                [one] => serde_json::to_string_pretty(one),
+                many => serde_json::to_string_pretty(many),
+            };
+            println!("{}", json.expect("protocols serialize"));
+        }
+        Output::Text => {
+            for p in protocols {
+                println!("{}", p.to_text());
+            }
+        }
+    }
+}
+
+async fn export_cmd(args: ExportArgs) -> u8 {
+    let result = async {
+        let archive = open_existing(&args.store)?;
+        export::export(&archive, &args.user, &args.out, args.format)
+            .await
+            .map_err(|e| match e {
+                export::ExportError::NoSuchUser { .. } | export::ExportError::NotEmpty(_) => {
+                    invalid(e.to_string())
+                }
+                other => Failure(1, other.to_string()),
+            })
+    }
+    .await;
+    match result {
+        Ok(summary) => {
+            println!(
+                "exported {} messages in {} folders to {}",
+                summary.messages,
+                summary.folders,
+                args.out.display()
+            );
+            0
+        }
+        Err(Failure(code, message)) => {
+            eprintln!("error: {message}");
+            code
+        }
+    }
+}
+
+/// Opens a store that must already exist (reading commands never create one).
+fn open_existing(location: &str) -> Result<Archive, Failure> {
+    if !Path::new(location).join("messages").is_dir() && !Path::new(location).join("users").is_dir()
+    {
+        return Err(invalid(format!("{location} is not a mailvault archive")));
+    }
+    open_store(location).map_err(|e| Failure(1, e.to_string()))
+}
+
+async fn verify(args: VerifyArgs) -> u8 {
+    let archive = match open_existing(&args.store) {
+        Ok(a) => a,
+        Err(Failure(code, message)) => {
+            eprintln!("error: {message}");
+            return code;
+        }
+    };
+    match archive.verify().await {
+        Ok(report) => {
+            for line in &report.damaged {
+                println!("DAMAGED {line}");
+            }
+            println!(
+                "{} messages, {} index entries checked, {} problems",
+                report.messages,
+                report.entries,
+                report.damaged.len()
+            );
+            u8::from(!report.damaged.is_empty())
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}

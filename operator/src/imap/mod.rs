@@ -1,0 +1,599 @@
+//! The IMAP side of archiving: connecting (implicit TLS, STARTTLS, plain), logging in
+//! (LOGIN, or SASL PLAIN with an authorization identity for master users), listing folders,
+//! and reading messages without changing the mailbox: folders are opened with EXAMINE and
+//! bodies fetched with `BODY.PEEK[]`, so that not even `\Seen` changes.
+//!
+//! Every command is bounded by the profile's timeout; a fetch is bounded per response, so a
+//! large but flowing download is never cut off while a silent server is.
+
+mod stream;
+pub mod utf7;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{DateTime, FixedOffset};
+use futures::{Stream, StreamExt, TryStreamExt};
+use tokio::net::TcpStream;
+
+use crate::resources::Security;
+use crate::secret::Secret;
+use stream::ImapStream;
+
+/// Where and how to connect.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    pub security: Security,
+    pub insecure_skip_tls_verify: bool,
+    pub extra_ca_pem: Option<Vec<u8>>,
+    pub timeout: Duration,
+}
+
+/// How to log in.
+#[derive(Clone, Debug)]
+pub enum Credentials {
+    /// The user's own name and password (IMAP LOGIN).
+    User { login: String, password: Secret },
+    /// A master user acting for `authorization_identity` (SASL PLAIN, RFC 4616).
+    Master {
+        authorization_identity: String,
+        master_user: String,
+        password: Secret,
+    },
+}
+
+impl Credentials {
+    /// Who we log in as, for messages (never the password).
+    pub fn describe(&self) -> String {
+        match self {
+            Credentials::User { login, .. } => login.clone(),
+            Credentials::Master {
+                authorization_identity,
+                master_user,
+                ..
+            } => format!("{authorization_identity} (via master user {master_user})"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImapError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("TLS with {host} failed: {message}")]
+    Tls { host: String, message: String },
+    #[error("login as {who} failed: {message}")]
+    Login { who: String, message: String },
+    #[error("no answer from the server within {seconds} s while {during}")]
+    Timeout { seconds: u64, during: String },
+    #[error("{during}: {message}")]
+    Command { during: String, message: String },
+    #[error("the server closed the connection while {during}")]
+    Closed { during: String },
+}
+
+impl ImapError {
+    /// Errors that no retry will fix (a wrong password), as opposed to a server that is
+    /// down or slow.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, ImapError::Login { .. })
+    }
+}
+
+type Result<T> = std::result::Result<T, ImapError>;
+
+/// A folder as listed by the server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Folder {
+    /// The name as the server spells it (modified UTF-7), for EXAMINE.
+    pub raw: String,
+    /// UTF-8 path segments (split at the server's hierarchy delimiter).
+    pub segments: Vec<String>,
+    /// Special use (RFC 6154), if the server says.
+    pub special_use: Option<SpecialUse>,
+}
+
+impl Folder {
+    /// The UTF-8 path with `/` between levels, as users write it in include/exclude patterns.
+    pub fn path(&self) -> String {
+        self.segments.join("/")
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpecialUse {
+    Sent,
+    Trash,
+    Junk,
+    Drafts,
+    Other,
+}
+
+/// What EXAMINE tells about a folder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FolderStatus {
+    pub uid_validity: u32,
+    pub exists: u32,
+    pub uid_next: Option<u32>,
+}
+
+/// Size, date and flags of a message, fetched before deciding whether to download it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageMeta {
+    pub uid: u32,
+    pub size: u64,
+    pub internal_date: Option<DateTime<FixedOffset>>,
+    pub flags: Vec<String>,
+}
+
+/// A downloaded message; `bytes` is `None` when the server sent no body for it.
+pub struct FetchedMessage {
+    pub uid: u32,
+    pub bytes: Option<Vec<u8>>,
+}
+
+/// A logged-in IMAP session.
+pub struct Session {
+    inner: async_imap::Session<ImapStream>,
+    timeout: Duration,
+    capabilities: HashSet<String>,
+}
+
+impl Session {
+    /// Connects, secures the connection as configured and logs in.
+    pub async fn connect(server: &ServerConfig, credentials: &Credentials) -> Result<Session> {
+        let seconds = server.timeout.as_secs();
+        let addr = format!("{}:{}", server.host, server.port);
+        let tcp = tokio::time::timeout(
+            server.timeout,
+            TcpStream::connect((server.host.as_str(), server.port)),
+        )
+        .await
+        .map_err(|_| ImapError::Timeout {
+            seconds,
+            during: format!("connecting to {addr}"),
+        })?
+        .map_err(|source| ImapError::Connect {
+            addr: addr.clone(),
+            source,
+        })?;
+        let _ = tcp.set_nodelay(true);
+        let client = match server.security {
+            Security::Tls => {
+                let tls = within(
+                    server.timeout,
+                    "the TLS handshake",
+                    stream::tls(tcp, server),
+                )
+                .await??;
+                let mut client = async_imap::Client::new(tls);
+                read_greeting(&mut client, server.timeout).await?;
+                client
+            }
+            Security::StartTls => {
+                let mut client = async_imap::Client::new(ImapStream::Plain(tcp));
+                read_greeting(&mut client, server.timeout).await?;
+                within(
+                    server.timeout,
+                    "starting TLS",
+                    client.run_command_and_check_ok("STARTTLS", None),
+                )
+                .await?
+                .map_err(|e| ImapError::Tls {
+                    host: server.host.clone(),
+                    message: format!("STARTTLS refused: {e}"),
+                })?;
+                let ImapStream::Plain(tcp) = client.into_inner() else {
+                    unreachable!("STARTTLS starts from a plain stream")
+                };
+                let tls = within(
+                    server.timeout,
+                    "the TLS handshake",
+                    stream::tls(tcp, server),
+                )
+                .await??;
+                async_imap::Client::new(tls)
+            }
+            Security::None => {
+                let mut client = async_imap::Client::new(ImapStream::Plain(tcp));
+                read_greeting(&mut client, server.timeout).await?;
+                client
+            }
+        };
+        let who = credentials.describe();
+        let login = async {
+            match credentials {
+                Credentials::User { login, password } => client
+                    .login(login, password.expose())
+                    .await
+                    .map_err(|(e, _)| e),
+                Credentials::Master {
+                    authorization_identity,
+                    master_user,
+                    password,
+                } => client
+                    .authenticate(
+                        "PLAIN",
+                        SaslPlain {
+                            authorization_identity,
+                            authentication_identity: master_user,
+                            password,
+                        },
+                    )
+                    .await
+                    .map_err(|(e, _)| e),
+            }
+        };
+        let inner = within(server.timeout, "logging in", login)
+            .await?
+            .map_err(|e| ImapError::Login {
+                who: who.clone(),
+                message: login_failure(&e),
+            })?;
+        let mut session = Session {
+            inner,
+            timeout: server.timeout,
+            capabilities: HashSet::new(),
+        };
+        let capabilities = within(
+            session.timeout,
+            "asking for capabilities",
+            session.inner.capabilities(),
+        )
+        .await?
+        .map_err(|e| command_error("asking for capabilities", e))?;
+        session.capabilities = capabilities
+            .iter()
+            .filter_map(|c| match c {
+                async_imap::types::Capability::Atom(a) => Some(a.to_ascii_uppercase()),
+                _ => None,
+            })
+            .collect();
+        Ok(session)
+    }
+
+    pub fn has_capability(&self, name: &str) -> bool {
+        self.capabilities.contains(&name.to_ascii_uppercase())
+    }
+
+    /// Every selectable folder.
+    pub async fn folders(&mut self) -> Result<Vec<Folder>> {
+        let during = "listing folders";
+        let names: Vec<_> = within(self.timeout, during, async {
+            self.inner
+                .list(Some(""), Some("*"))
+                .await?
+                .try_collect::<Vec<_>>()
+                .await
+        })
+        .await?
+        .map_err(|e| command_error(during, e))?;
+        let mut folders = Vec::new();
+        for name in &names {
+            use async_imap::types::NameAttribute as A;
+            let attributes = name.attributes();
+            if attributes.iter().any(|a| matches!(a, A::NoSelect))
+                || attributes.iter().any(
+                    |a| matches!(a, A::Extension(e) if e.eq_ignore_ascii_case("\\NonExistent")),
+                )
+            {
+                continue;
+            }
+            let special_use = attributes.iter().find_map(|a| match a {
+                A::Sent => Some(SpecialUse::Sent),
+                A::Trash => Some(SpecialUse::Trash),
+                A::Junk => Some(SpecialUse::Junk),
+                A::Drafts => Some(SpecialUse::Drafts),
+                A::All | A::Archive | A::Flagged => Some(SpecialUse::Other),
+                _ => None,
+            });
+            let raw = name.name().to_string();
+            let decoded = utf7::decode(&raw).unwrap_or_else(|| raw.clone());
+            let segments = match name.delimiter() {
+                Some(d) if !d.is_empty() => decoded.split(d).map(str::to_string).collect(),
+                _ => vec![decoded],
+            };
+            folders.push(Folder {
+                raw,
+                segments,
+                special_use,
+            });
+        }
+        folders.sort_by(|a, b| a.segments.cmp(&b.segments));
+        Ok(folders)
+    }
+
+    /// Opens a folder read-only.
+    pub async fn examine(&mut self, folder: &Folder) -> Result<FolderStatus> {
+        let during = format!("opening folder {:?}", folder.path());
+        let mailbox = within(
+            self.timeout,
+            &during,
+            self.inner.examine(quote(&folder.raw)),
+        )
+        .await?
+        .map_err(|e| command_error(&during, e))?;
+        let uid_validity = mailbox.uid_validity.ok_or_else(|| ImapError::Command {
+            during: during.clone(),
+            message: "the server sent no UIDVALIDITY".into(),
+        })?;
+        Ok(FolderStatus {
+            uid_validity,
+            exists: mailbox.exists,
+            uid_next: mailbox.uid_next,
+        })
+    }
+
+    /// The UIDs of every message in the open folder, ascending.
+    pub async fn uids(&mut self) -> Result<Vec<u32>> {
+        let during = "listing message UIDs";
+        let set = within(self.timeout, during, self.inner.uid_search("ALL"))
+            .await?
+            .map_err(|e| command_error(during, e))?;
+        let mut uids: Vec<u32> = set.into_iter().collect();
+        uids.sort_unstable();
+        Ok(uids)
+    }
+
+    /// Size, internal date and flags of the given messages.
+    pub async fn metadata(&mut self, uids: &[u32]) -> Result<Vec<MessageMeta>> {
+        let mut out = Vec::with_capacity(uids.len());
+        for chunk in uids.chunks(2000) {
+            let set = uid_set(chunk);
+            let wanted: HashSet<u32> = chunk.iter().copied().collect();
+            let during = "reading message sizes and dates";
+            let stream = within(
+                self.timeout,
+                during,
+                self.inner
+                    .uid_fetch(&set, "(UID RFC822.SIZE INTERNALDATE FLAGS)"),
+            )
+            .await?
+            .map_err(|e| command_error(during, e))?;
+            let mut stream = Box::pin(stream);
+            while let Some(item) = next_within(self.timeout, during, &mut stream).await? {
+                let Some(uid) = item.uid.filter(|u| wanted.contains(u)) else {
+                    continue;
+                };
+                out.push(MessageMeta {
+                    uid,
+                    size: u64::from(item.size.unwrap_or(0)),
+                    internal_date: item.internal_date(),
+                    flags: item.flags().map(|f| flag_name(&f)).collect(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Downloads the given messages in one pipelined command; the server streams them back
+    /// and each arrives as soon as it is parsed.
+    pub async fn fetch_bodies<'a>(
+        &'a mut self,
+        uids: &[u32],
+    ) -> Result<impl Stream<Item = Result<FetchedMessage>> + 'a> {
+        let during = "downloading messages";
+        let timeout = self.timeout;
+        let wanted: HashSet<u32> = uids.iter().copied().collect();
+        let stream = within(
+            timeout,
+            during,
+            self.inner.uid_fetch(uid_set(uids), "(UID BODY.PEEK[])"),
+        )
+        .await?
+        .map_err(|e| command_error(during, e))?;
+        let stream = Box::pin(stream);
+        Ok(futures::stream::unfold(
+            (stream, wanted),
+            move |(mut stream, wanted)| async move {
+                loop {
+                    match next_within(timeout, during, &mut stream).await {
+                        Err(e) => return Some((Err(e), (stream, wanted))),
+                        Ok(None) => return None,
+                        Ok(Some(item)) => {
+                            let Some(uid) = item.uid.filter(|u| wanted.contains(u)) else {
+                                continue;
+                            };
+                            // A message the server cannot read comes back without a body;
+                            // the caller reports it rather than store an empty message.
+                            let result = Ok(FetchedMessage {
+                                uid,
+                                bytes: item.body().map(<[u8]>::to_vec),
+                            });
+                            return Some((result, (stream, wanted)));
+                        }
+                    }
+                }
+            },
+        ))
+    }
+
+    /// Ends the session politely; errors are irrelevant at that point.
+    pub async fn logout(mut self) {
+        let _ = tokio::time::timeout(self.timeout, self.inner.logout()).await;
+    }
+}
+
+/// SASL PLAIN (RFC 4616): `authzid NUL authcid NUL password`.
+struct SaslPlain<'a> {
+    authorization_identity: &'a str,
+    authentication_identity: &'a str,
+    password: &'a Secret,
+}
+
+impl async_imap::Authenticator for SaslPlain<'_> {
+    type Response = Vec<u8>;
+
+    fn process(&mut self, _challenge: &[u8]) -> Vec<u8> {
+        let mut response = Vec::new();
+        response.extend_from_slice(self.authorization_identity.as_bytes());
+        response.push(0);
+        response.extend_from_slice(self.authentication_identity.as_bytes());
+        response.push(0);
+        response.extend_from_slice(self.password.expose().as_bytes());
+        response
+    }
+}
+
+async fn read_greeting(
+    client: &mut async_imap::Client<ImapStream>,
+    timeout: Duration,
+) -> Result<()> {
+    let during = "waiting for the server greeting";
+    let greeting = within(timeout, during, client.read_response())
+        .await?
+        .map_err(|e| ImapError::Command {
+            during: during.into(),
+            message: e.to_string(),
+        })?
+        .ok_or(ImapError::Closed {
+            during: during.into(),
+        })?;
+    use async_imap::imap_proto::{Response, Status};
+    match greeting.parsed() {
+        Response::Data {
+            status: Status::Ok | Status::PreAuth,
+            ..
+        } => Ok(()),
+        other => Err(ImapError::Command {
+            during: during.into(),
+            message: format!("unexpected greeting {other:?}"),
+        }),
+    }
+}
+
+async fn within<F: std::future::Future>(
+    timeout: Duration,
+    during: &str,
+    f: F,
+) -> Result<F::Output> {
+    tokio::time::timeout(timeout, f)
+        .await
+        .map_err(|_| ImapError::Timeout {
+            seconds: timeout.as_secs(),
+            during: during.to_string(),
+        })
+}
+
+async fn next_within<S, T>(timeout: Duration, during: &str, stream: &mut S) -> Result<Option<T>>
+where
+    S: Stream<Item = async_imap::error::Result<T>> + Unpin,
+{
+    match within(timeout, during, stream.next()).await? {
+        None => Ok(None),
+        Some(Ok(item)) => Ok(Some(item)),
+        Some(Err(e)) => Err(command_error(during, e)),
+    }
+}
+
+fn command_error(during: &str, e: async_imap::error::Error) -> ImapError {
+    use async_imap::error::Error as E;
+    match e {
+        E::ConnectionLost => ImapError::Closed {
+            during: during.into(),
+        },
+        E::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => ImapError::Closed {
+            during: during.into(),
+        },
+        other => ImapError::Command {
+            during: during.into(),
+            message: other.to_string(),
+        },
+    }
+}
+
+/// The server's words on a failed login. async-imap's errors carry only the server's
+/// response text, which never contains what we sent.
+fn login_failure(e: &async_imap::error::Error) -> String {
+    use async_imap::error::Error as E;
+    match e {
+        E::No(text) | E::Bad(text) => format!("the server said: {}", text.trim()),
+        E::ConnectionLost => "the server closed the connection".into(),
+        other => other.to_string(),
+    }
+}
+
+fn flag_name(flag: &async_imap::types::Flag<'_>) -> String {
+    use async_imap::types::Flag as F;
+    match flag {
+        F::Seen => "\\Seen".into(),
+        F::Answered => "\\Answered".into(),
+        F::Flagged => "\\Flagged".into(),
+        F::Deleted => "\\Deleted".into(),
+        F::Draft => "\\Draft".into(),
+        F::Recent => "\\Recent".into(),
+        F::MayCreate => "\\*".into(),
+        F::Custom(c) => c.to_string(),
+    }
+}
+
+/// Quotes a mailbox name for a command (RFC 3501 quoted string).
+fn quote(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 2);
+    out.push('"');
+    for c in name.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// Compresses ascending UIDs into an IMAP sequence set (`1:5,7,9:12`).
+pub fn uid_set(uids: &[u32]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < uids.len() {
+        let start = uids[i];
+        let mut end = start;
+        while i + 1 < uids.len() && uids[i + 1] == end + 1 {
+            i += 1;
+            end = uids[i];
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if start == end {
+            out.push_str(&start.to_string());
+        } else {
+            out.push_str(&format!("{start}:{end}"));
+        }
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uid_sets_are_compressed() {
+        assert_eq!(uid_set(&[1, 2, 3, 5, 7, 8]), "1:3,5,7:8");
+        assert_eq!(uid_set(&[42]), "42");
+    }
+
+    #[test]
+    fn names_are_quoted() {
+        assert_eq!(quote(r#"a "b" \c"#), r#""a \"b\" \\c""#);
+    }
+
+    #[test]
+    fn sasl_plain_response_is_rfc4616() {
+        let password = Secret::new("pw");
+        let mut auth = SaslPlain {
+            authorization_identity: "alice@example.org",
+            authentication_identity: "archiver",
+            password: &password,
+        };
+        use async_imap::Authenticator;
+        assert_eq!(auth.process(b""), b"alice@example.org\0archiver\0pw");
+    }
+}

@@ -1,0 +1,16 @@
+//! mailvault: archives many IMAP mailboxes at once, declaratively.
+//!
+//! The same engine serves `mailvault run` on any machine and the Kubernetes operator's
+//! archiving Jobs. Data flows resources → sources → engine (imap → store) → protocol.
+
+pub mod cli;
+pub mod engine;
+pub mod export;
+pub mod imap;
+pub mod plan;
+pub mod protocol;
+pub mod resources;
+pub mod secret;
+pub mod sources;
+pub mod store;
+pub mod tls;

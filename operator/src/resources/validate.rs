@@ -1,0 +1,297 @@
+//! Checks that the schema cannot express: references that must resolve, patterns that must
+//! compile, fields that exclude each other. Runs before anything touches a server or a store,
+//! so that bad input costs nothing.
+
+use std::fmt;
+
+use super::load::{namespace_of, Bundle, Located};
+use super::{ArchiveProfile, MailboxSet};
+
+/// A problem with one field of one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// `file:line` of the object's document.
+    pub place: String,
+    /// `Kind namespace/name`.
+    pub object: String,
+    /// Dotted path, e.g. `spec.server.host`.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {}: {}: {}",
+            self.place, self.object, self.field, self.message
+        )
+    }
+}
+
+fn object_name<T: kube::Resource<DynamicType = ()>>(o: &T) -> String {
+    format!(
+        "{} {}/{}",
+        T::kind(&()),
+        namespace_of(o.meta()),
+        o.meta().name.as_deref().unwrap_or("")
+    )
+}
+
+struct Report<'a, T> {
+    located: &'a Located<T>,
+    object: String,
+    errors: Vec<FieldError>,
+}
+
+impl<'a, T: kube::Resource<DynamicType = ()>> Report<'a, T> {
+    fn new(located: &'a Located<T>) -> Self {
+        Report {
+            object: object_name(&located.object),
+            located,
+            errors: Vec::new(),
+        }
+    }
+
+    fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(FieldError {
+            place: self.located.place(),
+            object: self.object.clone(),
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Checks that `name` is a Secret in the object's namespace holding every key in `keys`.
+    fn secret_keys(&mut self, bundle: &Bundle, field: &str, name: &str, keys: &[&str]) {
+        let namespace = namespace_of(self.located.object.meta()).to_string();
+        match bundle.secret(&namespace, name) {
+            None => self.error(
+                field,
+                format!("Secret {namespace}/{name} is not in the given files"),
+            ),
+            Some(secret) => {
+                for key in keys {
+                    if !secret.object.data.contains_key(*key) {
+                        self.error(
+                            field,
+                            format!(
+                                "Secret {namespace}/{name} ({}) has no key {key:?}",
+                                secret.place()
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Validates a profile together with the MailboxSet and Secrets it references.
+pub fn validate_profile(bundle: &Bundle, located: &Located<ArchiveProfile>) -> Vec<FieldError> {
+    let mut report = Report::new(located);
+    let spec = &located.object.spec;
+    if spec.server.host.trim().is_empty() {
+        report.error("spec.server.host", "must not be empty");
+    }
+    if spec.server.port == Some(0) {
+        report.error("spec.server.port", "must be between 1 and 65535");
+    }
+    if spec.server.timeout_seconds == 0 {
+        report.error("spec.server.timeoutSeconds", "must be at least 1");
+    }
+    if spec.max_parallel_jobs == 0 {
+        report.error("spec.maxParallelJobs", "must be at least 1");
+    }
+    if let Some(ca) = &spec.server.ca_secret_ref {
+        report.secret_keys(
+            bundle,
+            "spec.server.caSecretRef",
+            &ca.name,
+            &[ca.key.as_str()],
+        );
+    }
+    for (list, patterns) in [
+        ("include", &spec.folders.include),
+        ("exclude", &spec.folders.exclude),
+    ] {
+        for (i, pattern) in patterns.iter().enumerate() {
+            if let Err(e) = globset::Glob::new(pattern) {
+                report.error(format!("spec.folders.{list}[{i}]"), e.kind().to_string());
+            }
+        }
+    }
+    if let (Some(min), Some(max)) = (spec.filter.min_age_days, spec.filter.max_age_days) {
+        if min > max {
+            report.error(
+                "spec.filter.minAgeDays",
+                format!("{min} is greater than maxAgeDays {max}: no message could match"),
+            );
+        }
+    }
+    if spec.filter.max_message_bytes == Some(0) {
+        report.error("spec.filter.maxMessageBytes", "must be at least 1");
+    }
+    if let Some(path) = spec
+        .store
+        .as_ref()
+        .and_then(|s| s.local.as_ref())
+        .and_then(|l| l.path.as_ref())
+    {
+        if path.trim().is_empty() {
+            report.error("spec.store.local.path", "must not be empty");
+        }
+    }
+    let namespace = namespace_of(&located.object.metadata);
+    let set_name = &spec.mailbox_set_ref.name;
+    let mut errors = report.errors;
+    match bundle.mailbox_set(namespace, set_name) {
+        None => errors.push(FieldError {
+            place: located.place(),
+            object: object_name(&located.object),
+            field: "spec.mailboxSetRef.name".into(),
+            message: format!("MailboxSet {namespace}/{set_name} is not in the given files"),
+        }),
+        Some(set) => errors.extend(validate_mailbox_set(bundle, set)),
+    }
+    errors
+}
+
+/// Validates a MailboxSet and the Secrets it references (not the CSV contents: those are
+/// checked when the set is resolved, with line numbers).
+pub fn validate_mailbox_set(bundle: &Bundle, located: &Located<MailboxSet>) -> Vec<FieldError> {
+    let mut report = Report::new(located);
+    let spec = &located.object.spec;
+    match (&spec.master_password, &spec.csv) {
+        (Some(_), Some(_)) | (None, None) => {
+            report.error("spec", "set exactly one of masterPassword or csv");
+        }
+        (Some(master), None) => {
+            report.secret_keys(
+                bundle,
+                "spec.masterPassword.credentialsSecretRef.name",
+                &master.credentials_secret_ref.name,
+                &["username", "password"],
+            );
+            for (i, user) in master.static_users.iter().enumerate() {
+                if user.name.trim().is_empty() {
+                    report.error(
+                        format!("spec.masterPassword.staticUsers[{i}].name"),
+                        "must not be empty",
+                    );
+                }
+                if !user.email.contains('@') {
+                    report.error(
+                        format!("spec.masterPassword.staticUsers[{i}].email"),
+                        format!("{:?} is not an email address", user.email),
+                    );
+                }
+            }
+        }
+        (None, Some(csv)) => {
+            report.secret_keys(
+                bundle,
+                "spec.csv.secretRef",
+                &csv.secret_ref.name,
+                &[csv.secret_ref.key.as_str()],
+            );
+        }
+    }
+    report.errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::load_paths;
+
+    fn bundle(text: &str) -> Bundle {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.yaml");
+        std::fs::write(&path, text).unwrap();
+        load_paths(&[path]).unwrap()
+    }
+
+    const SET: &str = "apiVersion: mailvault.io/v1alpha1
+kind: MailboxSet
+metadata:
+  name: s
+spec:
+  masterPassword:
+    credentialsSecretRef:
+      name: master
+    staticUsers:
+      - name: alice
+        email: alice@example.org
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: master
+stringData:
+  username: archiver
+  password: pw
+";
+
+    fn profile(extra: &str) -> String {
+        format!(
+            "apiVersion: mailvault.io/v1alpha1\nkind: ArchiveProfile\nmetadata:\n  name: p\nspec:\n  \
+             mailboxSetRef:\n    name: s\n  server:\n    host: imap.example.org\n{extra}---\n{SET}"
+        )
+    }
+
+    #[test]
+    fn a_complete_profile_is_valid() {
+        let b = bundle(&profile(""));
+        assert_eq!(validate_profile(&b, &b.profiles[0]), vec![]);
+    }
+
+    #[test]
+    fn bad_fields_are_all_reported() {
+        let b = bundle(&profile(
+            "  folders:\n    include: ['a/[b']\n  filter:\n    minAgeDays: 9\n    maxAgeDays: 3\n  maxParallelJobs: 0\n",
+        ));
+        let errors = validate_profile(&b, &b.profiles[0]);
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.maxParallelJobs",
+                "spec.folders.include[0]",
+                "spec.filter.minAgeDays"
+            ]
+        );
+        assert!(errors[0].to_string().starts_with(&format!(
+            "{}:1: ArchiveProfile default/p",
+            b.profiles[0].file.display()
+        )));
+    }
+
+    #[test]
+    fn missing_references_are_named() {
+        let text = profile("").replace("name: master\nstringData", "name: other\nstringData");
+        let b = bundle(&text);
+        let errors = validate_profile(&b, &b.profiles[0]);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].object, "MailboxSet default/s");
+        assert!(errors[0]
+            .message
+            .contains("Secret default/master is not in the given files"));
+        let text =
+            profile("").replace("mailboxSetRef:\n    name: s", "mailboxSetRef:\n    name: t");
+        let b = bundle(&text);
+        let errors = validate_profile(&b, &b.profiles[0]);
+        assert_eq!(errors[0].field, "spec.mailboxSetRef.name");
+    }
+
+    #[test]
+    fn a_set_needs_exactly_one_mode() {
+        let text = SET.replace(
+            "  masterPassword:",
+            "  csv:\n    secretRef:\n      name: master\n  masterPassword:",
+        );
+        let b = bundle(&text);
+        let errors = validate_mailbox_set(&b, &b.mailbox_sets[0]);
+        assert_eq!(errors[0].field, "spec");
+    }
+}

@@ -1,0 +1,578 @@
+//! The archive: its format, and the object stores it lives in.
+//!
+//! The format is a set of objects under one root, the same in a local directory and in an
+//! S3 bucket:
+//!
+//! ```text
+//! messages/<aa>/<sha256>                            exact message bytes, content-addressed
+//! users/<user>/user.json                             the archive user
+//! users/<user>/mailboxes/<mailbox>/mailbox.json      the mailbox label (email address)
+//! users/<user>/mailboxes/<mailbox>/folders/<folder>/state.json        sync state
+//! users/<user>/mailboxes/<mailbox>/folders/<folder>/index/<seg>.jsonl index entries
+//! runs/<namespace>/<profile>/<run id>.json           run protocols
+//! ```
+//!
+//! Every object is either immutable and uniquely named (messages, index segments,
+//! protocols) or replaced whole (state, records), so concurrent writers and retried writes
+//! can neither corrupt nor lose anything, and nothing depends on conditional writes.
+//! Durability follows the order bytes → index entry → sync state: the state of a folder
+//! only ever names UIDs whose index entries are durable, and an index segment written
+//! before a crash but not yet named by the state is picked up by the next run.
+
+pub mod local;
+mod uidset;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use uidset::UidSet;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{store}: {operation} {key}: {message}")]
+    Backend {
+        store: String,
+        operation: &'static str,
+        key: String,
+        message: String,
+    },
+    #[error("{store}: {key} is damaged: {message}")]
+    Corrupt {
+        store: String,
+        key: String,
+        message: String,
+    },
+}
+
+/// A flat namespace of objects: the contract every backend meets.
+#[async_trait::async_trait]
+pub trait ObjectStore: Send + Sync {
+    /// Where the store is, for messages (`/srv/archive`, `s3://bucket/prefix`).
+    fn describe(&self) -> String;
+
+    /// Stores `bytes` under `key`, replacing any previous object atomically: a reader sees
+    /// the old object or the new one, never a mix. Durable after the next [`sync`].
+    ///
+    /// [`sync`]: ObjectStore::sync
+    async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError>;
+
+    /// Stores a content-addressed object unless one of that size is already there.
+    /// Returns whether it was written.
+    async fn put_immutable(&self, key: &str, bytes: Bytes) -> Result<bool, StoreError>;
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
+
+    /// Every key that starts with `prefix`, sorted.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Makes every put that returned before this call durable.
+    async fn sync(&self) -> Result<(), StoreError>;
+}
+
+/// Whether a message was received or sent by the mailbox owner.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Incoming,
+    Outgoing,
+}
+
+/// One archived message in one folder of one mailbox.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct IndexEntry {
+    /// Folder path, UTF-8, `/` between levels.
+    pub folder: String,
+    pub uid_validity: u32,
+    pub uid: u32,
+    pub sha256: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_date: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub date: Option<String>,
+    pub direction: Direction,
+    pub archived_at: String,
+}
+
+/// What the archive knows about one folder of one mailbox.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FolderState {
+    pub folder: String,
+    pub uid_validity: u32,
+    /// UIDs (under `uid_validity`) the archive holds.
+    pub archived: UidSet,
+    /// Index segments this state accounts for.
+    #[serde(default)]
+    pub segments: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct UserRecord {
+    pub name: String,
+    pub created: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct MailboxRecord {
+    /// Labels the mailbox's top folder: its email address, else the IMAP user name.
+    pub label: String,
+}
+
+/// Where one folder of one mailbox of one user lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FolderKey {
+    pub user: String,
+    pub mailbox: String,
+    pub folder: String,
+}
+
+impl FolderKey {
+    fn prefix(&self) -> String {
+        format!(
+            "{}folders/{}/",
+            mailbox_prefix(&self.user, &self.mailbox),
+            key_segment(&self.folder, false)
+        )
+    }
+}
+
+/// A message as hashed and described before it is stored.
+#[derive(Clone, Debug)]
+pub struct PreparedMessage {
+    pub sha256: String,
+    pub size: u64,
+    pub headers: Headers,
+}
+
+/// Header fields kept in the index for listing and search.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Headers {
+    pub message_id: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub subject: Option<String>,
+    pub date: Option<String>,
+}
+
+/// The archive over some object store.
+#[derive(Clone)]
+pub struct Archive {
+    objects: Arc<dyn ObjectStore>,
+}
+
+impl Archive {
+    pub fn new(objects: Arc<dyn ObjectStore>) -> Self {
+        Archive { objects }
+    }
+
+    pub fn describe(&self) -> String {
+        self.objects.describe()
+    }
+
+    /// Hashes a message and extracts its index headers. CPU-bound: runs off the async
+    /// threads so that downloads keep flowing.
+    pub async fn prepare(bytes: Bytes) -> (Bytes, PreparedMessage) {
+        tokio::task::spawn_blocking(move || {
+            let prepared = PreparedMessage {
+                sha256: hex::encode(Sha256::digest(&bytes)),
+                size: bytes.len() as u64,
+                headers: Headers::parse(&bytes),
+            };
+            (bytes, prepared)
+        })
+        .await
+        .expect("hashing does not panic")
+    }
+
+    /// Stores message bytes under their hash; a message already stored (by any user, any
+    /// folder) is not written again. Returns whether it was new.
+    pub async fn put_message(&self, sha256: &str, bytes: Bytes) -> Result<bool, StoreError> {
+        self.objects
+            .put_immutable(&message_key(sha256), bytes)
+            .await
+    }
+
+    pub async fn get_message(&self, sha256: &str) -> Result<Option<Bytes>, StoreError> {
+        self.objects.get(&message_key(sha256)).await
+    }
+
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        self.objects.sync().await
+    }
+
+    /// Creates the user record on first archive (and the mailbox label).
+    pub async fn ensure_mailbox(&self, user: &str, mailbox: &str) -> Result<(), StoreError> {
+        let user_key = format!("{}user.json", user_prefix(user));
+        if self.objects.get(&user_key).await?.is_none() {
+            let record = UserRecord {
+                name: user.to_string(),
+                created: now(),
+            };
+            self.objects.put(&user_key, json_bytes(&record)).await?;
+        }
+        let mailbox_key = format!("{}mailbox.json", mailbox_prefix(user, mailbox));
+        if self.objects.get(&mailbox_key).await?.is_none() {
+            let record = MailboxRecord {
+                label: mailbox.to_string(),
+            };
+            self.objects.put(&mailbox_key, json_bytes(&record)).await?;
+        }
+        Ok(())
+    }
+
+    /// The folder's sync state, including index segments that a crashed or concurrent run
+    /// wrote after the state was last saved.
+    pub async fn load_state(&self, key: &FolderKey) -> Result<FolderState, StoreError> {
+        let prefix = key.prefix();
+        let state_key = format!("{prefix}state.json");
+        let mut state = match self.objects.get(&state_key).await? {
+            Some(bytes) => parse_json::<FolderState>(&self.describe(), &state_key, &bytes)?,
+            None => FolderState {
+                folder: key.folder.clone(),
+                ..FolderState::default()
+            },
+        };
+        let known: HashSet<String> = state.segments.iter().cloned().collect();
+        let segments = self.objects.list(&format!("{prefix}index/")).await?;
+        for segment in segments {
+            let name = segment.rsplit('/').next().unwrap_or_default().to_string();
+            if known.contains(&name) {
+                continue;
+            }
+            for entry in self.read_segment(&segment).await? {
+                if state.archived.is_empty() && state.uid_validity == 0 {
+                    state.uid_validity = entry.uid_validity;
+                }
+                if entry.uid_validity == state.uid_validity {
+                    state.archived.insert(entry.uid);
+                }
+            }
+            state.segments.push(name);
+        }
+        Ok(state)
+    }
+
+    pub async fn save_state(&self, key: &FolderKey, state: &FolderState) -> Result<(), StoreError> {
+        self.objects
+            .put(&format!("{}state.json", key.prefix()), json_bytes(state))
+            .await
+    }
+
+    /// Writes index entries as a new immutable segment; returns its name.
+    pub async fn append_index(
+        &self,
+        key: &FolderKey,
+        entries: &[IndexEntry],
+    ) -> Result<String, StoreError> {
+        let name = format!(
+            "{}-{}.jsonl",
+            chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ"),
+            uuid::Uuid::new_v4().simple()
+        );
+        let mut body = Vec::with_capacity(entries.len() * 400);
+        for entry in entries {
+            serde_json::to_writer(&mut body, entry).expect("index entries serialize");
+            body.push(b'\n');
+        }
+        self.objects
+            .put(&format!("{}index/{name}", key.prefix()), Bytes::from(body))
+            .await?;
+        Ok(name)
+    }
+
+    /// Every index entry of a folder, in the order they were written.
+    pub async fn folder_entries(&self, key: &FolderKey) -> Result<Vec<IndexEntry>, StoreError> {
+        let mut entries = Vec::new();
+        for segment in self
+            .objects
+            .list(&format!("{}index/", key.prefix()))
+            .await?
+        {
+            entries.extend(self.read_segment(&segment).await?);
+        }
+        Ok(entries)
+    }
+
+    async fn read_segment(&self, key: &str) -> Result<Vec<IndexEntry>, StoreError> {
+        let Some(bytes) = self.objects.get(key).await? else {
+            return Ok(Vec::new());
+        };
+        bytes
+            .split(|&b| b == b'\n')
+            .filter(|line| !line.is_empty())
+            .map(|line| parse_json(&self.describe(), key, line))
+            .collect()
+    }
+
+    /// Archive users, by name.
+    pub async fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
+        let mut users = Vec::new();
+        for key in self.objects.list("users/").await? {
+            let parts: Vec<&str> = key.split('/').collect();
+            if parts.len() == 3 && parts[2] == "user.json" {
+                if let Some(bytes) = self.objects.get(&key).await? {
+                    users.push(parse_json::<UserRecord>(&self.describe(), &key, &bytes)?);
+                }
+            }
+        }
+        users.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(users)
+    }
+
+    /// Every folder of every mailbox of a user, with its mailbox label, sorted.
+    pub async fn user_folders(&self, user: &str) -> Result<Vec<(String, FolderKey)>, StoreError> {
+        let prefix = format!("{}mailboxes/", user_prefix(user));
+        let mut labels = BTreeMap::new();
+        let mut folders = Vec::new();
+        for key in self.objects.list(&prefix).await? {
+            let rest = &key[prefix.len()..];
+            let parts: Vec<&str> = rest.split('/').collect();
+            match parts.as_slice() {
+                [mailbox, "mailbox.json"] => {
+                    if let Some(bytes) = self.objects.get(&key).await? {
+                        let record: MailboxRecord = parse_json(&self.describe(), &key, &bytes)?;
+                        labels.insert(mailbox.to_string(), record.label);
+                    }
+                }
+                [mailbox, "folders", folder, "state.json"] => {
+                    folders.push((mailbox.to_string(), folder.to_string(), key.clone()));
+                }
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        for (mailbox_dir, _, state_key) in folders {
+            let Some(label) = labels.get(&mailbox_dir) else {
+                continue;
+            };
+            let Some(bytes) = self.objects.get(&state_key).await? else {
+                continue;
+            };
+            let state: FolderState = parse_json(&self.describe(), &state_key, &bytes)?;
+            out.push((
+                label.clone(),
+                FolderKey {
+                    user: user.to_string(),
+                    mailbox: label.clone(),
+                    folder: state.folder,
+                },
+            ));
+        }
+        out.sort_by(|a, b| (&a.0, &a.1.folder).cmp(&(&b.0, &b.1.folder)));
+        Ok(out)
+    }
+
+    /// Saves a run protocol (immutable, named by the run).
+    pub async fn save_protocol(
+        &self,
+        namespace: &str,
+        profile: &str,
+        run_id: &str,
+        protocol: &impl Serialize,
+    ) -> Result<String, StoreError> {
+        let key = format!(
+            "runs/{}/{}/{}.json",
+            key_segment(namespace, false),
+            key_segment(profile, false),
+            key_segment(run_id, false)
+        );
+        self.objects.put(&key, json_bytes(protocol)).await?;
+        self.objects.sync().await?;
+        Ok(key)
+    }
+
+    /// Re-hashes every stored message and checks every index entry against them.
+    /// Returns one line per damaged or missing object.
+    pub async fn verify(&self) -> Result<VerifyReport, StoreError> {
+        let mut report = VerifyReport::default();
+        let mut sizes = BTreeMap::new();
+        for key in self.objects.list("messages/").await? {
+            let Some(name) = key.rsplit('/').next() else {
+                continue;
+            };
+            let Some(bytes) = self.objects.get(&key).await? else {
+                continue;
+            };
+            report.messages += 1;
+            let actual = hex::encode(Sha256::digest(&bytes));
+            if actual != name || message_key(name) != key {
+                report
+                    .damaged
+                    .push(format!("{key}: content hashes to {actual}"));
+            } else {
+                sizes.insert(name.to_string(), bytes.len() as u64);
+            }
+        }
+        for user in self.users().await? {
+            for (_, folder) in self.user_folders(&user.name).await? {
+                for entry in self.folder_entries(&folder).await? {
+                    report.entries += 1;
+                    match sizes.get(&entry.sha256) {
+                        Some(&size) if size == entry.size => {}
+                        Some(&size) => report.damaged.push(format!(
+                            "user {:?}, mailbox {:?}, folder {:?}, UID {}: index says {} bytes, message {} has {size}",
+                            user.name, folder.mailbox, entry.folder, entry.uid, entry.size, entry.sha256
+                        )),
+                        None => report.damaged.push(format!(
+                            "user {:?}, mailbox {:?}, folder {:?}, UID {}: message {} is missing or damaged",
+                            user.name, folder.mailbox, entry.folder, entry.uid, entry.sha256
+                        )),
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub messages: u64,
+    pub entries: u64,
+    pub damaged: Vec<String>,
+}
+
+impl Headers {
+    /// Reads the header fields of a message. Tolerant: a message with broken headers is
+    /// still archived, only with less to list it by.
+    fn parse(bytes: &[u8]) -> Headers {
+        // Headers are at the start; a hostile message with megabytes of header lines must
+        // not cost megabytes of parsing.
+        let head = &bytes[..bytes.len().min(256 * 1024)];
+        let Ok((headers, _)) = mailparse::parse_headers(head) else {
+            return Headers::default();
+        };
+        use mailparse::MailHeaderMap;
+        let field = |name: &str| {
+            headers.get_first_value(name).map(|v| {
+                let v = v.trim().to_string();
+                truncate(v, 998)
+            })
+        };
+        Headers {
+            message_id: field("Message-ID"),
+            from: field("From"),
+            to: field("To"),
+            subject: field("Subject"),
+            date: field("Date"),
+        }
+    }
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+fn message_key(sha256: &str) -> String {
+    format!("messages/{}/{sha256}", &sha256[..2.min(sha256.len())])
+}
+
+fn user_prefix(user: &str) -> String {
+    format!("users/{}/", key_segment(user, true))
+}
+
+fn mailbox_prefix(user: &str, mailbox: &str) -> String {
+    format!(
+        "{}mailboxes/{}/",
+        user_prefix(user),
+        key_segment(mailbox, true)
+    )
+}
+
+/// Turns a name into one safe path segment: readable, but never `.`/`..`, never a
+/// separator or control character, bounded in length, and unique (a hash of the name is
+/// appended). User names and addresses are case-insensitive; folder names are not.
+pub fn key_segment(name: &str, case_insensitive: bool) -> String {
+    let name = if case_insensitive {
+        name.to_lowercase()
+    } else {
+        name.to_string()
+    };
+    let readable: String = name
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '_' | '@' | '+' | '-' => c,
+            _ => '_',
+        })
+        .take(48)
+        .collect();
+    let hash = hex::encode(&Sha256::digest(name.as_bytes())[..6]);
+    format!("{readable}-{hash}")
+}
+
+fn json_bytes(value: &impl Serialize) -> Bytes {
+    Bytes::from(serde_json::to_vec_pretty(value).expect("archive records serialize"))
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(
+    store: &str,
+    key: &str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        store: store.to_string(),
+        key: key.to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// Now, as RFC 3339 UTC.
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_segments_are_safe_and_distinct() {
+        for hostile in ["..", ".", "a/b", "a\0b", "\u{202e}evil", "Größe"] {
+            let seg = key_segment(hostile, false);
+            assert!(!seg.contains('/') && seg != "." && seg != "..", "{seg}");
+            assert!(seg.chars().all(|c| c.is_ascii_graphic()), "{seg}");
+        }
+        assert_ne!(key_segment("Work", false), key_segment("work", false));
+        assert_eq!(
+            key_segment("Alice@Example.org", true),
+            key_segment("alice@example.org", true)
+        );
+        assert!(key_segment(&"x".repeat(500), false).len() < 64);
+    }
+
+    #[test]
+    fn headers_are_decoded() {
+        let msg = b"From: =?utf-8?q?J=C3=BCrgen?= <j@example.org>\r\nTo: a@example.org\r\n\
+                    Subject: Hello\r\nMessage-ID: <1@x>\r\n\r\nbody";
+        let h = Headers::parse(msg);
+        assert_eq!(h.from.as_deref(), Some("Jürgen <j@example.org>"));
+        assert_eq!(h.message_id.as_deref(), Some("<1@x>"));
+        assert_eq!(h.date, None);
+        assert_eq!(Headers::parse(b"\0\0\0 garbage"), Headers::default());
+    }
+}
