@@ -13,4 +13,6 @@ pub mod resources;
 pub mod secret;
 pub mod sources;
 pub mod store;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod tls;

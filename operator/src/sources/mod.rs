@@ -167,18 +167,15 @@ pub fn select_users(
     names: &[String],
 ) -> (Vec<(String, Vec<String>)>, Vec<Excluded>) {
     let wanted: Vec<String> = names.iter().map(|n| n.trim().to_lowercase()).collect();
-    let named = |name: &str, emails: &[String]| {
-        wanted
-            .iter()
-            .any(|w| *w == name.to_lowercase() || emails.iter().any(|e| *w == e.to_lowercase()))
-    };
     let mut selected = Vec::new();
     let mut excluded = Vec::new();
     let mut matched = vec![false; wanted.len()];
     for (name, emails) in users {
+        let mut named = false;
         for (i, w) in wanted.iter().enumerate() {
             if *w == name.to_lowercase() || emails.iter().any(|e| *w == e.to_lowercase()) {
                 matched[i] = true;
+                named = true;
             }
         }
         let reason = if emails.is_empty() {
@@ -186,9 +183,9 @@ pub fn select_users(
         } else {
             match selection {
                 Selection::All => None,
-                Selection::AllExcept if named(&name, &emails) => Some("excluded by selection"),
+                Selection::AllExcept if named => Some("excluded by selection"),
                 Selection::AllExcept => None,
-                Selection::Only if named(&name, &emails) => None,
+                Selection::Only if named => None,
                 Selection::Only => Some("not selected"),
             }
         };
