@@ -52,6 +52,8 @@ pub enum Command {
     Export(ExportArgs),
     /// Re-hash every stored message and check every index entry.
     Verify(VerifyArgs),
+    /// List the archive's users, their mailboxes and folders, with message counts.
+    List(ListArgs),
 }
 
 #[derive(Args, Debug)]
@@ -91,6 +93,16 @@ pub struct VerifyArgs {
     pub store: String,
 }
 
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// The archive directory.
+    #[arg(long, default_value = DEFAULT_STORE)]
+    pub store: String,
+    /// Only this archive user.
+    #[arg(long)]
+    pub user: Option<String>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Text,
@@ -104,6 +116,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Run(args) => run(args).await,
         Command::Export(args) => export_cmd(args).await,
         Command::Verify(args) => verify(args).await,
+        Command::List(args) => list(args).await,
     };
     ExitCode::from(code)
 }
@@ -327,6 +340,45 @@ async fn verify(args: VerifyArgs) -> u8 {
         Err(e) => {
             eprintln!("error: {e}");
             1
+        }
+    }
+}
+
+async fn list(args: ListArgs) -> u8 {
+    let result = async {
+        let archive = open_existing(&args.store)?;
+        let failed = |e: StoreError| Failure(1, e.to_string());
+        let mut out = String::new();
+        for user in archive.users().await.map_err(failed)? {
+            if args
+                .user
+                .as_ref()
+                .is_some_and(|u| !u.eq_ignore_ascii_case(&user.name))
+            {
+                continue;
+            }
+            out.push_str(&format!("{}\n", user.name));
+            for (label, folder) in archive.user_folders(&user.name).await.map_err(failed)? {
+                let entries = archive.folder_entries(&folder).await.map_err(failed)?;
+                let bytes: u64 = entries.iter().map(|e| e.size).sum();
+                out.push_str(&format!(
+                    "  {label}/{}  {} messages, {bytes} bytes\n",
+                    folder.folder,
+                    entries.len()
+                ));
+            }
+        }
+        Ok(out)
+    }
+    .await;
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            0
+        }
+        Err(Failure(code, message)) => {
+            eprintln!("error: {message}");
+            code
         }
     }
 }

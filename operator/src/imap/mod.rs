@@ -311,13 +311,9 @@ impl Session {
     /// Opens a folder read-only.
     pub async fn examine(&mut self, folder: &Folder) -> Result<FolderStatus> {
         let during = format!("opening folder {:?}", folder.path());
-        let mailbox = within(
-            self.timeout,
-            &during,
-            self.inner.examine(quote(&folder.raw)),
-        )
-        .await?
-        .map_err(|e| command_error(&during, e))?;
+        let mailbox = within(self.timeout, &during, self.inner.examine(&folder.raw))
+            .await?
+            .map_err(|e| command_error(&during, e))?;
         let uid_validity = mailbox.uid_validity.ok_or_else(|| ImapError::Command {
             during: during.clone(),
             message: "the server sent no UIDVALIDITY".into(),
@@ -500,6 +496,10 @@ fn command_error(during: &str, e: async_imap::error::Error) -> ImapError {
         E::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => ImapError::Closed {
             during: during.into(),
         },
+        E::No(text) | E::Bad(text) => ImapError::Command {
+            during: during.into(),
+            message: format!("the server said: {}", server_text(&text)),
+        },
         other => ImapError::Command {
             during: during.into(),
             message: other.to_string(),
@@ -507,12 +507,30 @@ fn command_error(during: &str, e: async_imap::error::Error) -> ImapError {
     }
 }
 
+/// The server's own words from an async-imap NO/BAD error, which wraps them in the Debug
+/// form of its response type (`... information: Some("text") ...`).
+fn server_text(error: &str) -> String {
+    let Some(start) = error.find("Some(\"") else {
+        return error.to_string();
+    };
+    let mut out = String::new();
+    let mut chars = error[start + 6..].chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            '"' => return out,
+            c => out.push(c),
+        }
+    }
+    error.to_string()
+}
+
 /// The server's words on a failed login. async-imap's errors carry only the server's
 /// response text, which never contains what we sent.
 fn login_failure(e: &async_imap::error::Error) -> String {
     use async_imap::error::Error as E;
     match e {
-        E::No(text) | E::Bad(text) => format!("the server said: {}", text.trim()),
+        E::No(text) | E::Bad(text) => format!("the server said: {}", server_text(text)),
         E::ConnectionLost => "the server closed the connection".into(),
         other => other.to_string(),
     }
@@ -530,20 +548,6 @@ fn flag_name(flag: &async_imap::types::Flag<'_>) -> String {
         F::MayCreate => "\\*".into(),
         F::Custom(c) => c.to_string(),
     }
-}
-
-/// Quotes a mailbox name for a command (RFC 3501 quoted string).
-fn quote(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() + 2);
-    out.push('"');
-    for c in name.chars() {
-        if c == '"' || c == '\\' {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('"');
-    out
 }
 
 /// Compresses ascending UIDs into an IMAP sequence set (`1:5,7,9:12`).
@@ -581,8 +585,16 @@ mod tests {
     }
 
     #[test]
-    fn names_are_quoted() {
-        assert_eq!(quote(r#"a "b" \c"#), r#""a \"b\" \\c""#);
+    fn server_text_is_taken_from_the_outcome() {
+        let e = r#"outcome: Outcome { code: None, information: Some("Mailbox doesn't exist: \"X\" (0.001 secs).") }"#;
+        assert_eq!(
+            server_text(e),
+            r#"Mailbox doesn't exist: "X" (0.001 secs)."#
+        );
+        assert_eq!(
+            server_text("code: None, info: None"),
+            "code: None, info: None"
+        );
     }
 
     #[test]

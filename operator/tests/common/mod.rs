@@ -1,0 +1,218 @@
+//! Shared helpers of the integration tests: YAML for a private Dovecot, running the real
+//! `mailvault` binary, and reading its JSON protocol.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use mailvault::testkit::dovecot::Dovecot;
+
+/// The result of running the `mailvault` binary.
+pub struct Outcome {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Outcome {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+pub fn mailvault(args: &[&str]) -> Outcome {
+    let out = Command::new(env!("CARGO_BIN_EXE_mailvault"))
+        .args(args)
+        .output()
+        .expect("mailvault runs");
+    Outcome {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs `mailvault run -f <file> --store <store> -o json`.
+pub fn run(file: &Path, store: &Path) -> Outcome {
+    mailvault(&[
+        "run",
+        "-f",
+        file.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+        "-o",
+        "json",
+    ])
+}
+
+/// How the profile connects to the test server.
+pub enum Connection {
+    Tls,
+    StartTls,
+    Plain,
+    /// TLS without giving the CA: verification must fail.
+    TlsUntrusted,
+    /// TLS without the CA but with insecureSkipTlsVerify.
+    TlsInsecure,
+}
+
+/// A profile and a master-password MailboxSet for `users`, as YAML.
+pub fn master_yaml(
+    dovecot: &Dovecot,
+    connection: Connection,
+    users: &[&str],
+    extra_spec: &str,
+) -> String {
+    let static_users: String = users
+        .iter()
+        .map(|u| {
+            format!(
+                "      - name: {}\n        email: {u}\n",
+                u.split('@').next().unwrap()
+            )
+        })
+        .collect();
+    format!(
+        "{}---
+apiVersion: mailvault.io/v1alpha1
+kind: MailboxSet
+metadata:
+  name: users
+spec:
+  masterPassword:
+    credentialsSecretRef:
+      name: master
+    staticUsers:
+{static_users}---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: master
+stringData:
+  username: {}
+  password: {}
+",
+        profile_yaml(dovecot, connection, extra_spec),
+        dovecot.master_user(),
+        dovecot.master_password()
+    )
+}
+
+/// A profile and a CSV MailboxSet with the given CSV text.
+pub fn csv_yaml(dovecot: &Dovecot, connection: Connection, csv: &str, extra_spec: &str) -> String {
+    let indented: String = csv.lines().map(|l| format!("    {l}\n")).collect();
+    format!(
+        "{}---
+apiVersion: mailvault.io/v1alpha1
+kind: MailboxSet
+metadata:
+  name: users
+spec:
+  csv:
+    secretRef:
+      name: mailboxes
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: mailboxes
+stringData:
+  mailboxes.csv: |
+{indented}",
+        profile_yaml(dovecot, connection, extra_spec)
+    )
+}
+
+fn profile_yaml(dovecot: &Dovecot, connection: Connection, extra_spec: &str) -> String {
+    let ca: String = dovecot
+        .ca_pem()
+        .lines()
+        .map(|l| format!("    {l}\n"))
+        .collect();
+    let (security, port, tls_extra) = match connection {
+        Connection::Tls => (
+            "Tls",
+            dovecot.imaps_port(),
+            "    caSecretRef:\n      name: ca\n      key: ca.crt\n",
+        ),
+        Connection::StartTls => (
+            "StartTls",
+            dovecot.imap_port(),
+            "    caSecretRef:\n      name: ca\n      key: ca.crt\n",
+        ),
+        Connection::Plain => ("None", dovecot.imap_port(), ""),
+        Connection::TlsUntrusted => ("Tls", dovecot.imaps_port(), ""),
+        Connection::TlsInsecure => (
+            "Tls",
+            dovecot.imaps_port(),
+            "    insecureSkipTlsVerify: true\n",
+        ),
+    };
+    format!(
+        "apiVersion: mailvault.io/v1alpha1
+kind: ArchiveProfile
+metadata:
+  name: test
+spec:
+  mailboxSetRef:
+    name: users
+  server:
+    host: localhost
+    port: {port}
+    security: {security}
+    timeoutSeconds: 10
+{tls_extra}{extra_spec}---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: ca
+stringData:
+  ca.crt: |
+{ca}"
+    )
+}
+
+/// Writes `yaml` into `dir/input.yaml` and returns the path.
+pub fn write_yaml(dir: &Path, yaml: &str) -> PathBuf {
+    let path = dir.join("input.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// The protocol entry of one mailbox.
+pub fn mailbox<'a>(protocol: &'a serde_json::Value, label: &str) -> &'a serde_json::Value {
+    protocol["mailboxes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mailbox"] == label)
+        .unwrap_or_else(|| panic!("no mailbox {label} in {protocol:#}"))
+}
+
+/// Every file below `dir`, as (relative path, bytes), sorted.
+pub fn files_below(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                out.push((rel, std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
