@@ -2,3 +2,5 @@
 //! Built only with the `testkit` feature; nothing here is part of the product.
 
 pub mod mail;
+#[cfg(unix)]
+pub mod slapd;
