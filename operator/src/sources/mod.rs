@@ -5,6 +5,7 @@
 //! `mailvault mailboxes` and the operator all resolve sets here, the same way.
 
 pub mod csv;
+pub mod directory;
 
 use serde::Serialize;
 
