@@ -11,7 +11,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::export::{self, Format};
 use crate::protocol::{RunProtocol, RunResult};
-use crate::resources::{self, namespace_of, ArchiveProfile, Bundle, Located};
+use crate::resources::{
+    self, namespace_of, ArchiveProfile, Bundle, Located, MailboxSet, SyncRecord,
+};
 use crate::store::{local::LocalStore, Archive, StoreError};
 use crate::{engine, plan, sources};
 
@@ -140,7 +142,10 @@ async fn run(args: RunArgs) -> u8 {
 /// A profile ready to run: everything checked before any connection is made.
 struct Prepared<'a> {
     profile: &'a Located<ArchiveProfile>,
+    set: &'a Located<MailboxSet>,
+    store: String,
     mailboxes: Vec<sources::Mailbox>,
+    directory_sync: Option<SyncRecord>,
 }
 
 async fn run_inner(args: RunArgs) -> Result<u8, Failure> {
@@ -148,36 +153,69 @@ async fn run_inner(args: RunArgs) -> Result<u8, Failure> {
     let profiles = chosen_profiles(&bundle, args.profile.as_deref())?;
     // Validate and resolve everything first: invalid input touches nothing.
     let mut errors = Vec::new();
+    let mut code = 0;
     let mut prepared = Vec::new();
     for profile in profiles {
         let field_errors = resources::validate_profile(&bundle, profile);
         if !field_errors.is_empty() {
             errors.extend(field_errors.iter().map(ToString::to_string));
+            code = 2;
             continue;
         }
         let namespace = namespace_of(&profile.object.metadata);
         let set = bundle
             .mailbox_set(namespace, &profile.object.spec.mailbox_set_ref.name)
             .expect("validated");
-        match sources::resolve(&bundle, set) {
-            Ok(resolved) => prepared.push(Prepared {
-                profile,
-                mailboxes: resolved.mailboxes,
-            }),
-            Err(e) => errors.push(e.to_string()),
-        }
-    }
-    if !errors.is_empty() {
-        errors.dedup();
-        return Err(invalid(errors.join("\n")));
-    }
-    let mut protocols = Vec::new();
-    for Prepared { profile, mailboxes } in prepared {
         let store = args
             .store
             .clone()
             .unwrap_or_else(|| profile_store(&profile.object));
+        let previous = match previous_sync(&store, set).await {
+            Ok(previous) => previous,
+            Err(Failure(c, message)) => {
+                errors.push(message);
+                code = code.max(c);
+                continue;
+            }
+        };
+        match sources::resolve(&bundle, set, previous.as_ref()).await {
+            Ok(resolved) => prepared.push(Prepared {
+                profile,
+                set,
+                store,
+                mailboxes: resolved.mailboxes,
+                directory_sync: resolved.directory_sync,
+            }),
+            Err(e) => {
+                code = code.max(if e.is_invalid_input() { 2 } else { 1 });
+                errors.push(e.to_string());
+            }
+        }
+    }
+    if !errors.is_empty() {
+        errors.dedup();
+        return Err(Failure(code, errors.join("\n")));
+    }
+    let mut protocols = Vec::new();
+    for prepared in prepared {
+        let Prepared {
+            profile,
+            set,
+            store,
+            mailboxes,
+            directory_sync,
+        } = prepared;
         let archive = open_store(&store).map_err(|e| Failure(1, e.to_string()))?;
+        if let Some(record) = directory_sync {
+            archive
+                .save_directory_sync(
+                    namespace_of(&set.object.metadata),
+                    set.object.metadata.name.as_deref().unwrap_or(""),
+                    &record,
+                )
+                .await
+                .map_err(|e| Failure(1, format!("saving the directory sync: {e}")))?;
+        }
         let name = profile.object.metadata.name.clone().unwrap_or_default();
         let run_id = plan::local_run_id(&name, chrono::Utc::now());
         let settings = Arc::new(plan::run_settings(&bundle, &profile.object, run_id));
@@ -196,6 +234,39 @@ async fn run_inner(args: RunArgs) -> Result<u8, Failure> {
     print_protocols(&protocols, args.output);
     let all_ok = protocols.iter().all(|p| p.result == RunResult::Succeeded);
     Ok(if all_ok { 0 } else { 1 })
+}
+
+/// The last directory sync of `set` recorded in the archive at `location`, for sets that
+/// have a directory. A location that is no archive yet has none, and is not created here
+/// (invalid input touches nothing).
+async fn previous_sync(
+    location: &str,
+    set: &Located<MailboxSet>,
+) -> Result<Option<SyncRecord>, Failure> {
+    let has_directory = set
+        .object
+        .spec
+        .master_password
+        .as_ref()
+        .is_some_and(|m| m.directory.is_some());
+    if !has_directory || !is_archive(location) {
+        return Ok(None);
+    }
+    let archive = open_store(location).map_err(|e| Failure(1, e.to_string()))?;
+    load_sync(&archive, set).await
+}
+
+async fn load_sync(
+    archive: &Archive,
+    set: &Located<MailboxSet>,
+) -> Result<Option<SyncRecord>, Failure> {
+    archive
+        .load_directory_sync(
+            namespace_of(&set.object.metadata),
+            set.object.metadata.name.as_deref().unwrap_or(""),
+        )
+        .await
+        .map_err(|e| Failure(1, format!("reading the last directory sync: {e}")))
 }
 
 fn chosen_profiles<'a>(
@@ -296,11 +367,17 @@ async fn export_cmd(args: ExportArgs) -> u8 {
 
 /// Opens a store that must already exist (reading commands never create one).
 fn open_existing(location: &str) -> Result<Archive, Failure> {
-    if !Path::new(location).join("messages").is_dir() && !Path::new(location).join("users").is_dir()
-    {
+    if !is_archive(location) {
         return Err(invalid(format!("{location} is not a mailvault archive")));
     }
     open_store(location).map_err(|e| Failure(1, e.to_string()))
+}
+
+/// Whether `location` holds an archive: anything a run writes.
+fn is_archive(location: &str) -> bool {
+    ["messages", "users", "directory"]
+        .iter()
+        .any(|dir| Path::new(location).join(dir).is_dir())
 }
 
 async fn verify(args: VerifyArgs) -> u8 {

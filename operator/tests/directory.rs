@@ -1,19 +1,23 @@
 //! The directory source against a real OpenLDAP server: reading users
-//! (`fetch_users`), over StartTLS and across pages.
+//! (`fetch_users`), over StartTLS and across pages, and resolving MailboxSets
+//! that use it, with the selection and the removal guard.
 
 use std::fmt::Write;
 use std::time::{Duration, Instant};
 
 use ldap3::{LdapConnAsync, Scope};
-use mailvault::resources::{Flavor, LdapSpec};
+use mailvault::resources::{load_paths, Bundle, Flavor, LdapSpec, SyncRecord};
 use mailvault::secret::Secret;
 use mailvault::sources::directory::{fetch_users, Bind, DirectoryError, DirectoryUser};
+use mailvault::sources::{self, Resolved, SourceError};
 use mailvault::testkit::slapd::{
     Slapd, PEOPLE_DN as PEOPLE, READER_DN, READER_PASSWORD, SAMPLE_LDIF, SUFFIX,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
 };
+
+const MASTER_PASSWORD: &str = "master-pw-5d1e";
 
 fn seeded() -> Slapd {
     let slapd = Slapd::start().unwrap();
@@ -493,4 +497,306 @@ async fn paged_search_returns_more_users_than_the_size_limit() {
         assert_eq!(user.name, format!("user{i:04}"));
         assert_eq!(user.emails, [format!("user{i:04}@example.org")]);
     }
+}
+
+// Resolving MailboxSets with a directory.
+
+/// A MailboxSet `mail/staff` reading the people of [`SAMPLE_LDIF`] as the
+/// reader, with static user erin; `users` and `ldap_extra` are YAML lines
+/// for `spec.masterPassword.users` and `...directory.ldap`.
+fn set_yaml(url: &str, users: &str, directory_extra: &str, ldap_extra: &str) -> String {
+    format!(
+        "apiVersion: mailvault.io/v1alpha1
+kind: MailboxSet
+metadata:
+  name: staff
+  namespace: mail
+spec:
+  masterPassword:
+    credentialsSecretRef:
+      name: master
+    users:
+{users}    staticUsers:
+      - name: erin
+        email: erin@example.org
+    directory:
+{directory_extra}      ldap:
+        url: {url}
+        baseDN: {PEOPLE}
+        bindSecretRef:
+          name: reader
+        timeoutSeconds: 5
+{ldap_extra}---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: master
+  namespace: mail
+stringData:
+  username: archiver
+  password: {MASTER_PASSWORD}
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: reader
+  namespace: mail
+stringData:
+  bindDN: {READER_DN}
+  password: {READER_PASSWORD}
+"
+    )
+}
+
+fn load(yaml: &str) -> Bundle {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("set.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let bundle = load_paths(&[path]).unwrap();
+    let set = &bundle.mailbox_sets[0];
+    let errors = mailvault::resources::validate_mailbox_set(&bundle, set);
+    assert!(errors.is_empty(), "{errors:?}");
+    bundle
+}
+
+async fn resolve(yaml: &str, previous: Option<&SyncRecord>) -> Result<Resolved, SourceError> {
+    let bundle = load(yaml);
+    sources::resolve(&bundle, &bundle.mailbox_sets[0], previous).await
+}
+
+/// (user, authorization identity) of each mailbox, and (name, reason) of
+/// each exclusion.
+/// Pairs of names, as compared in these tests.
+type Pairs = Vec<(String, String)>;
+
+fn summary(resolved: &Resolved) -> (Pairs, Pairs) {
+    for mailbox in &resolved.mailboxes {
+        assert_eq!(mailbox.login, "archiver");
+        assert_eq!(mailbox.password.expose(), MASTER_PASSWORD);
+        assert_eq!(mailbox.email, mailbox.authorization_identity);
+    }
+    (
+        resolved
+            .mailboxes
+            .iter()
+            .map(|m| (m.user.clone(), m.authorization_identity.clone().unwrap()))
+            .collect(),
+        resolved
+            .excluded
+            .iter()
+            .map(|e| (e.name.clone(), e.reason.clone()))
+            .collect(),
+    )
+}
+
+fn pairs(items: &[(&str, &str)]) -> Pairs {
+    items
+        .iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn all_selects_directory_and_static_users_with_an_address() {
+    let slapd = seeded();
+    let resolved = resolve(
+        &set_yaml(&slapd.url(), "      selection: All\n", "", ""),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        summary(&resolved),
+        (
+            pairs(&[
+                ("alice", "alice@example.org"),
+                ("bob", "bob@example.org"),
+                ("dave", "dave@example.org"),
+                ("erin", "erin@example.org"),
+            ]),
+            pairs(&[("carol", "no email address")]),
+        )
+    );
+    let record = resolved.directory_sync.unwrap();
+    assert_eq!(
+        (
+            record.users_found,
+            record.without_email,
+            record.excluded_by_selection,
+            record.added,
+            record.removed
+        ),
+        (4, 1, 0, 4, 0)
+    );
+    assert_eq!(record.users, ["alice", "bob", "carol", "dave"]);
+    assert!(record.time.ends_with('Z'), "{}", record.time);
+}
+
+#[tokio::test]
+async fn all_except_leaves_out_the_named_by_name_or_any_address() {
+    let slapd = seeded();
+    let users = "      selection: AllExcept\n      names: [Robert.Baker@example.org, erin]\n";
+    let resolved = resolve(&set_yaml(&slapd.url(), users, "", ""), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        summary(&resolved),
+        (
+            pairs(&[("alice", "alice@example.org"), ("dave", "dave@example.org")]),
+            pairs(&[
+                ("bob", "excluded by selection"),
+                ("carol", "no email address"),
+                ("erin", "excluded by selection"),
+            ]),
+        )
+    );
+    let record = resolved.directory_sync.unwrap();
+    assert_eq!((record.without_email, record.excluded_by_selection), (1, 1));
+}
+
+#[tokio::test]
+async fn only_selects_the_named_and_reports_names_not_found() {
+    let slapd = seeded();
+    let users = "      selection: Only\n      names: [ALICE, erin, carol, zed]\n";
+    let resolved = resolve(&set_yaml(&slapd.url(), users, "", ""), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        summary(&resolved),
+        (
+            pairs(&[("alice", "alice@example.org"), ("erin", "erin@example.org")]),
+            pairs(&[
+                ("bob", "not selected"),
+                ("carol", "no email address"),
+                ("dave", "not selected"),
+                ("zed", "named in the selection but not found"),
+            ]),
+        )
+    );
+    let record = resolved.directory_sync.unwrap();
+    assert_eq!((record.without_email, record.excluded_by_selection), (1, 2));
+}
+
+#[tokio::test]
+async fn a_static_user_replaces_the_directory_user_of_that_name() {
+    let slapd = seeded();
+    let yaml = set_yaml(&slapd.url(), "      selection: All\n", "", "").replace(
+        "      - name: erin\n        email: erin@example.org\n",
+        "      - name: Carol\n        email: carol@example.org\n",
+    );
+    let resolved = resolve(&yaml, None).await.unwrap();
+    let (mailboxes, excluded) = summary(&resolved);
+    assert!(mailboxes.contains(&("Carol".to_owned(), "carol@example.org".to_owned())));
+    assert_eq!(mailboxes.len(), 4);
+    assert!(excluded.is_empty(), "{excluded:?}");
+    assert_eq!(resolved.directory_sync.unwrap().without_email, 0);
+}
+
+#[tokio::test]
+async fn group_restricts_the_directory_users_but_not_the_static_ones() {
+    let slapd = seeded();
+    let group = format!("        groupDN: cn=staff,ou=groups,{SUFFIX}\n");
+    let resolved = resolve(
+        &set_yaml(&slapd.url(), "      selection: All\n", "", &group),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        summary(&resolved),
+        (
+            pairs(&[("alice", "alice@example.org"), ("erin", "erin@example.org")]),
+            pairs(&[("carol", "no email address")]),
+        )
+    );
+    assert_eq!(resolved.directory_sync.unwrap().users, ["alice", "carol"]);
+}
+
+#[tokio::test]
+async fn a_sync_dropping_more_than_max_removed_percent_is_refused() {
+    let slapd = seeded();
+    let all = "      selection: All\n";
+    let first = resolve(&set_yaml(&slapd.url(), all, "", ""), None)
+        .await
+        .unwrap()
+        .directory_sync
+        .unwrap();
+
+    // Half of the four known users gone: at the limit, accepted.
+    let staff = format!("        groupDN: cn=staff,ou=groups,{SUFFIX}\n");
+    let second = resolve(&set_yaml(&slapd.url(), all, "", &staff), Some(&first))
+        .await
+        .unwrap()
+        .directory_sync
+        .unwrap();
+    assert_eq!((second.added, second.removed), (0, 2));
+
+    // Three of four gone (a wrong group, say): refused, not an empty list.
+    let ops = format!("        groupDN: cn=ops,ou=groups,{SUFFIX}\n");
+    let error = resolve(&set_yaml(&slapd.url(), all, "", &ops), Some(&first))
+        .await
+        .unwrap_err();
+    assert!(!error.is_invalid_input());
+    let message = error.to_string();
+    assert!(
+        matches!(error, SourceError::TooManyRemoved { known: 4, ref removed, max_percent: 50, .. } if removed == &["alice", "carol", "dave"]),
+        "{error:?}"
+    );
+    assert!(
+        message.contains(
+            "refusing the directory sync: it would drop 3 of the 4 previously known users, \
+             more than maxRemovedPercent (50%) allows (e.g. alice, carol, dave)"
+        ),
+        "{message}"
+    );
+
+    // The same sync, allowed by a higher limit.
+    let third = resolve(
+        &set_yaml(&slapd.url(), all, "      maxRemovedPercent: 75\n", &ops),
+        Some(&first),
+    )
+    .await
+    .unwrap();
+    let record = third.directory_sync.as_ref().unwrap();
+    assert_eq!((record.added, record.removed), (0, 3));
+    assert_eq!(
+        summary(&third).0,
+        pairs(&[("bob", "bob@example.org"), ("erin", "erin@example.org")])
+    );
+}
+
+#[tokio::test]
+async fn a_failed_bind_fails_resolution_without_the_password() {
+    let slapd = seeded();
+    let yaml = set_yaml(&slapd.url(), "      selection: All\n", "", "")
+        .replace(READER_PASSWORD, "wrong-pw-3e9a");
+    let error = resolve(&yaml, None).await.unwrap_err();
+    assert!(matches!(error, SourceError::Directory { .. }), "{error:?}");
+    assert!(!error.is_invalid_input());
+    let text = format!("{error} {error:?}");
+    assert!(
+        error.to_string().ends_with(&format!(
+            "MailboxSet mail/staff: reading the directory failed: bind as {READER_DN} to {} \
+             failed: invalidCredentials (49)",
+            slapd.url()
+        )),
+        "{error}"
+    );
+    assert!(!text.contains("wrong-pw-3e9a") && !text.contains(MASTER_PASSWORD));
+}
+
+#[tokio::test]
+async fn an_unreachable_directory_fails_resolution() {
+    let mut slapd = Slapd::start().unwrap();
+    let url = slapd.url();
+    slapd.stop();
+    let error = resolve(&set_yaml(&url, "      selection: All\n", "", ""), None)
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .ends_with(&format!("connect to {url}: connection refused")),
+        "{error}"
+    );
 }

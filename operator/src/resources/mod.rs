@@ -381,6 +381,30 @@ fn default_csv_key() -> String {
     "mailboxes.csv".to_string()
 }
 
+/// The outcome of the last accepted directory sync of a MailboxSet. The next sync is
+/// compared against `users` to refuse one that drops too many of them
+/// (`maxRemovedPercent`). `mailvault run` keeps it in the archive; the operator keeps it on
+/// the MailboxSet's status.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncRecord {
+    /// When the directory was read (RFC 3339, UTC).
+    pub time: String,
+    /// Users the directory returned.
+    pub users_found: u32,
+    /// Of those, users without an email address: never archived.
+    pub without_email: u32,
+    /// Of those, users left out by `users.selection`.
+    pub excluded_by_selection: u32,
+    /// Users not in the previous record.
+    pub added: u32,
+    /// Users of the previous record that the directory no longer returned. Their archives
+    /// stay; they are just not archived any more.
+    pub removed: u32,
+    /// Names of the users the directory returned, sorted.
+    pub users: Vec<String>,
+}
+
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MailboxSetStatus {

@@ -272,6 +272,38 @@ pub async fn fetch_users(
     users
 }
 
+/// Names that a sync added and removed compared with the previous one,
+/// compared without regard to case (as [`fetch_users`] makes names unique).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+/// What changed from the `previous` names to the `users` just read.
+pub fn changes(previous: &[String], users: &[DirectoryUser]) -> Changes {
+    let before: HashSet<String> = previous.iter().map(|n| n.to_lowercase()).collect();
+    let now: HashSet<String> = users.iter().map(|u| u.name.to_lowercase()).collect();
+    Changes {
+        added: users
+            .iter()
+            .filter(|u| !before.contains(&u.name.to_lowercase()))
+            .map(|u| u.name.clone())
+            .collect(),
+        removed: previous
+            .iter()
+            .filter(|n| !now.contains(&n.to_lowercase()))
+            .cloned()
+            .collect(),
+    }
+}
+
+/// Whether dropping `removed` of `known` users is more than `max_percent`
+/// allows. Nothing known yet (a first sync) is never too much.
+pub fn too_many_removed(known: usize, removed: usize, max_percent: u32) -> bool {
+    known > 0 && removed as u128 * 100 > u128::from(max_percent) * known as u128
+}
+
 async fn connect(
     spec: &LdapSpec,
     ca_pem: Option<&[u8]>,
@@ -1032,5 +1064,34 @@ mod tests {
         bad.filter = Some("uid=alice".to_owned());
         let error = fetch_users(&bad, None, None).await.unwrap_err();
         assert!(matches!(error, DirectoryError::InvalidSpec(ref p) if p.len() == 1));
+    }
+
+    #[test]
+    fn changes_compare_names_without_case() {
+        let user = |name: &str| DirectoryUser {
+            name: name.to_owned(),
+            emails: vec![],
+            dn: format!("uid={name},dc=x"),
+        };
+        let previous = strings(&["alice", "Bob", "carol"]);
+        assert_eq!(
+            changes(&previous, &[user("ALICE"), user("bob"), user("dave")]),
+            Changes {
+                added: strings(&["dave"]),
+                removed: strings(&["carol"]),
+            }
+        );
+        assert_eq!(changes(&[], &[]), Changes::default());
+    }
+
+    #[test]
+    fn removal_guard_allows_up_to_the_limit() {
+        assert!(!too_many_removed(0, 0, 50));
+        assert!(!too_many_removed(4, 2, 50));
+        assert!(too_many_removed(4, 3, 50));
+        assert!(too_many_removed(4, 1, 0));
+        assert!(!too_many_removed(4, 0, 0));
+        assert!(!too_many_removed(4, 4, 100));
+        assert!(!too_many_removed(usize::MAX, usize::MAX, 100));
     }
 }
