@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
 
 use crate::export::{self, Format};
 use crate::protocol::{RunProtocol, RunResult};
@@ -54,6 +55,13 @@ pub enum Command {
     Export(ExportArgs),
     /// Re-hash every stored message and check every index entry.
     Verify(VerifyArgs),
+    /// List the mailboxes MailboxSets resolve to (reading their directory, if any), without
+    /// passwords.
+    ///
+    /// Resolves exactly as `run` does. Exit code 2 if any set is invalid (its listing still
+    /// shows the errors, the CSV file's with line numbers), else 1 if a directory could not be
+    /// read or its sync was refused.
+    Mailboxes(MailboxesArgs),
 }
 
 #[derive(Args, Debug)]
@@ -67,6 +75,23 @@ pub struct RunArgs {
     /// Archive into this directory instead of the profile's store.
     #[arg(long)]
     pub store: Option<String>,
+    #[arg(long, short = 'o', value_enum, default_value = "text")]
+    pub output: Output,
+}
+
+#[derive(Args, Debug)]
+pub struct MailboxesArgs {
+    /// A YAML file (multi-document) or a directory of them, as for `kubectl apply -f`.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Only this MailboxSet (`name` or `namespace/name`); without it, every set in the files.
+    #[arg(long)]
+    pub mailbox_set: Option<String>,
+    /// Check a directory sync against the last one recorded in this archive, as
+    /// `mailvault run` would (maxRemovedPercent); the archive is only read.
+    #[arg(long)]
+    pub store: Option<String>,
+    /// `json` prints one object per set; an array of them when several sets are listed.
     #[arg(long, short = 'o', value_enum, default_value = "text")]
     pub output: Output,
 }
@@ -106,6 +131,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Run(args) => run(args).await,
         Command::Export(args) => export_cmd(args).await,
         Command::Verify(args) => verify(args).await,
+        Command::Mailboxes(args) => mailboxes(args).await,
     };
     ExitCode::from(code)
 }
@@ -405,5 +431,267 @@ async fn verify(args: VerifyArgs) -> u8 {
             eprintln!("error: {e}");
             1
         }
+    }
+}
+
+async fn mailboxes(args: MailboxesArgs) -> u8 {
+    match mailboxes_inner(args).await {
+        Ok(code) => code,
+        Err(Failure(code, message)) => {
+            eprintln!("error: {message}");
+            code
+        }
+    }
+}
+
+async fn mailboxes_inner(args: MailboxesArgs) -> Result<u8, Failure> {
+    let bundle = resources::load_paths(&args.files).map_err(|e| invalid(e.to_string()))?;
+    let sets = chosen_sets(&bundle, args.mailbox_set.as_deref())?;
+    let archive = match &args.store {
+        Some(location) => Some(open_existing(location)?),
+        None => None,
+    };
+    let mut listings = Vec::new();
+    let mut code = 0;
+    for set in sets {
+        let (listing, set_code) = list_set(&bundle, set, archive.as_ref()).await;
+        code = code.max(set_code);
+        listings.push(listing);
+    }
+    match args.output {
+        Output::Json => {
+            let json = match listings.as_slice() {
+                [one] => serde_json::to_string_pretty(one),
+                many => serde_json::to_string_pretty(many),
+            };
+            println!("{}", json.expect("listings serialize"));
+        }
+        Output::Text => {
+            for listing in &listings {
+                print!("{}", listing.to_text());
+            }
+        }
+    }
+    Ok(code)
+}
+
+fn chosen_sets<'a>(
+    bundle: &'a Bundle,
+    wanted: Option<&str>,
+) -> Result<Vec<&'a Located<MailboxSet>>, Failure> {
+    if bundle.mailbox_sets.is_empty() {
+        return Err(invalid("no MailboxSet in the given files"));
+    }
+    let Some(wanted) = wanted else {
+        return Ok(bundle.mailbox_sets.iter().collect());
+    };
+    let chosen: Vec<_> = bundle
+        .mailbox_sets
+        .iter()
+        .filter(|s| full_name(s) == wanted || s.object.metadata.name.as_deref() == Some(wanted))
+        .collect();
+    if chosen.is_empty() {
+        let known: Vec<_> = bundle.mailbox_sets.iter().map(full_name).collect();
+        return Err(invalid(format!(
+            "no MailboxSet {wanted:?} in the given files (found: {})",
+            known.join(", ")
+        )));
+    }
+    Ok(chosen)
+}
+
+fn full_name(set: &Located<MailboxSet>) -> String {
+    format!(
+        "{}/{}",
+        namespace_of(&set.object.metadata),
+        set.object.metadata.name.as_deref().unwrap_or("")
+    )
+}
+
+/// What `mailvault mailboxes` shows of one set: never a password.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Listing {
+    /// `namespace/name`
+    mailbox_set: String,
+    /// `None` when the set names neither or both modes.
+    mode: Option<sources::Mode>,
+    mailboxes: Vec<ListedMailbox>,
+    excluded: Vec<sources::Excluded>,
+    errors: Vec<ListedError>,
+    directory_sync: Option<SyncRecord>,
+    /// Whether `directory_sync` was compared with a recorded one, so that its `added` and
+    /// `removed` mean something.
+    #[serde(skip)]
+    compared: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ListedMailbox {
+    login: String,
+    authorization_identity: Option<String>,
+    email: Option<String>,
+    user: String,
+}
+
+#[derive(Serialize)]
+struct ListedError {
+    /// Line of the CSV file, for errors in it.
+    line: Option<usize>,
+    /// Field of the MailboxSet, for validation errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<String>,
+    message: String,
+}
+
+impl ListedError {
+    fn message(message: String) -> Self {
+        ListedError {
+            line: None,
+            field: None,
+            message,
+        }
+    }
+}
+
+/// Validates and resolves one set the way `mailvault run` does; returns its listing and
+/// exit code.
+async fn list_set(
+    bundle: &Bundle,
+    set: &Located<MailboxSet>,
+    archive: Option<&Archive>,
+) -> (Listing, u8) {
+    let spec = &set.object.spec;
+    let mut listing = Listing {
+        mailbox_set: full_name(set),
+        mode: match (&spec.master_password, &spec.csv) {
+            (Some(_), None) => Some(sources::Mode::MasterPassword),
+            (None, Some(_)) => Some(sources::Mode::Csv),
+            _ => None,
+        },
+        mailboxes: Vec::new(),
+        excluded: Vec::new(),
+        errors: Vec::new(),
+        directory_sync: None,
+        compared: false,
+    };
+    let field_errors = resources::validate_mailbox_set(bundle, set);
+    if !field_errors.is_empty() {
+        listing.errors = field_errors
+            .into_iter()
+            .map(|e| ListedError {
+                line: None,
+                field: Some(e.field),
+                message: e.message,
+            })
+            .collect();
+        return (listing, 2);
+    }
+    let has_directory = spec
+        .master_password
+        .as_ref()
+        .is_some_and(|m| m.directory.is_some());
+    let previous = match archive {
+        Some(archive) if has_directory => match load_sync(archive, set).await {
+            Ok(previous) => previous,
+            Err(Failure(code, message)) => {
+                listing.errors.push(ListedError::message(message));
+                return (listing, code);
+            }
+        },
+        _ => None,
+    };
+    match sources::resolve(bundle, set, previous.as_ref()).await {
+        Ok(resolved) => {
+            listing.mode = Some(resolved.mode);
+            listing.mailboxes = resolved
+                .mailboxes
+                .into_iter()
+                .map(|m| ListedMailbox {
+                    login: m.login,
+                    authorization_identity: m.authorization_identity,
+                    email: m.email,
+                    user: m.user,
+                })
+                .collect();
+            listing.excluded = resolved.excluded;
+            listing.directory_sync = resolved.directory_sync;
+            listing.compared = previous.is_some();
+            (listing, 0)
+        }
+        Err(sources::SourceError::Csv { errors, .. }) => {
+            listing.errors = errors
+                .into_iter()
+                .map(|e| ListedError {
+                    line: e.line,
+                    field: None,
+                    message: e.message,
+                })
+                .collect();
+            (listing, 2)
+        }
+        Err(e) => {
+            let code = if e.is_invalid_input() { 2 } else { 1 };
+            listing.errors.push(ListedError::message(e.to_string()));
+            (listing, code)
+        }
+    }
+}
+
+impl Listing {
+    fn to_text(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let mode = match self.mode {
+            Some(sources::Mode::MasterPassword) => " (masterPassword)",
+            Some(sources::Mode::Csv) => " (csv)",
+            None => "",
+        };
+        let _ = writeln!(out, "MailboxSet {}{mode}", self.mailbox_set);
+        if self.errors.is_empty() {
+            let _ = writeln!(out, "  mailboxes: {}", self.mailboxes.len());
+        }
+        for m in &self.mailboxes {
+            let _ = write!(out, "    {}: login {}", m.user, m.login);
+            if let Some(identity) = &m.authorization_identity {
+                let _ = write!(out, " as {identity}");
+            } else if let Some(email) = &m.email {
+                let _ = write!(out, ", {email}");
+            }
+            out.push('\n');
+        }
+        if !self.excluded.is_empty() {
+            let _ = writeln!(out, "  excluded: {}", self.excluded.len());
+            for e in &self.excluded {
+                let _ = writeln!(out, "    {}: {}", e.name, e.reason);
+            }
+        }
+        if let Some(sync) = &self.directory_sync {
+            let _ = write!(
+                out,
+                "  directory: {} users found, {} without email, {} excluded by selection",
+                sync.users_found, sync.without_email, sync.excluded_by_selection,
+            );
+            if self.compared {
+                let _ = write!(
+                    out,
+                    "; {} added, {} removed since the recorded sync",
+                    sync.added, sync.removed
+                );
+            }
+            out.push('\n');
+        }
+        if !self.errors.is_empty() {
+            let _ = writeln!(out, "  errors: {}", self.errors.len());
+            for e in &self.errors {
+                let _ = match (&e.line, &e.field) {
+                    (Some(line), _) => writeln!(out, "    line {line}: {}", e.message),
+                    (None, Some(field)) => writeln!(out, "    {field}: {}", e.message),
+                    (None, None) => writeln!(out, "    {}", e.message),
+                };
+            }
+        }
+        out
     }
 }
