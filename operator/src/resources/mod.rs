@@ -238,9 +238,99 @@ pub struct MasterPasswordSpec {
     pub credentials_secret_ref: LocalObjectRef,
     #[serde(default)]
     pub users: UserSelectionSpec,
-    /// Users kept in the resource itself.
+    /// Users kept in the resource itself, added to the directory's; one named like a
+    /// directory user replaces it (e.g. to give it an address the directory lacks).
     #[serde(default)]
     pub static_users: Vec<StaticUser>,
+    /// Users read from an LDAP directory or Active Directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory: Option<DirectorySpec>,
+}
+
+/// `spec.masterPassword.directory`: the users to archive come from a directory.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DirectorySpec {
+    /// Read the directory before every run (default true); for the operator, which can
+    /// also keep the users between runs. `mailvault run` and `mailvault mailboxes` read it
+    /// every time: they keep no copy of the users' addresses.
+    #[serde(default = "default_true")]
+    pub sync_before_run: bool,
+    /// Refuse a sync that would drop more than this share of the previously known users
+    /// (default 50), so that a wrong filter or an emptied OU does not silently stop the
+    /// archiving of most mailboxes.
+    #[serde(default = "default_max_removed_percent")]
+    #[schemars(range(max = 100))]
+    pub max_removed_percent: u32,
+    /// Where and how to read the users.
+    pub ldap: LdapSpec,
+}
+
+fn default_max_removed_percent() -> u32 {
+    50
+}
+
+/// How to reach the directory and which of its entries are users.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LdapSpec {
+    /// `ldap://host[:port]` or `ldaps://host[:port]`, nothing more: the search base goes in
+    /// `baseDN`, credentials in `bindSecretRef`.
+    pub url: String,
+    /// Upgrade an `ldap://` connection with StartTLS before binding.
+    #[serde(default)]
+    pub start_tls: bool,
+    /// Accept any server certificate. Only for testing: anyone on the network path could
+    /// read the bind password.
+    #[serde(default)]
+    pub insecure_skip_tls_verify: bool,
+    /// An extra trust anchor (PEM) for directories with a private CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    /// Secret with keys `bindDN` and `password`; without it the bind is anonymous.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind_secret_ref: Option<LocalObjectRef>,
+    /// Subtree searched for users.
+    #[serde(rename = "baseDN")]
+    pub base_dn: String,
+    /// RFC 4515 filter for user entries, with its outer parentheses. Default:
+    /// `(objectClass=inetOrgPerson)` (Generic) or
+    /// `(&(objectCategory=person)(objectClass=user))` (ActiveDirectory); on Active
+    /// Directory disabled accounts are always left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    /// Attribute holding the user name. Default: `uid` (Generic), `sAMAccountName`
+    /// (ActiveDirectory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_name_attribute: Option<String>,
+    /// Attribute holding the email addresses, the first value primary. Default: `mail`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_attribute: Option<String>,
+    /// Only members of this group: direct members of a groupOfNames, groupOfUniqueNames or
+    /// posixGroup (Generic), or members through any depth of nesting (ActiveDirectory).
+    #[serde(default, rename = "groupDN", skip_serializing_if = "Option::is_none")]
+    pub group_dn: Option<String>,
+    /// Which kind of server, for defaults and Active Directory specifics.
+    #[serde(default)]
+    pub flavor: Flavor,
+    /// Limit for each network step: connecting, TLS, the bind and every search response.
+    #[serde(default = "default_ldap_timeout_seconds")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub timeout_seconds: u32,
+}
+
+fn default_ldap_timeout_seconds() -> u32 {
+    30
+}
+
+/// Which kind of directory server.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Flavor {
+    /// OpenLDAP, 389 Directory Server and other RFC 4519/2798 directories.
+    #[default]
+    Generic,
+    /// Microsoft Active Directory.
+    ActiveDirectory,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -289,6 +379,30 @@ pub struct CsvSecretRef {
 
 fn default_csv_key() -> String {
     "mailboxes.csv".to_string()
+}
+
+/// The outcome of the last accepted directory sync of a MailboxSet. The next sync is
+/// compared against `users` to refuse one that drops too many of them
+/// (`maxRemovedPercent`). `mailvault run` keeps it in the archive; the operator keeps it on
+/// the MailboxSet's status.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncRecord {
+    /// When the directory was read (RFC 3339, UTC).
+    pub time: String,
+    /// Users the directory returned.
+    pub users_found: u32,
+    /// Of those, users without an email address: never archived.
+    pub without_email: u32,
+    /// Of those, users left out by `users.selection`.
+    pub excluded_by_selection: u32,
+    /// Users not in the previous record.
+    pub added: u32,
+    /// Users of the previous record that the directory no longer returned. Their archives
+    /// stay; they are just not archived any more.
+    pub removed: u32,
+    /// Names of the users the directory returned, sorted.
+    pub users: Vec<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]

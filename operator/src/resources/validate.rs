@@ -187,6 +187,34 @@ pub fn validate_mailbox_set(bundle: &Bundle, located: &Located<MailboxSet>) -> V
                     );
                 }
             }
+            if let Some(directory) = &master.directory {
+                const FIELD: &str = "spec.masterPassword.directory";
+                if directory.max_removed_percent > 100 {
+                    report.error(
+                        format!("{FIELD}.maxRemovedPercent"),
+                        "must be between 0 and 100",
+                    );
+                }
+                for (field, message) in crate::sources::directory::validate(&directory.ldap) {
+                    report.error(format!("{FIELD}.{field}"), message);
+                }
+                if let Some(bind) = &directory.ldap.bind_secret_ref {
+                    report.secret_keys(
+                        bundle,
+                        &format!("{FIELD}.ldap.bindSecretRef.name"),
+                        &bind.name,
+                        &["bindDN", "password"],
+                    );
+                }
+                if let Some(ca) = &directory.ldap.ca_secret_ref {
+                    report.secret_keys(
+                        bundle,
+                        &format!("{FIELD}.ldap.caSecretRef"),
+                        &ca.name,
+                        &[ca.key.as_str()],
+                    );
+                }
+            }
         }
         (None, Some(csv)) => {
             report.secret_keys(
@@ -282,6 +310,73 @@ stringData:
         let b = bundle(&text);
         let errors = validate_profile(&b, &b.profiles[0]);
         assert_eq!(errors[0].field, "spec.mailboxSetRef.name");
+    }
+
+    const DIRECTORY: &str = "    directory:
+      maxRemovedPercent: 101
+      ldap:
+        url: https://dc1.example.org/dc=example
+        baseDN: ' '
+        groupDN: staff
+        filter: uid=alice
+        bindSecretRef:
+          name: reader
+        caSecretRef:
+          name: master
+          key: ca.crt
+";
+
+    #[test]
+    fn directory_fields_and_secrets_are_checked() {
+        let text = SET.replace("    staticUsers:", &format!("{DIRECTORY}    staticUsers:"));
+        let b = bundle(&text);
+        let errors = validate_mailbox_set(&b, &b.mailbox_sets[0]);
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.masterPassword.directory.maxRemovedPercent",
+                "spec.masterPassword.directory.ldap.url",
+                "spec.masterPassword.directory.ldap.url",
+                "spec.masterPassword.directory.ldap.baseDN",
+                "spec.masterPassword.directory.ldap.filter",
+                "spec.masterPassword.directory.ldap.groupDN",
+                "spec.masterPassword.directory.ldap.bindSecretRef.name",
+                "spec.masterPassword.directory.ldap.caSecretRef",
+            ],
+            "{errors:#?}"
+        );
+        assert!(errors[6]
+            .message
+            .contains("Secret default/reader is not in the given files"));
+        assert!(errors[7].message.contains("has no key \"ca.crt\""));
+    }
+
+    #[test]
+    fn a_good_directory_is_valid() {
+        let directory = "    directory:
+      ldap:
+        url: ldaps://dc1.example.org
+        baseDN: dc=example,dc=org
+        bindSecretRef:
+          name: master
+";
+        // The master Secret doubles as the bind Secret here.
+        let text = SET
+            .replace("    staticUsers:", &format!("{directory}    staticUsers:"))
+            .replace("  password: pw\n", "  password: pw\n  bindDN: cn=reader\n");
+        let b = bundle(&text);
+        assert_eq!(validate_mailbox_set(&b, &b.mailbox_sets[0]), vec![]);
+        let directory = b.mailbox_sets[0]
+            .object
+            .spec
+            .master_password
+            .as_ref()
+            .unwrap();
+        let directory = directory.directory.as_ref().unwrap();
+        assert!(directory.sync_before_run);
+        assert_eq!(directory.max_removed_percent, 50);
+        assert_eq!(directory.ldap.base_dn, "dc=example,dc=org");
     }
 
     #[test]

@@ -5,11 +5,15 @@
 //! `mailvault mailboxes` and the operator all resolve sets here, the same way.
 
 pub mod csv;
+pub mod directory;
+
+use std::collections::HashSet;
 
 use serde::Serialize;
 
-use crate::resources::{Bundle, Located, MailboxSet, Selection};
+use crate::resources::{Bundle, Located, MailboxSet, MasterPasswordSpec, Selection, SyncRecord};
 use crate::secret::Secret;
+use directory::{Bind, DirectoryError};
 
 /// One mailbox to archive.
 #[derive(Clone, Debug)]
@@ -55,6 +59,9 @@ pub struct Resolved {
     pub mode: Mode,
     pub mailboxes: Vec<Mailbox>,
     pub excluded: Vec<Excluded>,
+    /// For sets with a directory: the sync just made, for the caller to keep and pass to
+    /// the next resolution as the previous one.
+    pub directory_sync: Option<SyncRecord>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,11 +79,51 @@ pub enum SourceError {
         secret: String,
         errors: Vec<csv::CsvError>,
     },
+    /// The directory could not be read; no list of users is made up instead.
+    #[error("{place}: {object}: reading the directory failed: {source}")]
+    Directory {
+        place: String,
+        object: String,
+        source: Box<DirectoryError>,
+    },
+    /// The directory was read but lost too many of the previously known users.
+    #[error(
+        "{place}: {object}: refusing the directory sync: it would drop {} of the {known} \
+         previously known users, more than maxRemovedPercent ({max_percent}%) allows \
+         (e.g. {}). If they really left, raise maxRemovedPercent for one run",
+        .removed.len(),
+        .removed.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+    )]
+    TooManyRemoved {
+        place: String,
+        object: String,
+        known: usize,
+        removed: Vec<String>,
+        max_percent: u32,
+    },
+}
+
+impl SourceError {
+    /// Whether the set itself is at fault (exit code 2), rather than the directory at run
+    /// time (exit code 1).
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(self, SourceError::Invalid { .. } | SourceError::Csv { .. })
+    }
 }
 
 /// Resolves a MailboxSet from the objects in `bundle`. The set must have been validated
 /// (`resources::validate_mailbox_set`), so its Secrets exist.
-pub fn resolve(bundle: &Bundle, set: &Located<MailboxSet>) -> Result<Resolved, SourceError> {
+///
+/// A set with a directory is synced: its users are the directory's plus `staticUsers`.
+/// `previous` is the last accepted sync of this set (`Resolved::directory_sync` of an
+/// earlier resolution); a sync that drops more than `maxRemovedPercent` of its users is
+/// refused. Without `previous` (the first sync, or a caller that keeps no record) nothing
+/// is refused.
+pub async fn resolve(
+    bundle: &Bundle,
+    set: &Located<MailboxSet>,
+    previous: Option<&SyncRecord>,
+) -> Result<Resolved, SourceError> {
     let namespace = crate::resources::namespace_of(&set.object.metadata);
     let object = format!(
         "MailboxSet {namespace}/{}",
@@ -93,8 +140,8 @@ pub fn resolve(bundle: &Bundle, set: &Located<MailboxSet>) -> Result<Resolved, S
             .and_then(|s| s.object.data.get(key).cloned())
             .ok_or_else(|| invalid(format!("Secret {namespace}/{name} has no key {key:?}")))
     };
-    let utf8 = |name: &str, key: &str, bytes: Vec<u8>| {
-        String::from_utf8(bytes)
+    let text = |name: &str, key: &str| {
+        String::from_utf8(secret_value(name, key)?)
             .map(|s| s.trim().to_string())
             .map_err(|_| {
                 invalid(format!(
@@ -104,14 +151,85 @@ pub fn resolve(bundle: &Bundle, set: &Located<MailboxSet>) -> Result<Resolved, S
     };
     if let Some(master) = &set.object.spec.master_password {
         let secret = &master.credentials_secret_ref.name;
-        let login = utf8(secret, "username", secret_value(secret, "username")?)?;
-        let password = Secret::new(utf8(secret, "password", secret_value(secret, "password")?)?);
-        let users: Vec<(String, Vec<String>)> = master
-            .static_users
+        let login = text(secret, "username")?;
+        let password = Secret::new(text(secret, "password")?);
+        let (users, directory_sync) = match &master.directory {
+            None => (static_users(master), None),
+            Some(spec) => {
+                let ldap = &spec.ldap;
+                let bind = match &ldap.bind_secret_ref {
+                    Some(r) => Some(Bind {
+                        dn: text(&r.name, "bindDN")?,
+                        password: Secret::new(text(&r.name, "password")?),
+                    }),
+                    None => None,
+                };
+                let ca_pem = match &ldap.ca_secret_ref {
+                    Some(r) => Some(secret_value(&r.name, &r.key)?),
+                    None => None,
+                };
+                let found = directory::fetch_users(ldap, bind.as_ref(), ca_pem.as_deref())
+                    .await
+                    .map_err(|source| SourceError::Directory {
+                        place: set.place(),
+                        object: object.clone(),
+                        source: Box::new(source),
+                    })?;
+                let known = previous.map_or(&[][..], |p| p.users.as_slice());
+                let changes = directory::changes(known, &found);
+                if directory::too_many_removed(
+                    known.len(),
+                    changes.removed.len(),
+                    spec.max_removed_percent,
+                ) {
+                    return Err(SourceError::TooManyRemoved {
+                        place: set.place(),
+                        object: object.clone(),
+                        known: known.len(),
+                        removed: changes.removed,
+                        max_percent: spec.max_removed_percent,
+                    });
+                }
+                tracing::info!(
+                    set = %object,
+                    found = found.len(),
+                    added = changes.added.len(),
+                    removed = ?changes.removed,
+                    "read the directory"
+                );
+                let record = SyncRecord {
+                    time: crate::store::now(),
+                    users_found: count(found.len()),
+                    without_email: 0,
+                    excluded_by_selection: 0,
+                    added: count(changes.added.len()),
+                    removed: count(changes.removed.len()),
+                    users: found.iter().map(|u| u.name.clone()).collect(),
+                };
+                let directory_users = found.into_iter().map(|u| (u.name, u.emails)).collect();
+                (merge(directory_users, static_users(master)), Some(record))
+            }
+        };
+        let from_directory: HashSet<String> = directory_sync
             .iter()
-            .map(|u| (u.name.clone(), vec![u.email.clone()]))
+            .flat_map(|r| r.users.iter().map(|n| n.to_lowercase()))
             .collect();
+        let without_email = users
+            .iter()
+            .filter(|(name, emails)| {
+                emails.is_empty() && from_directory.contains(&name.to_lowercase())
+            })
+            .count();
         let (selected, excluded) = select_users(users, master.users.selection, &master.users.names);
+        let excluded_from_directory = excluded
+            .iter()
+            .filter(|e| from_directory.contains(&e.name.to_lowercase()))
+            .count();
+        let directory_sync = directory_sync.map(|record| SyncRecord {
+            without_email: count(without_email),
+            excluded_by_selection: count(excluded_from_directory.saturating_sub(without_email)),
+            ..record
+        });
         let mailboxes = selected
             .into_iter()
             .map(|(name, emails)| Mailbox {
@@ -126,6 +244,7 @@ pub fn resolve(bundle: &Bundle, set: &Located<MailboxSet>) -> Result<Resolved, S
             mode: Mode::MasterPassword,
             mailboxes,
             excluded,
+            directory_sync,
         });
     }
     let csv_spec = set
@@ -156,7 +275,38 @@ pub fn resolve(bundle: &Bundle, set: &Located<MailboxSet>) -> Result<Resolved, S
         mode: Mode::Csv,
         mailboxes,
         excluded: Vec::new(),
+        directory_sync: None,
     })
+}
+
+fn static_users(master: &MasterPasswordSpec) -> Vec<(String, Vec<String>)> {
+    master
+        .static_users
+        .iter()
+        .map(|u| (u.name.clone(), vec![u.email.clone()]))
+        .collect()
+}
+
+/// The directory's users plus the static ones, sorted by name without regard to case. A
+/// static user replaces a directory user of the same name: the resource is the more
+/// deliberate statement (e.g. an address for a user whose entry lacks one).
+fn merge(
+    directory_users: Vec<(String, Vec<String>)>,
+    static_users: Vec<(String, Vec<String>)>,
+) -> Vec<(String, Vec<String>)> {
+    let replaced: HashSet<String> = static_users.iter().map(|(n, _)| n.to_lowercase()).collect();
+    let mut users: Vec<_> = directory_users
+        .into_iter()
+        .filter(|(name, _)| !replaced.contains(&name.to_lowercase()))
+        .chain(static_users)
+        .collect();
+    users.sort_by_cached_key(|(name, _)| name.to_lowercase());
+    users
+}
+
+/// Counts in a [`SyncRecord`]; a directory of four billion users is not a concern.
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// Applies a selection to users given as (name, addresses). Users without an address are

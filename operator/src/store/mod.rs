@@ -10,6 +10,7 @@
 //! users/<user>/mailboxes/<mailbox>/folders/<folder>/state.json        sync state
 //! users/<user>/mailboxes/<mailbox>/folders/<folder>/index/<seg>.jsonl index entries
 //! runs/<namespace>/<profile>/<run id>.json           run protocols
+//! directory/<namespace>/<mailbox set>.json           last accepted directory sync
 //! ```
 //!
 //! Every object is either immutable and uniquely named (messages, index segments,
@@ -399,6 +400,36 @@ impl Archive {
         Ok(key)
     }
 
+    /// The last accepted directory sync of a MailboxSet, if one was saved.
+    pub async fn load_directory_sync<T: serde::de::DeserializeOwned>(
+        &self,
+        namespace: &str,
+        mailbox_set: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let key = directory_sync_key(namespace, mailbox_set);
+        match self.objects.get(&key).await? {
+            Some(bytes) => Ok(Some(parse_json(&self.describe(), &key, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Replaces the last accepted directory sync of a MailboxSet, durably: the next run
+    /// compares its sync against this one.
+    pub async fn save_directory_sync(
+        &self,
+        namespace: &str,
+        mailbox_set: &str,
+        record: &impl Serialize,
+    ) -> Result<(), StoreError> {
+        self.objects
+            .put(
+                &directory_sync_key(namespace, mailbox_set),
+                json_bytes(record),
+            )
+            .await?;
+        self.objects.sync().await
+    }
+
     /// Re-hashes every stored message and checks every index entry against them.
     /// Returns one line per damaged or missing object.
     pub async fn verify(&self) -> Result<VerifyReport, StoreError> {
@@ -490,6 +521,14 @@ fn truncate(mut s: String, max: usize) -> String {
 
 fn message_key(sha256: &str) -> String {
     format!("messages/{}/{sha256}", &sha256[..2.min(sha256.len())])
+}
+
+fn directory_sync_key(namespace: &str, mailbox_set: &str) -> String {
+    format!(
+        "directory/{}/{}.json",
+        key_segment(namespace, false),
+        key_segment(mailbox_set, false)
+    )
 }
 
 fn user_prefix(user: &str) -> String {

@@ -3,3 +3,5 @@
 
 pub mod dovecot;
 pub mod mail;
+#[cfg(unix)]
+pub mod slapd;
