@@ -1,6 +1,7 @@
 //! The Argo CD health checks under `manifests/argocd/`: every case of
 //! `manifests/argocd/health/health_test.yaml` runs through the real Lua interpreter
-//! (`lua5.4`), in a sandbox like the one Argo CD gives custom health scripts.
+//! (`lua5.4`), in a sandbox like the one Argo CD gives custom health scripts, and the
+//! argocd-cm patch must hold the `.lua` files byte for byte.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -303,6 +304,45 @@ fn every_fixture_is_a_listed_case() {
         on_disk, listed,
         "testdata/ and health_test.yaml list different files"
     );
+}
+
+#[test]
+fn argocd_cm_patch_embeds_the_scripts() {
+    let path = argocd_dir().join("argocd-cm-patch.yaml");
+    let patch: Value = serde_yaml::from_str(&read(&path)).unwrap();
+    assert_eq!(patch["apiVersion"].as_str(), Some("v1"));
+    assert_eq!(patch["kind"].as_str(), Some("ConfigMap"));
+    assert_eq!(patch["metadata"]["name"].as_str(), Some("argocd-cm"));
+    assert_eq!(patch["metadata"]["namespace"].as_str(), Some("argocd"));
+    let data = patch["data"].as_mapping().expect("data");
+    let mut keys = Vec::new();
+    for kind in KINDS {
+        let key = format!("resource.customizations.health.mailvault.io_{kind}");
+        let embedded = data
+            .get(key.as_str())
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("argocd-cm-patch.yaml has no {key}"));
+        let script = read(&health_dir().join(format!("{kind}.lua")));
+        assert!(
+            embedded == script,
+            "{key} differs from health/{kind}.lua: copy it again (manifests/argocd/README.md)"
+        );
+        keys.push(key);
+    }
+    assert_eq!(
+        data.len(),
+        keys.len(),
+        "argocd-cm-patch.yaml has other keys"
+    );
+}
+
+#[test]
+fn example_application_deploys_manifests() {
+    let path = argocd_dir().join("application.yaml");
+    let app: Value = serde_yaml::from_str(&read(&path)).unwrap();
+    assert_eq!(app["apiVersion"].as_str(), Some("argoproj.io/v1alpha1"));
+    assert_eq!(app["kind"].as_str(), Some("Application"));
+    assert_eq!(app["spec"]["source"]["path"].as_str(), Some("manifests"));
 }
 
 #[test]
