@@ -1,0 +1,107 @@
+-- Argo CD health check for mailvault.io/v1alpha1 MailboxSet.
+-- Argo CD runs custom health scripts with Lua's base and table libraries only (no string,
+-- no math) and hands the object in as `obj`; everything here copes with missing fields.
+local hs = {}
+
+local function asTable(v)
+  if type(v) == "table" then
+    return v
+  end
+  return {}
+end
+
+local function asNumber(v)
+  if type(v) == "number" then
+    return v
+  end
+  if type(v) == "string" then
+    return tonumber(v)
+  end
+  return nil
+end
+
+local function asText(v)
+  if type(v) == "string" and v ~= "" then
+    return v
+  end
+  return nil
+end
+
+local function findCondition(status, kind)
+  for _, c in ipairs(asTable(status.conditions)) do
+    if type(c) == "table" and c.type == kind then
+      return c
+    end
+  end
+  return nil
+end
+
+-- "reason: message", or whichever of the two is there, or the fallback.
+local function describe(c, fallback)
+  local reason = asText(c.reason)
+  local message = asText(c.message)
+  if reason ~= nil and message ~= nil then
+    return reason .. ": " .. message
+  end
+  return reason or message or fallback
+end
+
+local o = asTable(obj)
+local metadata = asTable(o.metadata)
+local status = asTable(o.status)
+
+local generation = asNumber(metadata.generation)
+local observed = asNumber(status.observedGeneration)
+if observed == nil or (generation ~= nil and observed < generation) then
+  hs.status = "Progressing"
+  if generation ~= nil then
+    hs.message = "Waiting for the operator to observe generation " .. generation
+  else
+    hs.message = "Waiting for the operator to observe the resource"
+  end
+  return hs
+end
+
+local stalled = findCondition(status, "Stalled")
+if stalled ~= nil and stalled.status == "True" then
+  hs.status = "Degraded"
+  hs.message = describe(stalled, "Stalled")
+  return hs
+end
+
+local ready = findCondition(status, "Ready")
+if ready ~= nil and ready.status == "False" then
+  hs.status = "Degraded"
+  hs.message = describe(ready, "Not ready")
+  return hs
+end
+
+local directorySynced = findCondition(status, "DirectorySynced")
+if directorySynced ~= nil and directorySynced.status == "False" then
+  hs.status = "Degraded"
+  hs.message = "Directory not synced: " .. describe(directorySynced, "unknown reason")
+  return hs
+end
+
+if ready == nil then
+  hs.status = "Progressing"
+  hs.message = "Waiting for Ready condition"
+  return hs
+end
+if ready.status ~= "True" then
+  hs.status = "Progressing"
+  hs.message = describe(ready, "Waiting for Ready condition")
+  return hs
+end
+
+-- status.mailboxes: how many mailboxes the set resolved to.
+local mailboxes = asNumber(status.mailboxes)
+hs.status = "Healthy"
+if mailboxes == nil then
+  hs.message = "Ready"
+elseif mailboxes == 1 then
+  hs.message = "1 mailbox"
+else
+  hs.message = mailboxes .. " mailboxes"
+end
+return hs

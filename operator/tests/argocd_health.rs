@@ -1,0 +1,371 @@
+//! The Argo CD health checks under `manifests/argocd/`: every case of
+//! `manifests/argocd/health/health_test.yaml` runs through the real Lua interpreter
+//! (`lua5.4`), in a sandbox like the one Argo CD gives custom health scripts, and the
+//! argocd-cm patch must hold the `.lua` files byte for byte.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+const KINDS: [&str; 2] = ["ArchiveProfile", "MailboxSet"];
+
+/// The status codes Argo CD accepts from a health script.
+const HEALTH_STATUSES: [&str; 6] = [
+    "Healthy",
+    "Progressing",
+    "Degraded",
+    "Suspended",
+    "Missing",
+    "Unknown",
+];
+
+/// Runs a health script the way Argo CD does: `obj` and Lua's base and table libraries, no
+/// string or math library, no methods on strings. Before it, the test defines `OBJ`,
+/// `SCRIPT` and `CHUNKNAME`. Prints the status, a newline and the message.
+const DRIVER: &str = r#"
+local write = io.write
+local env = { obj = OBJ, table = table }
+local base = {
+  "assert", "error", "getmetatable", "ipairs", "next", "pairs", "pcall", "print",
+  "rawequal", "rawget", "rawset", "select", "setmetatable", "tonumber", "tostring",
+  "type", "unpack", "xpcall",
+}
+local given = { obj = true, table = true }
+for _, name in ipairs(base) do
+  env[name] = _G[name]
+  given[name] = true
+end
+getmetatable("").__index = nil
+local chunk = assert(load(SCRIPT, CHUNKNAME, "t", env))
+local hs = chunk()
+for name in pairs(env) do
+  if not given[name] then
+    error("the script set the global " .. tostring(name))
+  end
+end
+if type(hs) ~= "table" then
+  error("the script returned a " .. type(hs) .. ", not a table")
+end
+if type(hs.status) ~= "string" or type(hs.message) ~= "string" then
+  error("hs.status and hs.message must be strings")
+end
+write(hs.status, "\n", hs.message)
+"#;
+
+fn argocd_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/argocd")
+}
+
+fn health_dir() -> PathBuf {
+    argocd_dir().join("health")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct KindTests {
+    tests: Vec<TestCase>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TestCase {
+    health_status: HealthStatus,
+    input_path: String,
+}
+
+#[derive(Deserialize, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+struct HealthStatus {
+    status: String,
+    message: String,
+}
+
+fn test_cases() -> BTreeMap<String, KindTests> {
+    let path = health_dir().join("health_test.yaml");
+    serde_yaml::from_str(&read(&path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `lua5.4` from PATH; installed with apt-get when it is missing and the test runs as root.
+fn lua() -> &'static Path {
+    static LUA: OnceLock<PathBuf> = OnceLock::new();
+    LUA.get_or_init(|| {
+        if let Some(found) = find_on_path("lua5.4") {
+            return found;
+        }
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        assert!(
+            root,
+            "lua5.4 is not on PATH: install the Debian package lua5.4 (apt-get install lua5.4)"
+        );
+        let apt = |args: &[&str]| {
+            Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let install = ["install", "-y", "-q", "--no-install-recommends", "lua5.4"];
+        if !apt(&install) {
+            assert!(apt(&["update", "-q"]), "apt-get update failed");
+            assert!(apt(&install), "apt-get install lua5.4 failed");
+        }
+        find_on_path("lua5.4").expect("lua5.4 is still not on PATH after installing it")
+    })
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// A Lua expression for a YAML value: maps and sequences become tables (sequences 1-based),
+/// nulls nil.
+fn lua_literal(value: &Value, out: &mut String) {
+    match value {
+        Value::Null => out.push_str("nil"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                write!(out, "{i}").unwrap();
+            } else if let Some(u) = n.as_u64() {
+                write!(out, "{u}").unwrap();
+            } else {
+                let f = n.as_f64().expect("a YAML number is an integer or a float");
+                if f.is_nan() {
+                    out.push_str("(0/0)");
+                } else if f.is_infinite() {
+                    out.push_str(if f > 0.0 { "(1/0)" } else { "(-1/0)" });
+                } else {
+                    // Debug keeps a fraction (`3.0`), so Lua reads a float back.
+                    write!(out, "{f:?}").unwrap();
+                }
+            }
+        }
+        Value::String(s) => lua_string(s, out),
+        Value::Sequence(items) => {
+            out.push('{');
+            for item in items {
+                lua_literal(item, out);
+                out.push_str(", ");
+            }
+            out.push('}');
+        }
+        Value::Mapping(map) => {
+            out.push('{');
+            for (key, item) in map {
+                assert!(!key.is_null(), "a Lua table cannot have a nil key");
+                out.push('[');
+                lua_literal(key, out);
+                out.push_str("] = ");
+                lua_literal(item, out);
+                out.push_str(", ");
+            }
+            out.push('}');
+        }
+        Value::Tagged(tagged) => lua_literal(&tagged.value, out),
+    }
+}
+
+/// A double-quoted Lua string with the same bytes as `s`: printable ASCII as it is, the rest
+/// escaped (`\ddd` takes exactly three digits, so a digit after it stays a digit).
+fn lua_string(s: &str, out: &mut String) {
+    out.push('"');
+    for b in s.bytes() {
+        match b {
+            b'\\' => out.push_str("\\\\"),
+            b'"' => out.push_str("\\\""),
+            b'\n' => out.push_str("\\n"),
+            b'\t' => out.push_str("\\t"),
+            b' '..=b'~' => out.push(char::from(b)),
+            _ => write!(out, "\\{b:03}").unwrap(),
+        }
+    }
+    out.push('"');
+}
+
+/// Runs `script` on `obj` and returns what it printed.
+fn run_lua(chunk_name: &str, script: &str, obj: &Value) -> Result<String, String> {
+    let mut program = String::from("local OBJ = ");
+    lua_literal(obj, &mut program);
+    program.push_str("\nlocal SCRIPT = ");
+    lua_string(script, &mut program);
+    program.push_str("\nlocal CHUNKNAME = ");
+    lua_string(&format!("={chunk_name}"), &mut program);
+    program.push_str(DRIVER);
+
+    let mut file = tempfile::Builder::new()
+        .suffix(".lua")
+        .tempfile()
+        .expect("temporary file");
+    file.write_all(program.as_bytes())
+        .expect("writing the Lua program");
+    let output = Command::new(lua())
+        .arg(file.path())
+        .output()
+        .expect("running lua5.4");
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    String::from_utf8(output.stdout).map_err(|e| format!("output is not UTF-8: {e}"))
+}
+
+fn health(kind: &str, obj: &Value) -> Result<HealthStatus, String> {
+    let script = read(&health_dir().join(format!("{kind}.lua")));
+    let printed = run_lua(&format!("{kind}.lua"), &script, obj)?;
+    let (status, message) = printed
+        .split_once('\n')
+        .ok_or_else(|| format!("unexpected output {printed:?}"))?;
+    Ok(HealthStatus {
+        status: status.to_string(),
+        message: message.to_string(),
+    })
+}
+
+fn check_kind(kind: &str) {
+    let cases = test_cases();
+    let tests = &cases
+        .get(kind)
+        .unwrap_or_else(|| panic!("health_test.yaml has no {kind}"))
+        .tests;
+    assert!(!tests.is_empty(), "no cases for {kind}");
+    let mut failures = Vec::new();
+    for case in tests {
+        let path = health_dir().join(&case.input_path);
+        let obj: Value = serde_yaml::from_str(&read(&path))
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(
+            obj["kind"].as_str(),
+            Some(kind),
+            "{} is not a {kind}",
+            case.input_path
+        );
+        assert!(
+            HEALTH_STATUSES.contains(&case.health_status.status.as_str()),
+            "{}: {} is not an Argo CD health status",
+            case.input_path,
+            case.health_status.status
+        );
+        match health(kind, &obj) {
+            Ok(got) if got == case.health_status => {}
+            Ok(got) => failures.push(format!(
+                "{}: expected {:?}, got {got:?}",
+                case.input_path, case.health_status
+            )),
+            Err(e) => failures.push(format!("{}: the script failed: {e}", case.input_path)),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn archive_profile_health() {
+    check_kind("ArchiveProfile");
+}
+
+#[test]
+fn mailbox_set_health() {
+    check_kind("MailboxSet");
+}
+
+#[test]
+fn every_fixture_is_a_listed_case() {
+    let cases = test_cases();
+    let listed: BTreeSet<String> = cases
+        .values()
+        .flat_map(|k| k.tests.iter().map(|c| c.input_path.clone()))
+        .collect();
+    assert_eq!(
+        cases.keys().map(String::as_str).collect::<Vec<_>>(),
+        KINDS,
+        "health_test.yaml lists other kinds"
+    );
+    let mut on_disk = BTreeSet::new();
+    for kind in KINDS {
+        let dir = health_dir().join("testdata").join(kind);
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            on_disk.insert(format!("testdata/{kind}/{name}"));
+        }
+    }
+    assert_eq!(
+        on_disk, listed,
+        "testdata/ and health_test.yaml list different files"
+    );
+}
+
+#[test]
+fn argocd_cm_patch_embeds_the_scripts() {
+    let path = argocd_dir().join("argocd-cm-patch.yaml");
+    let patch: Value = serde_yaml::from_str(&read(&path)).unwrap();
+    assert_eq!(patch["apiVersion"].as_str(), Some("v1"));
+    assert_eq!(patch["kind"].as_str(), Some("ConfigMap"));
+    assert_eq!(patch["metadata"]["name"].as_str(), Some("argocd-cm"));
+    assert_eq!(patch["metadata"]["namespace"].as_str(), Some("argocd"));
+    let data = patch["data"].as_mapping().expect("data");
+    let mut keys = Vec::new();
+    for kind in KINDS {
+        let key = format!("resource.customizations.health.mailvault.io_{kind}");
+        let embedded = data
+            .get(key.as_str())
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("argocd-cm-patch.yaml has no {key}"));
+        let script = read(&health_dir().join(format!("{kind}.lua")));
+        assert!(
+            embedded == script,
+            "{key} differs from health/{kind}.lua: copy it again (manifests/argocd/README.md)"
+        );
+        keys.push(key);
+    }
+    assert_eq!(
+        data.len(),
+        keys.len(),
+        "argocd-cm-patch.yaml has other keys"
+    );
+}
+
+#[test]
+fn example_application_deploys_manifests() {
+    let path = argocd_dir().join("application.yaml");
+    let app: Value = serde_yaml::from_str(&read(&path)).unwrap();
+    assert_eq!(app["apiVersion"].as_str(), Some("argoproj.io/v1alpha1"));
+    assert_eq!(app["kind"].as_str(), Some("Application"));
+    assert_eq!(app["spec"]["source"]["path"].as_str(), Some("manifests"));
+}
+
+#[test]
+fn lua_literals_read_back_as_the_same_values() {
+    let tricky =
+        "quote \" backslash \\ newline \n tab \t cr \r nul \0 bell \u{7} digits \u{1}23 é ✓";
+    let obj: Value = serde_yaml::from_str(&format!(
+        "s: {}\nlist: [1, -2, 3.5, true, false]\nmissing: null\n7: seven\nbig: 18446744073709551615",
+        serde_json::to_string(tricky).unwrap()
+    ))
+    .unwrap();
+    let script = r#"
+local o = obj
+local hs = {}
+hs.status = o.s
+hs.message = o.list[1] .. " " .. o.list[2] .. " " .. o.list[3] .. " " .. tostring(o.list[4])
+  .. " " .. tostring(o.list[5]) .. " " .. #o.list .. " " .. tostring(o.missing) .. " " .. o[7]
+  .. " " .. tostring(o.big > 1e19)
+return hs
+"#;
+    let printed = run_lua("literal.lua", script, &obj).expect("lua run");
+    assert_eq!(
+        printed,
+        format!("{tricky}\n1 -2 3.5 true false 5 nil seven true")
+    );
+}
