@@ -79,6 +79,9 @@ pub struct RunArgs {
     pub store: Option<String>,
     #[arg(long, short = 'o', value_enum, default_value = "text")]
     pub output: Output,
+    /// Archive as usual, but only count what the deletion rules would delete.
+    #[arg(long)]
+    pub dry_run_deletion: bool,
 }
 
 #[derive(Args, Debug)]
@@ -96,6 +99,9 @@ pub struct MailboxesArgs {
     /// `json` prints one object per set; an array of them when several sets are listed.
     #[arg(long, short = 'o', value_enum, default_value = "text")]
     pub output: Output,
+    /// Archive as usual, but only count what the deletion rules would delete.
+    #[arg(long)]
+    pub dry_run_deletion: bool,
 }
 
 #[derive(Args, Debug)]
@@ -149,9 +155,24 @@ pub async fn main(cli: Cli) -> ExitCode {
     ExitCode::from(code)
 }
 
+/// Libraries that log protocol traffic at trace level, credentials included (async-imap
+/// logs every command it sends, LOGIN with its password). They are capped whatever
+/// `MAILVAULT_LOG` asks for.
+const CHATTY_LIBRARIES: &[&str] = &[
+    "async_imap",
+    "imap_proto",
+    "ldap3",
+    "lber",
+    "aws_sigv4",
+    "aws_smithy_runtime",
+];
+
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MAILVAULT_LOG")
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("MAILVAULT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    for library in CHATTY_LIBRARIES {
+        filter = filter.add_directive(format!("{library}=info").parse().expect("valid directive"));
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -257,7 +278,9 @@ async fn run_inner(args: RunArgs) -> Result<u8, Failure> {
         }
         let name = profile.object.metadata.name.clone().unwrap_or_default();
         let run_id = plan::local_run_id(&name, chrono::Utc::now());
-        let settings = Arc::new(plan::run_settings(&bundle, &profile.object, run_id));
+        let mut settings = plan::run_settings(&bundle, &profile.object, run_id);
+        settings.dry_run_deletion = args.dry_run_deletion;
+        let settings = Arc::new(settings);
         let protocol = engine::run(settings, archive.clone(), mailboxes).await;
         archive
             .save_protocol(

@@ -43,6 +43,8 @@ pub fn run_settings(bundle: &Bundle, profile: &ArchiveProfile, run_id: String) -
         },
         folders: FolderSelector::new(&spec.folders).expect("validated patterns compile"),
         filter: spec.filter.clone(),
+        deletion: spec.deletion.clone(),
+        dry_run_deletion: false,
         max_parallel: spec.max_parallel_jobs as usize,
         warnings,
     }

@@ -42,6 +42,13 @@ pub struct Totals {
     pub bytes: u64,
     /// Messages left out by the profile's filter (too old, too young, too large).
     pub skipped: u64,
+    /// With `--dry-run-deletion`: what the deletion rules would have deleted.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub would_delete: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -58,8 +65,13 @@ pub struct MailboxProtocol {
     pub deleted: u64,
     pub bytes: u64,
     pub skipped: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub would_delete: u64,
     pub folders: Vec<FolderProtocol>,
     pub errors: Vec<ProtocolError>,
+    /// Things that did not fail the mailbox but that a person should know.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
@@ -72,6 +84,10 @@ pub struct FolderProtocol {
     pub skipped: u64,
     #[serde(default)]
     pub bytes: u64,
+    #[serde(default)]
+    pub deleted: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub would_delete: u64,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -94,8 +110,10 @@ impl MailboxProtocol {
             deleted: 0,
             bytes: 0,
             skipped: 0,
+            would_delete: 0,
             folders: Vec::new(),
             errors: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -107,6 +125,17 @@ impl MailboxProtocol {
         self.skipped += folder.skipped;
         self.bytes += folder.bytes;
         self.folders.push(folder);
+    }
+
+    /// Adds a folder's deletion counts (the deletion pass runs after every folder was
+    /// archived, so the folder is already listed).
+    pub fn add_deletions(&mut self, folder: &str, deleted: u64, would_delete: u64) {
+        self.deleted += deleted;
+        self.would_delete += would_delete;
+        if let Some(f) = self.folders.iter_mut().find(|f| f.name == folder) {
+            f.deleted += deleted;
+            f.would_delete += would_delete;
+        }
     }
 
     /// Failed when the mailbox could not be archived at all (no login, store down);
@@ -139,6 +168,7 @@ impl RunProtocol {
             t.deleted += m.deleted;
             t.bytes += m.bytes;
             t.skipped += m.skipped;
+            t.would_delete += m.would_delete;
         }
         self.result = if t.mailboxes_failed == 0 {
             RunResult::Succeeded
@@ -163,6 +193,18 @@ impl RunProtocol {
         let _ = writeln!(out, "Store: {}", self.store);
         for w in &self.warnings {
             let _ = writeln!(out, "Warning: {w}");
+        }
+        for m in &self.mailboxes {
+            for w in &m.warnings {
+                let _ = writeln!(out, "Warning: {}: {w}", m.mailbox);
+            }
+        }
+        if self.totals.would_delete > 0 {
+            let _ = writeln!(
+                out,
+                "Dry run: the deletion rules would have deleted {} messages",
+                self.totals.would_delete
+            );
         }
         let _ = writeln!(out);
         let width = self

@@ -6,6 +6,7 @@
 //! task hashes and stores each message as it arrives while the next ones stream in, and
 //! commits in batches (bytes durable, then the index segment, then the sync state).
 
+mod delete;
 mod select;
 
 use std::collections::{HashMap, HashSet};
@@ -16,13 +17,14 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
+pub use delete::{deletable, Deleted};
 pub use select::{decide, Decision, FolderSelector};
 
 use crate::imap::{self, Credentials, Folder, ImapError, MessageMeta, ServerConfig, Session};
 use crate::protocol::{
     FolderProtocol, MailboxProtocol, ProtocolError, RunProtocol, RunResult, Totals,
 };
-use crate::resources::FilterSpec;
+use crate::resources::{DeletionMode, DeletionSpec, FilterSpec};
 use crate::sources::Mailbox;
 use crate::store::{now, Archive, Direction, FolderKey, FolderState, IndexEntry, StoreError};
 
@@ -44,6 +46,9 @@ pub struct RunSettings {
     pub server: ServerConfig,
     pub folders: FolderSelector,
     pub filter: FilterSpec,
+    pub deletion: DeletionSpec,
+    /// Count what the deletion rules would delete, delete nothing.
+    pub dry_run_deletion: bool,
     pub max_parallel: usize,
     pub warnings: Vec<String>,
 }
@@ -153,6 +158,7 @@ async fn archive_folders(
     let folders = session.folders().await.map_err(|e| e.to_string())?;
     let now = Utc::now();
     let mut outcome = Ok(());
+    let mut archived_folders = Vec::new();
     for (folder, direction) in settings.folders.select(folders) {
         let key = FolderKey {
             user: mailbox.user.clone(),
@@ -177,7 +183,7 @@ async fn archive_folders(
         .await;
         protocol.add_folder(folder_protocol);
         match result {
-            Ok(()) => {}
+            Ok(()) => archived_folders.push((folder, key)),
             Err(FolderFailure::Folder(message)) => protocol.errors.push(ProtocolError {
                 folder: Some(folder.path()),
                 uid: None,
@@ -189,10 +195,68 @@ async fn archive_folders(
             }
         }
     }
+    let clean = outcome.is_ok() && protocol.errors.is_empty() && protocol.failed == 0;
+    if clean && settings.deletion.mode == DeletionMode::AfterArchiving {
+        outcome = delete_pass(
+            settings,
+            archive,
+            &mut session,
+            archived_folders,
+            now,
+            protocol,
+        )
+        .await;
+    }
     if outcome.is_ok() {
         session.logout().await;
     }
     outcome
+}
+
+/// Runs the deletion pass over the folders just archived.
+async fn delete_pass(
+    settings: &RunSettings,
+    archive: &Archive,
+    session: &mut Session,
+    folders: Vec<(Folder, FolderKey)>,
+    now: DateTime<Utc>,
+    protocol: &mut MailboxProtocol,
+) -> Result<(), String> {
+    let dry_run = settings.dry_run_deletion;
+    if !dry_run && !session.has_capability("UIDPLUS") {
+        protocol.warnings.push(
+            "deletion skipped: the server does not support UIDPLUS, so expunging only the archived messages is not possible"
+                .into(),
+        );
+        return Ok(());
+    }
+    for (folder, key) in folders {
+        match delete::delete_archived(
+            session,
+            archive,
+            &key,
+            &folder,
+            &settings.deletion,
+            now,
+            dry_run,
+        )
+        .await
+        {
+            Ok(d) => protocol.add_deletions(&key.folder, d.deleted, d.would_delete),
+            Err(FolderFailure::Folder(message)) => protocol.errors.push(ProtocolError {
+                folder: Some(key.folder.clone()),
+                uid: None,
+                message: format!("deleting archived messages: {message}"),
+            }),
+            Err(FolderFailure::Mailbox(message)) => {
+                return Err(format!(
+                    "folder {:?}: deleting archived messages: {message}",
+                    key.folder
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 enum FolderFailure {

@@ -292,7 +292,7 @@ impl Session {
                 A::All | A::Archive | A::Flagged => Some(SpecialUse::Other),
                 _ => None,
             });
-            let raw = name.name().to_string();
+            let raw = unescape_quoted(name.name());
             let decoded = utf7::decode(&raw).unwrap_or_else(|| raw.clone());
             let segments = match name.delimiter() {
                 Some(d) if !d.is_empty() => decoded.split(d).map(str::to_string).collect(),
@@ -308,10 +308,26 @@ impl Session {
         Ok(folders)
     }
 
-    /// Opens a folder read-only.
+    /// Opens a folder read-only: archiving never changes a mailbox.
     pub async fn examine(&mut self, folder: &Folder) -> Result<FolderStatus> {
+        self.open(folder, false).await
+    }
+
+    /// Opens a folder read-write, for the deletion pass only.
+    pub async fn select(&mut self, folder: &Folder) -> Result<FolderStatus> {
+        self.open(folder, true).await
+    }
+
+    async fn open(&mut self, folder: &Folder, read_write: bool) -> Result<FolderStatus> {
         let during = format!("opening folder {:?}", folder.path());
-        let mailbox = within(self.timeout, &during, self.inner.examine(&folder.raw))
+        let command = async {
+            if read_write {
+                self.inner.select(&folder.raw).await
+            } else {
+                self.inner.examine(&folder.raw).await
+            }
+        };
+        let mailbox = within(self.timeout, &during, command)
             .await?
             .map_err(|e| command_error(&during, e))?;
         let uid_validity = mailbox.uid_validity.ok_or_else(|| ImapError::Command {
@@ -323,6 +339,38 @@ impl Session {
             exists: mailbox.exists,
             uid_next: mailbox.uid_next,
         })
+    }
+
+    /// Deletes exactly the given messages from the selected folder: flags them `\Deleted`
+    /// and expunges only those UIDs (UIDPLUS), so that messages the user had flagged
+    /// `\Deleted` themselves stay. Returns how many the server expunged.
+    pub async fn delete_messages(&mut self, uids: &[u32]) -> Result<u64> {
+        let mut expunged = 0;
+        for chunk in uids.chunks(500) {
+            let set = uid_set(chunk);
+            let during = "flagging archived messages as deleted";
+            within(self.timeout, during, async {
+                self.inner
+                    .uid_store(&set, "+FLAGS.SILENT (\\Deleted)")
+                    .await?
+                    .try_collect::<Vec<_>>()
+                    .await
+            })
+            .await?
+            .map_err(|e| command_error(during, e))?;
+            let during = "expunging archived messages";
+            let gone = within(self.timeout, during, async {
+                self.inner
+                    .uid_expunge(&set)
+                    .await?
+                    .try_collect::<Vec<_>>()
+                    .await
+            })
+            .await?
+            .map_err(|e| command_error(during, e))?;
+            expunged += gone.len() as u64;
+        }
+        Ok(expunged)
     }
 
     /// The UIDs of every message in the open folder, ascending.
@@ -550,6 +598,21 @@ fn flag_name(flag: &async_imap::types::Flag<'_>) -> String {
     }
 }
 
+/// imap-proto hands out a quoted mailbox name with its escapes (`\\`, `\"`) still in
+/// place, while async-imap escapes names again when it sends them; the name is unescaped
+/// once here so that both directions agree.
+fn unescape_quoted(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut chars = name.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Compresses ascending UIDs into an IMAP sequence set (`1:5,7,9:12`).
 pub fn uid_set(uids: &[u32]) -> String {
     let mut out = String::new();
@@ -582,6 +645,12 @@ mod tests {
     fn uid_sets_are_compressed() {
         assert_eq!(uid_set(&[1, 2, 3, 5, 7, 8]), "1:3,5,7:8");
         assert_eq!(uid_set(&[42]), "42");
+    }
+
+    #[test]
+    fn quoted_names_are_unescaped() {
+        assert_eq!(unescape_quoted(r#"back\\slash \"q\""#), r#"back\slash "q""#);
+        assert_eq!(unescape_quoted("plain"), "plain");
     }
 
     #[test]

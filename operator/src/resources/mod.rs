@@ -53,6 +53,9 @@ pub struct ArchiveProfileSpec {
     /// `mailvault run`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<StoreSpec>,
+    /// Whether archived messages are deleted from the server afterwards.
+    #[serde(default)]
+    pub deletion: DeletionSpec,
 }
 
 fn default_max_parallel_jobs() -> u32 {
@@ -168,6 +171,46 @@ pub struct FilterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_message_bytes: Option<u64>,
+}
+
+/// Deleting archived mail from the server. Off unless asked for; and even then a message
+/// is deleted only after its mailbox was archived without errors and its stored copy was
+/// read back and its hash verified.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeletionSpec {
+    #[serde(default)]
+    pub mode: DeletionMode,
+    /// Only messages at least this many days old (by INTERNALDATE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub older_than_days: Option<u32>,
+    /// Never delete flagged messages (default). Flagged mail is deleted only when this is
+    /// explicitly false.
+    #[serde(default = "default_true")]
+    pub keep_flagged: bool,
+    /// Never delete unread messages (default).
+    #[serde(default = "default_true")]
+    pub keep_unread: bool,
+}
+
+impl Default for DeletionSpec {
+    fn default() -> Self {
+        DeletionSpec {
+            mode: DeletionMode::Never,
+            older_than_days: None,
+            keep_flagged: true,
+            keep_unread: true,
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionMode {
+    /// Archived mail stays on the server.
+    #[default]
+    Never,
+    /// Archived, verified mail is deleted from the server after its mailbox's archive pass.
+    AfterArchiving,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]

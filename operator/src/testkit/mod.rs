@@ -3,5 +3,6 @@
 
 pub mod dovecot;
 pub mod mail;
+pub mod proxy;
 #[cfg(unix)]
 pub mod slapd;
