@@ -313,7 +313,10 @@ fn now_nanos() -> u128 {
 }
 
 /// Two users, several folders, enough mail that a run takes a while.
-fn seeded(users: &[&str]) -> (Dovecot, BTreeMap<String, BTreeMap<String, Vec<Vec<u8>>>>) {
+/// Folder name → messages, per user.
+type Seeded = BTreeMap<String, BTreeMap<String, Vec<Vec<u8>>>>;
+
+fn seeded(users: &[&str]) -> (Dovecot, Seeded) {
     let dovecot = Dovecot::start().unwrap();
     let mut expected = BTreeMap::new();
     for (i, user) in users.iter().enumerate() {
