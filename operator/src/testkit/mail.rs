@@ -7,11 +7,16 @@ pub struct Rng(u64);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407))
+        Rng(seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407))
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let x = self.0;
         (x ^ (x >> 33)).wrapping_mul(0xff51afd7ed558ccd) ^ (x >> 29)
     }
@@ -33,7 +38,8 @@ pub fn message(seed: u64, n: u64, from: &str, to: &str, subject: &str, size: usi
     )
     .into_bytes();
     let mut rng = Rng::new(seed ^ n.wrapping_mul(0x9e3779b97f4a7c15));
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz      ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,";
+    const ALPHABET: &[u8] =
+        b"abcdefghijklmnopqrstuvwxyz      ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,";
     while out.len() + 2 < size {
         let len = 76.min(size - out.len() - 2).max(1);
         for _ in 0..len {
@@ -64,7 +70,14 @@ pub fn mailbox(seed: u64, owner: &str, count: u64) -> Vec<Vec<u8>> {
     (0..count)
         .map(|n| {
             let size = mixed_size(&mut rng);
-            message(seed, n, "sender@example.net", owner, &format!("Message {n}"), size)
+            message(
+                seed,
+                n,
+                "sender@example.net",
+                owner,
+                &format!("Message {n}"),
+                size,
+            )
         })
         .collect()
 }
