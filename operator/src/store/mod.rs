@@ -20,6 +20,7 @@
 //! before a crash but not yet named by the state is picked up by the next run.
 
 pub mod local;
+pub mod s3;
 mod uidset;
 
 use std::collections::{BTreeMap, HashSet};
@@ -40,6 +41,10 @@ pub enum StoreError {
         key: String,
         message: String,
     },
+    /// The store cannot be used at all (no such bucket, credentials refused); nothing
+    /// was written.
+    #[error("{store}: cannot open the archive store: {message}")]
+    Open { store: String, message: String },
     #[error("{store}: {key} is damaged: {message}")]
     Corrupt {
         store: String,
