@@ -482,29 +482,43 @@ impl ObjectStore for S3Store {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
-        let response = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.object_key(key))
-            .send()
-            .await;
-        let output = match response {
-            Ok(output) => output,
-            Err(SdkError::ServiceError(e)) if e.err().is_no_such_key() => return Ok(None),
-            Err(e) => return Err(self.error("GetObject", key, &e)),
-        };
-        let body = output
-            .body
-            .collect()
-            .await
-            .map_err(|e| StoreError::Backend {
-                store: self.describe.clone(),
-                operation: "GetObject",
-                key: key.to_string(),
-                message: format!("reading the body: {}", causes(&e)),
-            })?;
-        Ok(Some(body.into_bytes()))
+        // The SDK retries a request only until the response starts. A body that breaks off
+        // later (a connection reset; or Garage, which ends the body early when the object
+        // is replaced while it is read) is fetched again here.
+        let mut attempt = 1;
+        loop {
+            let response = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(self.object_key(key))
+                .send()
+                .await;
+            let output = match response {
+                Ok(output) => output,
+                Err(SdkError::ServiceError(e)) if e.err().is_no_such_key() => return Ok(None),
+                Err(e) => return Err(self.error("GetObject", key, &e)),
+            };
+            match output.body.collect().await {
+                Ok(body) => return Ok(Some(body.into_bytes())),
+                Err(e) if attempt < MAX_ATTEMPTS => {
+                    tracing::debug!(store = %self.describe, key, error = %causes(&e), "reading an object again");
+                    tokio::time::sleep(INITIAL_BACKOFF * (attempt - 1)).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(StoreError::Backend {
+                        store: self.describe.clone(),
+                        operation: "GetObject",
+                        key: key.to_string(),
+                        message: format!(
+                            "reading the body ({MAX_ATTEMPTS} attempts): {}",
+                            causes(&e)
+                        ),
+                    })
+                }
+            }
+        }
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
