@@ -24,6 +24,7 @@ pub mod s3;
 mod uidset;
 
 use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -51,6 +52,23 @@ pub enum StoreError {
         key: String,
         message: String,
     },
+}
+
+/// Where an archive lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreLocation {
+    Local(PathBuf),
+    S3(s3::S3Config),
+}
+
+impl StoreLocation {
+    /// The directory, or `s3://bucket/prefix`.
+    pub fn describe(&self) -> String {
+        match self {
+            StoreLocation::Local(path) => path.display().to_string(),
+            StoreLocation::S3(config) => config.describe(),
+        }
+    }
 }
 
 /// A flat namespace of objects: the contract every backend meets.
