@@ -14,6 +14,7 @@
 
 use std::time::Duration;
 
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation};
@@ -423,11 +424,30 @@ where
             message
         }
         SdkError::TimeoutError(_) => format!("timed out ({retried})"),
+        SdkError::DispatchFailure(_) if find_source::<CredentialsError>(e).is_some() => format!(
+            "no usable credentials ({}); give them as AWS_ACCESS_KEY_ID and \
+             AWS_SECRET_ACCESS_KEY, an AWS profile, a web identity (IRSA) or the store's \
+             credentialsSecretRef",
+            causes(e)
+        ),
         SdkError::DispatchFailure(failure) if failure.is_io() || failure.is_timeout() => {
             format!("cannot reach the server ({retried}): {}", causes(e))
         }
         other => causes(other),
     }
+}
+
+fn find_source<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut next = Some(e);
+    while let Some(error) = next {
+        if let Some(found) = error.downcast_ref::<T>() {
+            return Some(found);
+        }
+        next = error.source();
+    }
+    None
 }
 
 /// An error and its sources, `: `-separated, each said once (many wrappers repeat their
