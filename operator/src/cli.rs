@@ -3,7 +3,7 @@
 //! Exit codes: 0 everything succeeded; 1 something failed at run time (a mailbox, the
 //! store, damaged objects); 2 the input is invalid, and then nothing was touched.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -12,7 +12,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::export::{self, Format};
 use crate::protocol::{RunProtocol, RunResult};
 use crate::resources::{self, namespace_of, ArchiveProfile, Bundle, Located};
-use crate::store::{local::LocalStore, Archive, StoreError};
+use crate::store::local::LocalStore;
+use crate::store::s3::{S3Config, S3Store};
+use crate::store::{Archive, ObjectStore, StoreError, StoreLocation};
 use crate::{engine, plan, sources};
 
 /// The archive directory when neither `--store` nor the profile names one.
@@ -62,18 +64,44 @@ pub struct RunArgs {
     /// Only this profile (`name` or `namespace/name`).
     #[arg(long)]
     pub profile: Option<String>,
-    /// Archive into this directory instead of the profile's store.
+    /// Archive into this directory or `s3://bucket/prefix` instead of the profile's store.
     #[arg(long)]
     pub store: Option<String>,
+    #[command(flatten)]
+    pub s3: S3Args,
     #[arg(long, short = 'o', value_enum, default_value = "text")]
     pub output: Output,
 }
 
+/// How to reach an `s3://` store. Credentials come from the AWS default chain
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_PROFILE`, ...),
+/// never from the command line, where other users could read them.
+#[derive(Args, Debug, Default)]
+pub struct S3Args {
+    /// URL of an S3-compatible server (default: AWS S3, or `AWS_ENDPOINT_URL`).
+    #[arg(long)]
+    pub s3_endpoint: Option<String>,
+    /// Region (default: `us-east-1` with --s3-endpoint, else `AWS_REGION`, else `us-east-1`).
+    #[arg(long)]
+    pub s3_region: Option<String>,
+    /// Address the bucket in the URL path, as most S3-compatible servers need.
+    #[arg(long)]
+    pub s3_path_style: bool,
+}
+
+impl S3Args {
+    fn any(&self) -> bool {
+        self.s3_endpoint.is_some() || self.s3_region.is_some() || self.s3_path_style
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct ExportArgs {
-    /// The archive directory.
+    /// The archive directory, or `s3://bucket/prefix`.
     #[arg(long, default_value = DEFAULT_STORE)]
     pub store: String,
+    #[command(flatten)]
+    pub s3: S3Args,
     /// The archive user to export.
     #[arg(long)]
     pub user: String,
@@ -86,9 +114,11 @@ pub struct ExportArgs {
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
-    /// The archive directory.
+    /// The archive directory, or `s3://bucket/prefix`.
     #[arg(long, default_value = DEFAULT_STORE)]
     pub store: String,
+    #[command(flatten)]
+    pub s3: S3Args,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -110,7 +140,9 @@ pub async fn main(cli: Cli) -> ExitCode {
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MAILVAULT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        // The AWS credential chain warns about every provider it tries in vain; the store's
+        // error says what matters.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,aws_config=error"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -145,6 +177,15 @@ struct Prepared<'a> {
 
 async fn run_inner(args: RunArgs) -> Result<u8, Failure> {
     let bundle = resources::load_paths(&args.files).map_err(|e| invalid(e.to_string()))?;
+    let store_override = match &args.store {
+        Some(store) => Some(parse_store(store, &args.s3)?),
+        None if args.s3.any() => {
+            return Err(invalid(
+                "--s3-endpoint, --s3-region and --s3-path-style need an s3:// --store",
+            ))
+        }
+        None => None,
+    };
     let profiles = chosen_profiles(&bundle, args.profile.as_deref())?;
     // Validate and resolve everything first: invalid input touches nothing.
     let mut errors = Vec::new();
@@ -173,14 +214,18 @@ async fn run_inner(args: RunArgs) -> Result<u8, Failure> {
     }
     let mut protocols = Vec::new();
     for Prepared { profile, mailboxes } in prepared {
-        let store = args
-            .store
+        let location = store_override
             .clone()
-            .unwrap_or_else(|| profile_store(&profile.object));
-        let archive = open_store(&store).map_err(|e| Failure(1, e.to_string()))?;
+            .or_else(|| plan::store_location(&bundle, &profile.object))
+            .unwrap_or_else(|| StoreLocation::Local(DEFAULT_STORE.into()));
+        let archive = open_store(&location)
+            .await
+            .map_err(|e| Failure(1, e.to_string()))?;
         let name = profile.object.metadata.name.clone().unwrap_or_default();
         let run_id = plan::local_run_id(&name, chrono::Utc::now());
-        let settings = Arc::new(plan::run_settings(&bundle, &profile.object, run_id));
+        let mut settings = plan::run_settings(&bundle, &profile.object, run_id);
+        settings.warnings.extend(plan::store_warnings(&location));
+        let settings = Arc::new(settings);
         let protocol = engine::run(settings, archive.clone(), mailboxes).await;
         archive
             .save_protocol(
@@ -230,21 +275,41 @@ fn chosen_profiles<'a>(
     Ok(chosen)
 }
 
-fn profile_store(profile: &ArchiveProfile) -> String {
-    profile
-        .spec
-        .store
-        .as_ref()
-        .and_then(|s| s.local.as_ref())
-        .and_then(|l| l.path.clone())
-        .unwrap_or_else(|| DEFAULT_STORE.to_string())
+/// Reads a `--store` argument: `s3://bucket/prefix` or a directory.
+fn parse_store(store: &str, s3: &S3Args) -> Result<StoreLocation, Failure> {
+    let Some(rest) = store.strip_prefix("s3://") else {
+        if s3.any() {
+            return Err(invalid(format!(
+                "--s3-endpoint, --s3-region and --s3-path-style only apply to an s3:// store, not {store}"
+            )));
+        }
+        return Ok(StoreLocation::Local(store.into()));
+    };
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(invalid(format!(
+            "{store}: no bucket; use s3://bucket or s3://bucket/prefix"
+        )));
+    }
+    Ok(StoreLocation::S3(S3Config {
+        bucket: bucket.to_string(),
+        prefix: prefix.to_string(),
+        region: s3.s3_region.clone(),
+        endpoint: s3.s3_endpoint.clone(),
+        force_path_style: s3.s3_path_style,
+        credentials: None,
+        server_side_encryption: None,
+    }))
 }
 
-/// Opens the archive a `--store` argument or profile names.
-pub fn open_store(location: &str) -> Result<Archive, StoreError> {
-    Ok(Archive::new(Arc::new(LocalStore::open(Path::new(
-        location,
-    ))?)))
+/// Opens the archive a `--store` argument or profile names, creating a local directory
+/// if need be. An S3 bucket must exist and be usable with the credentials.
+pub async fn open_store(location: &StoreLocation) -> Result<Archive, StoreError> {
+    let objects: Arc<dyn ObjectStore> = match location {
+        StoreLocation::Local(path) => Arc::new(LocalStore::open(path)?),
+        StoreLocation::S3(config) => Arc::new(S3Store::open(config).await?),
+    };
+    Ok(Archive::new(objects))
 }
 
 fn print_protocols(protocols: &[RunProtocol], output: Output) {
@@ -266,7 +331,7 @@ fn print_protocols(protocols: &[RunProtocol], output: Output) {
 
 async fn export_cmd(args: ExportArgs) -> u8 {
     let result = async {
-        let archive = open_existing(&args.store)?;
+        let archive = open_existing(&parse_store(&args.store, &args.s3)?).await?;
         export::export(&archive, &args.user, &args.out, args.format)
             .await
             .map_err(|e| match e {
@@ -295,16 +360,39 @@ async fn export_cmd(args: ExportArgs) -> u8 {
 }
 
 /// Opens a store that must already exist (reading commands never create one).
-fn open_existing(location: &str) -> Result<Archive, Failure> {
-    if !Path::new(location).join("messages").is_dir() && !Path::new(location).join("users").is_dir()
-    {
-        return Err(invalid(format!("{location} is not a mailvault archive")));
+async fn open_existing(location: &StoreLocation) -> Result<Archive, Failure> {
+    let not_an_archive = || {
+        invalid(format!(
+            "{} is not a mailvault archive",
+            location.describe()
+        ))
+    };
+    let failed = |e: StoreError| Failure(1, e.to_string());
+    match location {
+        StoreLocation::Local(path) => {
+            if !path.join("messages").is_dir() && !path.join("users").is_dir() {
+                return Err(not_an_archive());
+            }
+            open_store(location).await.map_err(failed)
+        }
+        StoreLocation::S3(config) => {
+            let store = S3Store::open(config).await.map_err(failed)?;
+            let found = store.has_objects("users/").await.map_err(failed)?
+                || store.has_objects("messages/").await.map_err(failed)?;
+            if !found {
+                return Err(not_an_archive());
+            }
+            Ok(Archive::new(Arc::new(store)))
+        }
     }
-    open_store(location).map_err(|e| Failure(1, e.to_string()))
 }
 
 async fn verify(args: VerifyArgs) -> u8 {
-    let archive = match open_existing(&args.store) {
+    let opened = match parse_store(&args.store, &args.s3) {
+        Ok(location) => open_existing(&location).await,
+        Err(failure) => Err(failure),
+    };
+    let archive = match opened {
         Ok(a) => a,
         Err(Failure(code, message)) => {
             eprintln!("error: {message}");
@@ -328,5 +416,53 @@ async fn verify(args: VerifyArgs) -> u8 {
             eprintln!("error: {e}");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s3(store: &str, args: &S3Args) -> S3Config {
+        match parse_store(store, args) {
+            Ok(StoreLocation::S3(config)) => config,
+            Ok(other) => panic!("{store}: {other:?}"),
+            Err(Failure(code, message)) => panic!("{store}: {code} {message}"),
+        }
+    }
+
+    #[test]
+    fn stores_are_directories_or_s3_urls() {
+        let none = S3Args::default();
+        assert_eq!(
+            parse_store("archive", &none).ok(),
+            Some(StoreLocation::Local("archive".into()))
+        );
+        assert_eq!(s3("s3://bucket", &none).describe(), "s3://bucket");
+        let config = s3("s3://bucket/a/b/", &none);
+        assert_eq!(
+            (config.bucket.as_str(), config.describe()),
+            ("bucket", "s3://bucket/a/b".into())
+        );
+        assert_eq!(
+            (config.region, config.endpoint, config.credentials),
+            (None, None, None)
+        );
+        let flags = S3Args {
+            s3_endpoint: Some("http://127.0.0.1:3900".into()),
+            s3_region: Some("garage".into()),
+            s3_path_style: true,
+        };
+        let config = s3("s3://b/p", &flags);
+        assert_eq!(config.endpoint.as_deref(), Some("http://127.0.0.1:3900"));
+        assert_eq!(config.region.as_deref(), Some("garage"));
+        assert!(config.force_path_style);
+        for bad in ["s3://", "s3:///prefix"] {
+            assert!(
+                matches!(parse_store(bad, &none), Err(Failure(2, _))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(parse_store("dir", &flags), Err(Failure(2, _))));
     }
 }
