@@ -40,8 +40,9 @@ const PART_CONCURRENCY: usize = 4;
 /// Attempts per request, the first included.
 const MAX_ATTEMPTS: u32 = 5;
 /// Backoff before the first retry; it doubles (with jitter) up to `MAX_BACKOFF`. Five
-/// attempts wait at most 1 + 2 + 4 + 8 s, long enough to ride out an S3 `SlowDown` or a
-/// restarting server, short enough that a dead endpoint is reported within a minute.
+/// attempts wait at most 1 + 2 + 4 + 8 s: long enough to ride out an S3 `SlowDown` or a
+/// restarting server, short enough that a refused connection is reported within seconds.
+/// (A server that accepts and then says nothing costs the timeouts below per attempt.)
 const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
 /// Establishing a TCP (and TLS) connection.
