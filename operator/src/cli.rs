@@ -3,7 +3,7 @@
 //! Exit codes: 0 everything succeeded; 1 something failed at run time (a mailbox, the
 //! store, damaged objects); 2 the input is invalid, and then nothing was touched.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -15,7 +15,9 @@ use crate::protocol::{RunProtocol, RunResult};
 use crate::resources::{
     self, namespace_of, ArchiveProfile, Bundle, Located, MailboxSet, SyncRecord,
 };
-use crate::store::{local::LocalStore, Archive, StoreError};
+use crate::store::local::LocalStore;
+use crate::store::s3::{S3Config, S3Store};
+use crate::store::{Archive, ObjectStore, StoreError, StoreLocation};
 use crate::{engine, plan, sources};
 
 /// The archive directory when neither `--store` nor the profile names one.
@@ -74,14 +76,38 @@ pub struct RunArgs {
     /// Only this profile (`name` or `namespace/name`).
     #[arg(long)]
     pub profile: Option<String>,
-    /// Archive into this directory instead of the profile's store.
+    /// Archive into this directory or `s3://bucket/prefix` instead of the profile's store.
     #[arg(long)]
     pub store: Option<String>,
+    #[command(flatten)]
+    pub s3: S3Args,
     #[arg(long, short = 'o', value_enum, default_value = "text")]
     pub output: Output,
     /// Archive as usual, but only count what the deletion rules would delete.
     #[arg(long)]
     pub dry_run_deletion: bool,
+}
+
+/// How to reach an `s3://` store. Credentials come from the AWS default chain
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_PROFILE`, ...),
+/// never from the command line, where other users could read them.
+#[derive(Args, Debug, Default)]
+pub struct S3Args {
+    /// URL of an S3-compatible server (default: AWS S3, or `AWS_ENDPOINT_URL`).
+    #[arg(long)]
+    pub s3_endpoint: Option<String>,
+    /// Region (default: `us-east-1` with --s3-endpoint, else `AWS_REGION`, else `us-east-1`).
+    #[arg(long)]
+    pub s3_region: Option<String>,
+    /// Address the bucket in the URL path, as most S3-compatible servers need.
+    #[arg(long)]
+    pub s3_path_style: bool,
+}
+
+impl S3Args {
+    fn any(&self) -> bool {
+        self.s3_endpoint.is_some() || self.s3_region.is_some() || self.s3_path_style
+    }
 }
 
 #[derive(Args, Debug)]
@@ -96,6 +122,8 @@ pub struct MailboxesArgs {
     /// `mailvault run` would (maxRemovedPercent); the archive is only read.
     #[arg(long)]
     pub store: Option<String>,
+    #[command(flatten)]
+    pub s3: S3Args,
     /// `json` prints one object per set; an array of them when several sets are listed.
     #[arg(long, short = 'o', value_enum, default_value = "text")]
     pub output: Output,
@@ -106,9 +134,11 @@ pub struct MailboxesArgs {
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
-    /// The archive directory.
+    /// The archive directory, or `s3://bucket/prefix`.
     #[arg(long, default_value = DEFAULT_STORE)]
     pub store: String,
+    #[command(flatten)]
+    pub s3: S3Args,
     /// The archive user to export.
     #[arg(long)]
     pub user: String,
@@ -121,16 +151,20 @@ pub struct ExportArgs {
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
-    /// The archive directory.
+    /// The archive directory, or `s3://bucket/prefix`.
     #[arg(long, default_value = DEFAULT_STORE)]
     pub store: String,
+    #[command(flatten)]
+    pub s3: S3Args,
 }
 
 #[derive(Args, Debug)]
 pub struct ListArgs {
-    /// The archive directory.
+    /// The archive directory, or `s3://bucket/prefix`.
     #[arg(long, default_value = DEFAULT_STORE)]
     pub store: String,
+    #[command(flatten)]
+    pub s3: S3Args,
     /// Only this archive user.
     #[arg(long)]
     pub user: Option<String>,
@@ -169,7 +203,9 @@ const CHATTY_LIBRARIES: &[&str] = &[
 
 fn init_logging(format: LogFormat) {
     let mut filter = tracing_subscriber::EnvFilter::try_from_env("MAILVAULT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        // The AWS credential chain warns about every provider it tries in vain; the store's
+        // error says what matters.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,aws_config=error"));
     for library in CHATTY_LIBRARIES {
         filter = filter.add_directive(format!("{library}=info").parse().expect("valid directive"));
     }
@@ -203,7 +239,7 @@ async fn run(args: RunArgs) -> u8 {
 struct Prepared<'a> {
     profile: &'a Located<ArchiveProfile>,
     set: &'a Located<MailboxSet>,
-    store: String,
+    store: StoreLocation,
     mailboxes: Vec<sources::Mailbox>,
     directory_sync: Option<SyncRecord>,
 }
@@ -211,6 +247,15 @@ struct Prepared<'a> {
 async fn run_inner(args: RunArgs) -> Result<u8, Failure> {
     let bundle = resources::load_paths(&args.files).map_err(|e| invalid(e.to_string()))?;
     let profiles = chosen_profiles(&bundle, args.profile.as_deref())?;
+    let store_override = match &args.store {
+        Some(store) => Some(parse_store(store, &args.s3)?),
+        None if args.s3.any() => {
+            return Err(invalid(
+                "--s3-endpoint, --s3-region and --s3-path-style need an s3:// --store",
+            ))
+        }
+        None => None,
+    };
     // Validate and resolve everything first: invalid input touches nothing.
     let mut errors = Vec::new();
     let mut code = 0;
@@ -226,10 +271,10 @@ async fn run_inner(args: RunArgs) -> Result<u8, Failure> {
         let set = bundle
             .mailbox_set(namespace, &profile.object.spec.mailbox_set_ref.name)
             .expect("validated");
-        let store = args
-            .store
+        let store = store_override
             .clone()
-            .unwrap_or_else(|| profile_store(&profile.object));
+            .or_else(|| plan::store_location(&bundle, &profile.object))
+            .unwrap_or_else(|| StoreLocation::Local(DEFAULT_STORE.into()));
         let previous = match previous_sync(&store, set).await {
             Ok(previous) => previous,
             Err(Failure(c, message)) => {
@@ -265,7 +310,9 @@ async fn run_inner(args: RunArgs) -> Result<u8, Failure> {
             mailboxes,
             directory_sync,
         } = prepared;
-        let archive = open_store(&store).map_err(|e| Failure(1, e.to_string()))?;
+        let archive = open_store(&store)
+            .await
+            .map_err(|e| Failure(1, e.to_string()))?;
         if let Some(record) = directory_sync {
             archive
                 .save_directory_sync(
@@ -280,6 +327,7 @@ async fn run_inner(args: RunArgs) -> Result<u8, Failure> {
         let run_id = plan::local_run_id(&name, chrono::Utc::now());
         let mut settings = plan::run_settings(&bundle, &profile.object, run_id);
         settings.dry_run_deletion = args.dry_run_deletion;
+        settings.warnings.extend(plan::store_warnings(&store));
         let settings = Arc::new(settings);
         let protocol = engine::run(settings, archive.clone(), mailboxes).await;
         archive
@@ -302,7 +350,7 @@ async fn run_inner(args: RunArgs) -> Result<u8, Failure> {
 /// have a directory. A location that is no archive yet has none, and is not created here
 /// (invalid input touches nothing).
 async fn previous_sync(
-    location: &str,
+    location: &StoreLocation,
     set: &Located<MailboxSet>,
 ) -> Result<Option<SyncRecord>, Failure> {
     let has_directory = set
@@ -311,11 +359,13 @@ async fn previous_sync(
         .master_password
         .as_ref()
         .is_some_and(|m| m.directory.is_some());
-    if !has_directory || !is_archive(location) {
+    if !has_directory {
         return Ok(None);
     }
-    let archive = open_store(location).map_err(|e| Failure(1, e.to_string()))?;
-    load_sync(&archive, set).await
+    match existing_archive(location).await? {
+        Some(archive) => load_sync(&archive, set).await,
+        None => Ok(None),
+    }
 }
 
 async fn load_sync(
@@ -363,21 +413,41 @@ fn chosen_profiles<'a>(
     Ok(chosen)
 }
 
-fn profile_store(profile: &ArchiveProfile) -> String {
-    profile
-        .spec
-        .store
-        .as_ref()
-        .and_then(|s| s.local.as_ref())
-        .and_then(|l| l.path.clone())
-        .unwrap_or_else(|| DEFAULT_STORE.to_string())
+/// Reads a `--store` argument: `s3://bucket/prefix` or a directory.
+fn parse_store(store: &str, s3: &S3Args) -> Result<StoreLocation, Failure> {
+    let Some(rest) = store.strip_prefix("s3://") else {
+        if s3.any() {
+            return Err(invalid(format!(
+                "--s3-endpoint, --s3-region and --s3-path-style only apply to an s3:// store, not {store}"
+            )));
+        }
+        return Ok(StoreLocation::Local(store.into()));
+    };
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(invalid(format!(
+            "{store}: no bucket; use s3://bucket or s3://bucket/prefix"
+        )));
+    }
+    Ok(StoreLocation::S3(S3Config {
+        bucket: bucket.to_string(),
+        prefix: prefix.to_string(),
+        region: s3.s3_region.clone(),
+        endpoint: s3.s3_endpoint.clone(),
+        force_path_style: s3.s3_path_style,
+        credentials: None,
+        server_side_encryption: None,
+    }))
 }
 
-/// Opens the archive a `--store` argument or profile names.
-pub fn open_store(location: &str) -> Result<Archive, StoreError> {
-    Ok(Archive::new(Arc::new(LocalStore::open(Path::new(
-        location,
-    ))?)))
+/// Opens the archive a `--store` argument or profile names, creating a local directory
+/// if need be. An S3 bucket must exist and be usable with the credentials.
+pub async fn open_store(location: &StoreLocation) -> Result<Archive, StoreError> {
+    let objects: Arc<dyn ObjectStore> = match location {
+        StoreLocation::Local(path) => Arc::new(LocalStore::open(path)?),
+        StoreLocation::S3(config) => Arc::new(S3Store::open(config).await?),
+    };
+    Ok(Archive::new(objects))
 }
 
 fn print_protocols(protocols: &[RunProtocol], output: Output) {
@@ -399,7 +469,7 @@ fn print_protocols(protocols: &[RunProtocol], output: Output) {
 
 async fn export_cmd(args: ExportArgs) -> u8 {
     let result = async {
-        let archive = open_existing(&args.store)?;
+        let archive = open_existing(&parse_store(&args.store, &args.s3)?).await?;
         export::export(&archive, &args.user, &args.out, args.format)
             .await
             .map_err(|e| match e {
@@ -428,22 +498,46 @@ async fn export_cmd(args: ExportArgs) -> u8 {
 }
 
 /// Opens a store that must already exist (reading commands never create one).
-fn open_existing(location: &str) -> Result<Archive, Failure> {
-    if !is_archive(location) {
-        return Err(invalid(format!("{location} is not a mailvault archive")));
-    }
-    open_store(location).map_err(|e| Failure(1, e.to_string()))
+async fn open_existing(location: &StoreLocation) -> Result<Archive, Failure> {
+    existing_archive(location).await?.ok_or_else(|| {
+        invalid(format!(
+            "{} is not a mailvault archive",
+            location.describe()
+        ))
+    })
 }
 
-/// Whether `location` holds an archive: anything a run writes.
-fn is_archive(location: &str) -> bool {
-    ["messages", "users", "directory"]
-        .iter()
-        .any(|dir| Path::new(location).join(dir).is_dir())
+/// The archive at `location` if it holds one (anything a run writes), without creating it.
+async fn existing_archive(location: &StoreLocation) -> Result<Option<Archive>, Failure> {
+    let failed = |e: StoreError| Failure(1, e.to_string());
+    match location {
+        StoreLocation::Local(path) => {
+            let found = ["messages", "users", "directory"]
+                .iter()
+                .any(|dir| path.join(dir).is_dir());
+            if !found {
+                return Ok(None);
+            }
+            open_store(location).await.map(Some).map_err(failed)
+        }
+        StoreLocation::S3(config) => {
+            let store = S3Store::open(config).await.map_err(failed)?;
+            for prefix in ["users/", "messages/", "directory/"] {
+                if store.has_objects(prefix).await.map_err(failed)? {
+                    return Ok(Some(Archive::new(Arc::new(store))));
+                }
+            }
+            Ok(None)
+        }
+    }
 }
 
 async fn verify(args: VerifyArgs) -> u8 {
-    let archive = match open_existing(&args.store) {
+    let opened = match parse_store(&args.store, &args.s3) {
+        Ok(location) => open_existing(&location).await,
+        Err(failure) => Err(failure),
+    };
+    let archive = match opened {
         Ok(a) => a,
         Err(Failure(code, message)) => {
             eprintln!("error: {message}");
@@ -472,7 +566,7 @@ async fn verify(args: VerifyArgs) -> u8 {
 
 async fn list(args: ListArgs) -> u8 {
     let result = async {
-        let archive = open_existing(&args.store)?;
+        let archive = open_existing(&parse_store(&args.store, &args.s3)?).await?;
         let failed = |e: StoreError| Failure(1, e.to_string());
         let mut out = String::new();
         for user in archive.users().await.map_err(failed)? {
@@ -523,7 +617,7 @@ async fn mailboxes_inner(args: MailboxesArgs) -> Result<u8, Failure> {
     let bundle = resources::load_paths(&args.files).map_err(|e| invalid(e.to_string()))?;
     let sets = chosen_sets(&bundle, args.mailbox_set.as_deref())?;
     let archive = match &args.store {
-        Some(location) => Some(open_existing(location)?),
+        Some(location) => Some(open_existing(&parse_store(location, &args.s3)?).await?),
         None => None,
     };
     let mut listings = Vec::new();
@@ -768,5 +862,53 @@ impl Listing {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s3(store: &str, args: &S3Args) -> S3Config {
+        match parse_store(store, args) {
+            Ok(StoreLocation::S3(config)) => config,
+            Ok(other) => panic!("{store}: {other:?}"),
+            Err(Failure(code, message)) => panic!("{store}: {code} {message}"),
+        }
+    }
+
+    #[test]
+    fn stores_are_directories_or_s3_urls() {
+        let none = S3Args::default();
+        assert_eq!(
+            parse_store("archive", &none).ok(),
+            Some(StoreLocation::Local("archive".into()))
+        );
+        assert_eq!(s3("s3://bucket", &none).describe(), "s3://bucket");
+        let config = s3("s3://bucket/a/b/", &none);
+        assert_eq!(
+            (config.bucket.as_str(), config.describe()),
+            ("bucket", "s3://bucket/a/b".into())
+        );
+        assert_eq!(
+            (config.region, config.endpoint, config.credentials),
+            (None, None, None)
+        );
+        let flags = S3Args {
+            s3_endpoint: Some("http://127.0.0.1:3900".into()),
+            s3_region: Some("garage".into()),
+            s3_path_style: true,
+        };
+        let config = s3("s3://b/p", &flags);
+        assert_eq!(config.endpoint.as_deref(), Some("http://127.0.0.1:3900"));
+        assert_eq!(config.region.as_deref(), Some("garage"));
+        assert!(config.force_path_style);
+        for bad in ["s3://", "s3:///prefix"] {
+            assert!(
+                matches!(parse_store(bad, &none), Err(Failure(2, _))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(parse_store("dir", &flags), Err(Failure(2, _))));
     }
 }

@@ -5,7 +5,12 @@ use std::time::Duration;
 
 use crate::engine::{FolderSelector, RunSettings};
 use crate::imap::ServerConfig;
-use crate::resources::{namespace_of, ArchiveProfile, Bundle, Security};
+use crate::resources::{
+    namespace_of, ArchiveProfile, Bundle, S3StoreSpec, Security, ServerSideEncryption,
+};
+use crate::secret::Secret;
+use crate::store::s3::{Encryption, S3Config, S3Credentials};
+use crate::store::StoreLocation;
 
 /// Run settings for `profile`. The profile must have passed `validate_profile`, so its
 /// references resolve and its patterns compile.
@@ -50,7 +55,139 @@ pub fn run_settings(bundle: &Bundle, profile: &ArchiveProfile, run_id: String) -
     }
 }
 
+/// The store the profile names, if it names one. The profile must have passed
+/// `validate_profile`, so a referenced Secret holds both keys as text.
+pub fn store_location(bundle: &Bundle, profile: &ArchiveProfile) -> Option<StoreLocation> {
+    let store = profile.spec.store.as_ref()?;
+    if let Some(s3) = &store.s3 {
+        let namespace = namespace_of(&profile.metadata);
+        return Some(StoreLocation::S3(s3_config(bundle, namespace, s3)));
+    }
+    let path = store.local.as_ref()?.path.as_ref()?;
+    Some(StoreLocation::Local(path.into()))
+}
+
+fn s3_config(bundle: &Bundle, namespace: &str, spec: &S3StoreSpec) -> S3Config {
+    let credentials = spec.credentials_secret_ref.as_ref().map(|reference| {
+        let secret = bundle.secret(namespace, &reference.name);
+        // Trimmed: Secrets made with `echo` end in a newline, and keys never contain
+        // white space.
+        let value = |key: &str| {
+            secret
+                .and_then(|s| s.object.data.get(key))
+                .map(|v| String::from_utf8_lossy(v).trim().to_string())
+                .unwrap_or_default()
+        };
+        S3Credentials {
+            access_key_id: value("accessKeyId"),
+            secret_access_key: Secret::new(value("secretAccessKey")),
+        }
+    });
+    S3Config {
+        bucket: spec.bucket.clone(),
+        prefix: spec.prefix.clone().unwrap_or_default(),
+        region: spec.region.clone(),
+        endpoint: spec.endpoint.clone(),
+        force_path_style: spec.force_path_style,
+        credentials,
+        server_side_encryption: spec.server_side_encryption.map(|sse| match sse {
+            ServerSideEncryption::Aes256 => Encryption::S3Managed,
+            ServerSideEncryption::AwsKms => Encryption::Kms {
+                key_id: spec.kms_key_id.clone(),
+            },
+        }),
+    }
+}
+
+/// What a person must know about where the archive goes, for the run protocol.
+pub fn store_warnings(location: &StoreLocation) -> Vec<String> {
+    match location {
+        StoreLocation::S3(S3Config {
+            endpoint: Some(endpoint),
+            ..
+        }) if endpoint.starts_with("http://") => vec![format!(
+            "the archive store {endpoint} is reached without TLS: archived mail crosses the network in the clear"
+        )],
+        _ => Vec::new(),
+    }
+}
+
 /// A run's name for local runs: the profile and the start time, to the second.
 pub fn local_run_id(profile: &str, now: chrono::DateTime<chrono::Utc>) -> String {
     format!("{profile}-{}", now.format("%Y%m%d%H%M%S"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::load_paths;
+
+    fn bundle(store: &str) -> Bundle {
+        let text = format!(
+            "apiVersion: mailvault.io/v1alpha1\nkind: ArchiveProfile\nmetadata:\n  name: p\n  \
+             namespace: mail\nspec:\n  mailboxSetRef:\n    name: s\n  server:\n    host: imap\n{store}\
+             ---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: keys\n  namespace: mail\n\
+             stringData:\n  accessKeyId: \"AKIA1\\n\"\n  secretAccessKey: \"s3cr3t\\n\"\n"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.yaml");
+        std::fs::write(&path, text).unwrap();
+        load_paths(&[path]).unwrap()
+    }
+
+    fn location(store: &str) -> Option<StoreLocation> {
+        let b = bundle(store);
+        store_location(&b, &b.profiles[0].object)
+    }
+
+    #[test]
+    fn the_profile_names_the_store() {
+        assert_eq!(location(""), None);
+        assert_eq!(location("  store:\n    local: {}\n"), None);
+        assert_eq!(
+            location("  store:\n    local:\n      path: /srv/a\n"),
+            Some(StoreLocation::Local("/srv/a".into()))
+        );
+        let s3 = "  store:\n    s3:\n      bucket: b\n      prefix: p\n      \
+                  credentialsSecretRef:\n        name: keys\n      serverSideEncryption: aws:kms\n      \
+                  kmsKeyId: k1\n";
+        let Some(StoreLocation::S3(config)) = location(s3) else {
+            panic!("not S3");
+        };
+        assert_eq!(config.describe(), "s3://b/p");
+        let credentials = config.credentials.unwrap();
+        // Secrets written with `echo` end in a newline.
+        assert_eq!(credentials.access_key_id, "AKIA1");
+        assert_eq!(credentials.secret_access_key.expose(), "s3cr3t");
+        assert_eq!(
+            config.server_side_encryption,
+            Some(Encryption::Kms {
+                key_id: Some("k1".into())
+            })
+        );
+        let Some(StoreLocation::S3(config)) = location("  store:\n    s3:\n      bucket: b\n")
+        else {
+            panic!("not S3");
+        };
+        assert_eq!(config.credentials, None, "the default credential chain");
+    }
+
+    #[test]
+    fn plain_http_stores_are_warned_about() {
+        let mut config = S3Config {
+            bucket: "b".into(),
+            prefix: String::new(),
+            region: None,
+            endpoint: Some("http://minio:9000".into()),
+            force_path_style: true,
+            credentials: None,
+            server_side_encryption: None,
+        };
+        assert_eq!(store_warnings(&StoreLocation::S3(config.clone())).len(), 1);
+        config.endpoint = Some("https://minio:9000".into());
+        assert_eq!(
+            store_warnings(&StoreLocation::S3(config)),
+            Vec::<String>::new()
+        );
+    }
 }

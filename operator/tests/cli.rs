@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use mailvault::resources::SyncRecord;
+use mailvault::store::StoreLocation;
 use mailvault::testkit::slapd::{
     Slapd, PEOPLE_DN, READER_DN, READER_PASSWORD, SAMPLE_LDIF, SUFFIX,
 };
@@ -283,7 +284,9 @@ async fn mailboxes_lists_directory_users_and_applies_the_guard_of_a_store() {
     // An archive that knew nine users: losing five of them is refused, and
     // the record is only read.
     let store = dir.path().join("archive");
-    let archive = mailvault::cli::open_store(store.to_str().unwrap()).unwrap();
+    let archive = mailvault::cli::open_store(&StoreLocation::Local(store.clone()))
+        .await
+        .unwrap();
     let known = record(&[
         "alice", "bob", "carol", "dave", "u1", "u2", "u3", "u4", "u5",
     ]);
@@ -384,7 +387,9 @@ async fn run_keeps_the_sync_in_the_archive_and_refuses_a_suspicious_one() {
     let output = mailvault(&args);
     let (stdout, stderr) = texts(&output, &secrets);
     assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
-    let archive = mailvault::cli::open_store(store.to_str().unwrap()).unwrap();
+    let archive = mailvault::cli::open_store(&StoreLocation::Local(store.clone()))
+        .await
+        .unwrap();
     let first: SyncRecord = archive
         .load_directory_sync("mail", "staff")
         .await

@@ -213,11 +213,16 @@ pub enum DeletionMode {
     AfterArchiving,
 }
 
+/// Where the archive lives: exactly one of `local` or `s3`.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StoreSpec {
+    /// A directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local: Option<LocalStoreSpec>,
+    /// An S3 bucket, on AWS or on an S3-compatible server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3StoreSpec>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -226,6 +231,55 @@ pub struct LocalStoreSpec {
     /// Directory of the archive. Relative paths are relative to the working directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+}
+
+/// An archive in an S3 bucket. The layout of the objects is the same as in a local
+/// directory, below `prefix`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct S3StoreSpec {
+    /// The bucket; it must exist (mailvault never creates buckets).
+    pub bucket: String,
+    /// Key prefix inside the bucket, e.g. `mail/archive`, so that one bucket can hold
+    /// several archives or other data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// The bucket's region. Default: `us-east-1` with a custom `endpoint`, else the
+    /// environment's (`AWS_REGION`), else `us-east-1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// URL of an S3-compatible server (MinIO, Ceph RGW, Garage, ...), e.g.
+    /// `https://s3.example.org`. Without it, AWS S3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Address the bucket in the path (`endpoint/bucket/key`) instead of the host name
+    /// (`bucket.endpoint/key`); most S3-compatible servers need this.
+    #[serde(default)]
+    pub force_path_style: bool,
+    /// Secret (same namespace) with the keys `accessKeyId` and `secretAccessKey`. Without
+    /// it, the AWS default credential chain: environment variables, IRSA web identity,
+    /// EKS Pod Identity, instance profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<LocalObjectRef>,
+    /// Encryption at rest that S3 applies to every object mailvault writes. Without it,
+    /// the bucket's default encryption.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_side_encryption: Option<ServerSideEncryption>,
+    /// KMS key (ID or ARN) for `serverSideEncryption: aws:kms`. Without it, the account's
+    /// default S3 KMS key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_id: Option<String>,
+}
+
+/// Server-side encryption, as S3 names it.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ServerSideEncryption {
+    /// SSE-S3: keys managed by S3.
+    #[serde(rename = "AES256")]
+    Aes256,
+    /// SSE-KMS: keys in AWS KMS.
+    #[serde(rename = "aws:kms")]
+    AwsKms,
 }
 
 /// Conditions and run results, written by the operator.

@@ -5,7 +5,7 @@
 use std::fmt;
 
 use super::load::{namespace_of, Bundle, Located};
-use super::{ArchiveProfile, MailboxSet};
+use super::{ArchiveProfile, MailboxSet, S3StoreSpec, ServerSideEncryption, StoreSpec};
 
 /// A problem with one field of one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,15 +132,8 @@ pub fn validate_profile(bundle: &Bundle, located: &Located<ArchiveProfile>) -> V
     if spec.filter.max_message_bytes == Some(0) {
         report.error("spec.filter.maxMessageBytes", "must be at least 1");
     }
-    if let Some(path) = spec
-        .store
-        .as_ref()
-        .and_then(|s| s.local.as_ref())
-        .and_then(|l| l.path.as_ref())
-    {
-        if path.trim().is_empty() {
-            report.error("spec.store.local.path", "must not be empty");
-        }
+    if let Some(store) = &spec.store {
+        validate_store(bundle, &mut report, store);
     }
     let namespace = namespace_of(&located.object.metadata);
     let set_name = &spec.mailbox_set_ref.name;
@@ -155,6 +148,86 @@ pub fn validate_profile(bundle: &Bundle, located: &Located<ArchiveProfile>) -> V
         Some(set) => errors.extend(validate_mailbox_set(bundle, set)),
     }
     errors
+}
+
+fn validate_store(bundle: &Bundle, report: &mut Report<'_, ArchiveProfile>, store: &StoreSpec) {
+    match (&store.local, &store.s3) {
+        (Some(_), Some(_)) | (None, None) => {
+            report.error("spec.store", "set exactly one of local or s3");
+        }
+        (Some(local), None) => {
+            if local.path.as_ref().is_some_and(|p| p.trim().is_empty()) {
+                report.error("spec.store.local.path", "must not be empty");
+            }
+        }
+        (None, Some(s3)) => validate_s3(bundle, report, s3),
+    }
+}
+
+fn validate_s3(bundle: &Bundle, report: &mut Report<'_, ArchiveProfile>, s3: &S3StoreSpec) {
+    // Loose on purpose: S3-compatible servers accept names AWS does not.
+    if s3.bucket.is_empty() || s3.bucket.contains(['/', ' ']) {
+        report.error(
+            "spec.store.s3.bucket",
+            format!("{:?} is not a bucket name", s3.bucket),
+        );
+    }
+    if let Some(prefix) = &s3.prefix {
+        let trimmed = prefix.trim_matches('/');
+        if !trimmed.is_empty()
+            && trimmed
+                .split('/')
+                .any(|segment| matches!(segment, "" | "." | ".."))
+        {
+            report.error(
+                "spec.store.s3.prefix",
+                format!("{prefix:?}: empty, `.` and `..` path segments are not allowed"),
+            );
+        }
+    }
+    if let Some(endpoint) = &s3.endpoint {
+        let host = endpoint
+            .strip_prefix("https://")
+            .or_else(|| endpoint.strip_prefix("http://"));
+        if host.is_none_or(|h| h.is_empty() || h.starts_with('/')) {
+            report.error(
+                "spec.store.s3.endpoint",
+                format!("{endpoint:?} is not an http:// or https:// URL"),
+            );
+        }
+    }
+    if s3.region.as_ref().is_some_and(|r| r.trim().is_empty()) {
+        report.error("spec.store.s3.region", "must not be empty");
+    }
+    if let Some(credentials) = &s3.credentials_secret_ref {
+        let field = "spec.store.s3.credentialsSecretRef.name";
+        let keys = ["accessKeyId", "secretAccessKey"];
+        report.secret_keys(bundle, field, &credentials.name, &keys);
+        let namespace = namespace_of(&report.located.object.metadata).to_string();
+        if let Some(secret) = bundle.secret(&namespace, &credentials.name) {
+            for key in keys {
+                let usable =
+                    secret.object.data.get(key).map(|value| {
+                        std::str::from_utf8(value).is_ok_and(|v| !v.trim().is_empty())
+                    });
+                if usable == Some(false) {
+                    report.error(
+                        field,
+                        format!(
+                            "Secret {namespace}/{} key {key:?} must be non-empty UTF-8 text",
+                            credentials.name
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    if s3.kms_key_id.is_some() && s3.server_side_encryption != Some(ServerSideEncryption::AwsKms) {
+        report.error(
+            "spec.store.s3.kmsKeyId",
+            "only applies with serverSideEncryption: aws:kms",
+        );
+    }
 }
 
 /// Validates a MailboxSet and the Secrets it references (not the CSV contents: those are
@@ -377,6 +450,61 @@ stringData:
         assert!(directory.sync_before_run);
         assert_eq!(directory.max_removed_percent, 50);
         assert_eq!(directory.ldap.base_dn, "dc=example,dc=org");
+    }
+
+    const S3_SECRET: &str = "---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: s3-keys
+stringData:
+  accessKeyId: AKIAEXAMPLE
+";
+
+    fn store_errors(store: &str) -> Vec<(String, String)> {
+        let b = bundle(&format!("{}{S3_SECRET}", profile(store)));
+        validate_profile(&b, &b.profiles[0])
+            .into_iter()
+            .map(|e| (e.field, e.message))
+            .collect()
+    }
+
+    #[test]
+    fn a_store_needs_exactly_one_backend() {
+        assert_eq!(
+            store_errors("  store: {}\n"),
+            [("spec.store".into(), "set exactly one of local or s3".into())]
+        );
+        let both = "  store:\n    local: {}\n    s3:\n      bucket: b\n";
+        assert_eq!(store_errors(both)[0].0, "spec.store");
+        assert_eq!(store_errors("  store:\n    s3:\n      bucket: b\n"), []);
+    }
+
+    #[test]
+    fn s3_store_fields_are_checked() {
+        let errors = store_errors(
+            "  store:\n    s3:\n      bucket: ''\n      prefix: a//b\n      endpoint: ftp://s3\n      \
+             credentialsSecretRef:\n        name: s3-keys\n      kmsKeyId: k1\n",
+        );
+        let fields: Vec<_> = errors.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.store.s3.bucket",
+                "spec.store.s3.prefix",
+                "spec.store.s3.endpoint",
+                "spec.store.s3.credentialsSecretRef.name",
+                "spec.store.s3.kmsKeyId",
+            ]
+        );
+        assert!(
+            errors[3].1.contains("has no key \"secretAccessKey\""),
+            "{errors:?}"
+        );
+        let valid = "  store:\n    s3:\n      bucket: archive\n      prefix: /mail/\n      \
+                     endpoint: https://s3.example.org\n      forcePathStyle: true\n      \
+                     serverSideEncryption: aws:kms\n      kmsKeyId: k1\n";
+        assert_eq!(store_errors(valid), []);
     }
 
     #[test]

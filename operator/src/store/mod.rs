@@ -21,9 +21,11 @@
 //! before a crash but not yet named by the state is picked up by the next run.
 
 pub mod local;
+pub mod s3;
 mod uidset;
 
 use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -41,12 +43,33 @@ pub enum StoreError {
         key: String,
         message: String,
     },
+    /// The store cannot be used at all (no such bucket, credentials refused); nothing
+    /// was written.
+    #[error("{store}: cannot open the archive store: {message}")]
+    Open { store: String, message: String },
     #[error("{store}: {key} is damaged: {message}")]
     Corrupt {
         store: String,
         key: String,
         message: String,
     },
+}
+
+/// Where an archive lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreLocation {
+    Local(PathBuf),
+    S3(s3::S3Config),
+}
+
+impl StoreLocation {
+    /// The directory, or `s3://bucket/prefix`.
+    pub fn describe(&self) -> String {
+        match self {
+            StoreLocation::Local(path) => path.display().to_string(),
+            StoreLocation::S3(config) => config.describe(),
+        }
+    }
 }
 
 /// A flat namespace of objects: the contract every backend meets.

@@ -2,6 +2,7 @@
 //! Built only with the `testkit` feature; nothing here is part of the product.
 
 pub mod dovecot;
+pub mod garage;
 pub mod mail;
 pub mod proxy;
 #[cfg(unix)]
