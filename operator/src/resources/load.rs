@@ -493,4 +493,35 @@ spec:
             .collect();
         assert_eq!(names, ["a", "b"]);
     }
+
+    // 256 cases each by default; `PROPTEST_CASES=100000` fuzzes for longer.
+    proptest::proptest! {
+        /// Whatever bytes a file holds, loading returns a value or an error naming the
+        /// file; it never panics.
+        #[test]
+        fn arbitrary_input_never_panics(text in "(?s).{0,400}") {
+            match load_str(&text) {
+                Ok(_) => {}
+                Err(e) => proptest::prop_assert!(e.to_string().contains("in.yaml")),
+            }
+        }
+
+        /// Damaging a valid document anywhere (one character replaced, a line cut) gives
+        /// a result or a located error, never a panic.
+        #[test]
+        fn damaged_documents_never_panic(at in 0usize..400, replacement in proptest::char::any(), cut in proptest::bool::ANY) {
+            let valid = format!("{PROFILE}  folders:\n    include: [\"INBOX\"]\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: s\ndata:\n  k: aGk=\n");
+            let mut chars: Vec<char> = valid.chars().collect();
+            let at = at % chars.len();
+            if cut {
+                chars.truncate(at);
+            } else {
+                chars[at] = replacement;
+            }
+            let text: String = chars.into_iter().collect();
+            if let Err(e) = load_str(&text) {
+                proptest::prop_assert!(e.to_string().contains("in.yaml"), "{}", e);
+            }
+        }
+    }
 }
