@@ -302,6 +302,7 @@ async fn run_inner(args: RunArgs) -> Result<u8, Failure> {
         return Err(Failure(code, errors.join("\n")));
     }
     let mut protocols = Vec::new();
+    let mut unsaved = false;
     for prepared in prepared {
         let Prepared {
             profile,
@@ -329,20 +330,26 @@ async fn run_inner(args: RunArgs) -> Result<u8, Failure> {
         settings.dry_run_deletion = args.dry_run_deletion;
         settings.warnings.extend(plan::store_warnings(&store));
         let settings = Arc::new(settings);
-        let protocol = engine::run(settings, archive.clone(), mailboxes).await;
-        archive
+        let mut protocol = engine::run(settings, archive.clone(), mailboxes).await;
+        let saved = archive
             .save_protocol(
                 &protocol.namespace,
                 &protocol.profile,
                 &protocol.run_id,
                 &protocol,
             )
-            .await
-            .map_err(|e| Failure(1, format!("saving the run protocol: {e}")))?;
+            .await;
+        if let Err(e) = saved {
+            // The protocol still reaches the user on stdout, and the run counts as failed.
+            protocol.warnings.push(format!(
+                "the run protocol could not be saved in the store: {e}"
+            ));
+            unsaved = true;
+        }
         protocols.push(protocol);
     }
     print_protocols(&protocols, args.output);
-    let all_ok = protocols.iter().all(|p| p.result == RunResult::Succeeded);
+    let all_ok = !unsaved && protocols.iter().all(|p| p.result == RunResult::Succeeded);
     Ok(if all_ok { 0 } else { 1 })
 }
 

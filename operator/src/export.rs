@@ -8,7 +8,12 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use futures::StreamExt;
+
 use crate::store::{Archive, StoreError};
+
+/// Messages read from the store ahead of writing them out.
+const READ_AHEAD: usize = 8;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -108,19 +113,21 @@ pub async fn export(
                 mbox = Some((path, std::io::BufWriter::new(file)));
             }
         }
-        for (n, entry) in entries.iter().enumerate() {
-            let bytes =
-                archive
-                    .get_message(&entry.sha256)
-                    .await?
-                    .ok_or_else(|| ExportError::Missing {
-                        sha256: entry.sha256.clone(),
-                        folder: entry.folder.clone(),
-                        uid: entry.uid,
-                    })?;
+        // Reads run ahead of the writes, so that a store with latency (S3) keeps up.
+        let mut bodies = futures::stream::iter(entries.iter())
+            .map(|entry| async move { (entry, archive.get_message(&entry.sha256).await) })
+            .buffered(READ_AHEAD);
+        let mut n = 0;
+        while let Some((entry, bytes)) = bodies.next().await {
+            let bytes = bytes?.ok_or_else(|| ExportError::Missing {
+                sha256: entry.sha256.clone(),
+                folder: entry.folder.clone(),
+                uid: entry.uid,
+            })?;
+            n += 1;
             match &mut mbox {
                 None => {
-                    let path = dir.join(format!("{}.eml", n + 1));
+                    let path = dir.join(format!("{n}.eml"));
                     std::fs::write(&path, &bytes).map_err(io(&path))?;
                 }
                 Some((path, writer)) => {

@@ -541,3 +541,98 @@ fn hostile_folder_names_and_messages_stay_inside_the_archive_and_export() {
     top.sort();
     assert_eq!(top, ["archive", "input.yaml", "out"]);
 }
+
+#[test]
+fn an_s3_store_that_goes_away_mid_run_fails_cleanly_and_the_next_run_completes() {
+    use mailvault::testkit::garage::Garage;
+    let users = ["s3gone@example.org"];
+    let (dovecot, expected) = seeded(&users);
+    let mut garage = Garage::start().unwrap();
+    let store = format!(
+        "  store:\n    s3:\n      bucket: {}\n      endpoint: {}\n      region: {}\n      \
+         forcePathStyle: true\n      credentialsSecretRef:\n        name: s3\n",
+        garage.bucket(),
+        garage.endpoint(),
+        garage.region()
+    );
+    let yaml = format!(
+        "{}---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: s3\nstringData:\n  accessKeyId: {}\n  secretAccessKey: {}\n",
+        master_yaml(&dovecot, Connection::Plain, &users, &store),
+        garage.access_key_id(),
+        garage.secret_access_key()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_yaml(dir.path(), &yaml);
+    let child = Command::new(env!("CARGO_BIN_EXE_mailvault"))
+        .args(["run", "-f", input.to_str().unwrap(), "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    garage.stop();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let failed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let error = failed["mailboxes"][0]["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("archive store"), "{error}");
+
+    garage.restart().unwrap();
+    let p = mailvault(&["run", "-f", input.to_str().unwrap(), "-o", "json"]).json();
+    assert_eq!(p["result"], "Succeeded", "{p:#}");
+    assert_eq!(
+        p["totals"]["archived"].as_u64().unwrap()
+            + p["totals"]["alreadyArchived"].as_u64().unwrap(),
+        1200
+    );
+    // Export from S3 and compare with the server.
+    let out = dir.path().join("out");
+    let e = Command::new(env!("CARGO_BIN_EXE_mailvault"))
+        .args([
+            "export",
+            "--store",
+            &format!("s3://{}", garage.bucket()),
+            "--user",
+            "s3gone",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .args([
+            "--s3-endpoint",
+            &garage.endpoint(),
+            "--s3-region",
+            garage.region(),
+            "--s3-path-style",
+        ])
+        .env("AWS_ACCESS_KEY_ID", garage.access_key_id())
+        .env("AWS_SECRET_ACCESS_KEY", garage.secret_access_key())
+        .output()
+        .unwrap();
+    assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
+    let mut got: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
+    for (path, bytes) in files_below(&out.join(users[0])) {
+        got.entry(path.rsplit_once('/').unwrap().0.to_string())
+            .or_default()
+            .push(bytes);
+    }
+    for (folder, messages) in &expected[users[0]] {
+        let mut want = messages.clone();
+        want.sort();
+        let mut have = got.remove(folder).unwrap_or_default();
+        have.sort();
+        assert!(
+            have == want,
+            "folder {folder}: {} exported, {} on the server",
+            have.len(),
+            want.len()
+        );
+    }
+}

@@ -37,6 +37,11 @@ const FETCH_BATCH_BYTES: u64 = 32 << 20;
 const COMMIT_MESSAGES: usize = 1000;
 /// Bytes per commit.
 const COMMIT_BYTES: u64 = 128 << 20;
+/// Message uploads in flight at once: a store with latency (S3) needs several to keep up
+/// with the download.
+const UPLOADS_IN_FLIGHT: usize = 16;
+/// Bytes of message uploads in flight; bounds memory whatever the message sizes.
+const UPLOAD_BYTES_IN_FLIGHT: u64 = 32 << 20;
 
 /// Everything a run needs besides the mailboxes.
 pub struct RunSettings {
@@ -444,6 +449,7 @@ async fn write_folder(
     let mut written = Written::default();
     let mut entries = Vec::new();
     let mut uids = Vec::new();
+    let mut uploads = Uploads::default();
     let mut pending_bytes = 0;
     while let Some(message) = rx.recv().await {
         let Some(body) = message.bytes else { continue };
@@ -455,7 +461,9 @@ async fn write_folder(
         {
             written.already_archived += 1;
         } else {
-            archive.put_message(&prepared.sha256, bytes).await?;
+            uploads
+                .start(&archive, prepared.sha256.clone(), bytes)
+                .await?;
             let meta = metas.get(&message.uid);
             let headers = prepared.headers;
             entries.push(IndexEntry {
@@ -479,16 +487,63 @@ async fn write_folder(
             pending_bytes += prepared.size;
         }
         if uids.len() >= COMMIT_MESSAGES || pending_bytes >= COMMIT_BYTES {
+            uploads.finish_all().await?;
             commit(&archive, &key, &mut state, &mut entries, &mut uids).await?;
             pending_bytes = 0;
         }
     }
+    uploads.finish_all().await?;
     commit(&archive, &key, &mut state, &mut entries, &mut uids).await?;
     Ok(written)
 }
 
-/// Makes a batch durable in the order the format requires: message bytes, then their
-/// index entries, then the sync state that names them.
+/// Message uploads in flight, bounded in number and in bytes.
+#[derive(Default)]
+struct Uploads {
+    tasks: tokio::task::JoinSet<Result<u64, StoreError>>,
+    bytes: u64,
+}
+
+impl Uploads {
+    /// Starts storing a message, first waiting for earlier uploads while the bounds are
+    /// reached.
+    async fn start(
+        &mut self,
+        archive: &Archive,
+        sha256: String,
+        bytes: Bytes,
+    ) -> Result<(), StoreError> {
+        let size = bytes.len() as u64;
+        while !self.tasks.is_empty()
+            && (self.tasks.len() >= UPLOADS_IN_FLIGHT || self.bytes + size > UPLOAD_BYTES_IN_FLIGHT)
+        {
+            self.finish_one().await?;
+        }
+        self.bytes += size;
+        let archive = archive.clone();
+        self.tasks
+            .spawn(async move { archive.put_message(&sha256, bytes).await.map(|_| size) });
+        Ok(())
+    }
+
+    async fn finish_one(&mut self) -> Result<(), StoreError> {
+        if let Some(done) = self.tasks.join_next().await {
+            self.bytes -= done.expect("storing a message does not panic")?;
+        }
+        Ok(())
+    }
+
+    /// Waits for every upload; the first error wins (and dropping `self` aborts the rest).
+    async fn finish_all(&mut self) -> Result<(), StoreError> {
+        while !self.tasks.is_empty() {
+            self.finish_one().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Makes a batch durable in the order the format requires: message bytes (all uploads
+/// finished), then their index entries, then the sync state that names them.
 async fn commit(
     archive: &Archive,
     key: &FolderKey,

@@ -29,6 +29,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -458,23 +459,40 @@ impl Archive {
     pub async fn verify(&self) -> Result<VerifyReport, StoreError> {
         let mut report = VerifyReport::default();
         let mut sizes = BTreeMap::new();
-        for key in self.objects.list("messages/").await? {
-            let Some(name) = key.rsplit('/').next() else {
-                continue;
-            };
-            let Some(bytes) = self.objects.get(&key).await? else {
+        // Several reads at once for stores with latency; hashing off the async threads.
+        let keys = self.objects.list("messages/").await?;
+        let mut checked = futures::stream::iter(keys)
+            .map(|key| async move {
+                let bytes = self.objects.get(&key).await?;
+                let hashed = match bytes {
+                    None => None,
+                    Some(bytes) => Some(
+                        tokio::task::spawn_blocking(move || {
+                            (hex::encode(Sha256::digest(&bytes)), bytes.len() as u64)
+                        })
+                        .await
+                        .expect("hashing does not panic"),
+                    ),
+                };
+                Ok::<_, StoreError>((key, hashed))
+            })
+            .buffer_unordered(8);
+        while let Some(result) = checked.next().await {
+            let (key, hashed) = result?;
+            let (Some(name), Some((actual, size))) = (key.rsplit('/').next(), hashed) else {
                 continue;
             };
             report.messages += 1;
-            let actual = hex::encode(Sha256::digest(&bytes));
             if actual != name || message_key(name) != key {
                 report
                     .damaged
                     .push(format!("{key}: content hashes to {actual}"));
             } else {
-                sizes.insert(name.to_string(), bytes.len() as u64);
+                sizes.insert(name.to_string(), size);
             }
         }
+        drop(checked);
+        report.damaged.sort();
         for user in self.users().await? {
             for (_, folder) in self.user_folders(&user.name).await? {
                 for entry in self.folder_entries(&folder).await? {
