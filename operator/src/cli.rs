@@ -246,7 +246,7 @@ struct Prepared<'a> {
 
 async fn run_inner(args: RunArgs) -> Result<u8, Failure> {
     let bundle = resources::load_paths(&args.files).map_err(|e| invalid(e.to_string()))?;
-    let profiles = chosen_profiles(&bundle, args.profile.as_deref())?;
+    let profiles = chosen(&bundle.profiles, args.profile.as_deref())?;
     let store_override = match &args.store {
         Some(store) => Some(parse_store(store, &args.s3)?),
         None if args.s3.any() => {
@@ -388,36 +388,39 @@ async fn load_sync(
         .map_err(|e| Failure(1, format!("reading the last directory sync: {e}")))
 }
 
-fn chosen_profiles<'a>(
-    bundle: &'a Bundle,
+/// The objects named by `--profile` / `--mailbox-set` (`name` or `namespace/name`), or all.
+fn chosen<'a, T: kube::Resource<DynamicType = ()>>(
+    objects: &'a [Located<T>],
     wanted: Option<&str>,
-) -> Result<Vec<&'a Located<ArchiveProfile>>, Failure> {
-    let full_name = |p: &Located<ArchiveProfile>| {
-        format!(
-            "{}/{}",
-            namespace_of(&p.object.metadata),
-            p.object.metadata.name.as_deref().unwrap_or("")
-        )
-    };
-    if bundle.profiles.is_empty() {
-        return Err(invalid("no ArchiveProfile in the given files"));
+) -> Result<Vec<&'a Located<T>>, Failure> {
+    let kind = T::kind(&());
+    if objects.is_empty() {
+        return Err(invalid(format!("no {kind} in the given files")));
     }
     let Some(wanted) = wanted else {
-        return Ok(bundle.profiles.iter().collect());
+        return Ok(objects.iter().collect());
     };
-    let chosen: Vec<_> = bundle
-        .profiles
+    let chosen: Vec<_> = objects
         .iter()
-        .filter(|p| full_name(p) == wanted || p.object.metadata.name.as_deref() == Some(wanted))
+        .filter(|o| full_name(o) == wanted || o.object.meta().name.as_deref() == Some(wanted))
         .collect();
     if chosen.is_empty() {
-        let known: Vec<_> = bundle.profiles.iter().map(full_name).collect();
+        let known: Vec<_> = objects.iter().map(full_name).collect();
         return Err(invalid(format!(
-            "no ArchiveProfile {wanted:?} in the given files (found: {})",
+            "no {kind} {wanted:?} in the given files (found: {})",
             known.join(", ")
         )));
     }
     Ok(chosen)
+}
+
+/// `namespace/name` of an object.
+fn full_name<T: kube::Resource>(located: &Located<T>) -> String {
+    format!(
+        "{}/{}",
+        namespace_of(located.object.meta()),
+        located.object.meta().name.as_deref().unwrap_or("")
+    )
 }
 
 /// Reads a `--store` argument: `s3://bucket/prefix` or a directory.
@@ -622,7 +625,7 @@ async fn mailboxes(args: MailboxesArgs) -> u8 {
 
 async fn mailboxes_inner(args: MailboxesArgs) -> Result<u8, Failure> {
     let bundle = resources::load_paths(&args.files).map_err(|e| invalid(e.to_string()))?;
-    let sets = chosen_sets(&bundle, args.mailbox_set.as_deref())?;
+    let sets = chosen(&bundle.mailbox_sets, args.mailbox_set.as_deref())?;
     let archive = match &args.store {
         Some(location) => Some(open_existing(&parse_store(location, &args.s3)?).await?),
         None => None,
@@ -649,39 +652,6 @@ async fn mailboxes_inner(args: MailboxesArgs) -> Result<u8, Failure> {
         }
     }
     Ok(code)
-}
-
-fn chosen_sets<'a>(
-    bundle: &'a Bundle,
-    wanted: Option<&str>,
-) -> Result<Vec<&'a Located<MailboxSet>>, Failure> {
-    if bundle.mailbox_sets.is_empty() {
-        return Err(invalid("no MailboxSet in the given files"));
-    }
-    let Some(wanted) = wanted else {
-        return Ok(bundle.mailbox_sets.iter().collect());
-    };
-    let chosen: Vec<_> = bundle
-        .mailbox_sets
-        .iter()
-        .filter(|s| full_name(s) == wanted || s.object.metadata.name.as_deref() == Some(wanted))
-        .collect();
-    if chosen.is_empty() {
-        let known: Vec<_> = bundle.mailbox_sets.iter().map(full_name).collect();
-        return Err(invalid(format!(
-            "no MailboxSet {wanted:?} in the given files (found: {})",
-            known.join(", ")
-        )));
-    }
-    Ok(chosen)
-}
-
-fn full_name(set: &Located<MailboxSet>) -> String {
-    format!(
-        "{}/{}",
-        namespace_of(&set.object.metadata),
-        set.object.metadata.name.as_deref().unwrap_or("")
-    )
 }
 
 /// What `mailvault mailboxes` shows of one set: never a password.

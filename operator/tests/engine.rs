@@ -454,41 +454,18 @@ fn archives_into_s3_and_exports_exact_bytes_from_it() {
             delivered.push((*user, m));
         }
     }
-    let store = format!(
-        "  store:\n    s3:\n      bucket: {}\n      prefix: mail/archive\n      endpoint: {}\n      \
-         region: {}\n      forcePathStyle: true\n      credentialsSecretRef:\n        name: s3\n",
-        garage.bucket(),
-        garage.endpoint(),
-        garage.region()
-    );
     let yaml = format!(
-        "{}---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: s3\nstringData:\n  accessKeyId: {}\n  secretAccessKey: {}\n",
-        master_yaml(&dovecot, Connection::Plain, &users, &store),
-        garage.access_key_id(),
-        garage.secret_access_key()
+        "{}{}",
+        master_yaml(
+            &dovecot,
+            Connection::Plain,
+            &users,
+            &s3_store_spec(&garage, "mail/archive")
+        ),
+        s3_secret_yaml(&garage)
     );
     let dir = tempfile::tempdir().unwrap();
     let input = write_yaml(dir.path(), &yaml);
-    let s3_cli = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailvault"))
-            .args(args)
-            .args([
-                "--s3-endpoint",
-                &garage.endpoint(),
-                "--s3-region",
-                garage.region(),
-                "--s3-path-style",
-            ])
-            .env("AWS_ACCESS_KEY_ID", garage.access_key_id())
-            .env("AWS_SECRET_ACCESS_KEY", garage.secret_access_key())
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
     let first = mailvault(&["run", "-f", input.to_str().unwrap(), "-o", "json"]);
     assert_eq!(first.code, 0, "{}\n{}", first.stdout, first.stderr);
     let p = first.json();
@@ -507,16 +484,19 @@ fn archives_into_s3_and_exports_exact_bytes_from_it() {
     for user in users {
         let name = user.split('@').next().unwrap();
         let out = dir.path().join(name);
-        let (code, _, stderr) = s3_cli(&[
-            "export",
-            "--store",
-            &url,
-            "--user",
-            name,
-            "--out",
-            out.to_str().unwrap(),
-        ]);
-        assert_eq!(code, Some(0), "{stderr}");
+        let e = mailvault_s3(
+            &garage,
+            &[
+                "export",
+                "--store",
+                &url,
+                "--user",
+                name,
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(e.code, 0, "{}", e.stderr);
         let files = files_below(&out);
         let expected: Vec<_> = delivered
             .iter()
@@ -532,10 +512,12 @@ fn archives_into_s3_and_exports_exact_bytes_from_it() {
             assert!(bytes == m, "{path} differs");
         }
     }
-    let (code, stdout, stderr) = s3_cli(&["verify", "--store", &url]);
-    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let v = mailvault_s3(&garage, &["verify", "--store", &url]);
+    assert_eq!(v.code, 0, "{}{}", v.stdout, v.stderr);
     assert!(
-        stdout.contains("8 messages, 8 index entries checked, 0 problems"),
-        "{stdout}"
+        v.stdout
+            .contains("8 messages, 8 index entries checked, 0 problems"),
+        "{}",
+        v.stdout
     );
 }

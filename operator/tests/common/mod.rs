@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use mailvault::testkit::dovecot::Dovecot;
+use mailvault::testkit::garage::Garage;
 
 /// The result of running the `mailvault` binary.
 pub struct Outcome {
@@ -35,6 +36,51 @@ pub fn mailvault(args: &[&str]) -> Outcome {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// Runs the `mailvault` binary on an `s3://` store of `garage`, credentials from the
+/// environment as a user would give them.
+pub fn mailvault_s3(garage: &Garage, args: &[&str]) -> Outcome {
+    let out = Command::new(env!("CARGO_BIN_EXE_mailvault"))
+        .args(args)
+        .args([
+            "--s3-endpoint",
+            &garage.endpoint(),
+            "--s3-region",
+            garage.region(),
+            "--s3-path-style",
+        ])
+        .env("AWS_ACCESS_KEY_ID", garage.access_key_id())
+        .env("AWS_SECRET_ACCESS_KEY", garage.secret_access_key())
+        .output()
+        .expect("mailvault runs");
+    Outcome {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `spec.store` of a profile archiving into `garage`'s bucket under `prefix`, with the
+/// credentials of [`s3_secret_yaml`].
+pub fn s3_store_spec(garage: &Garage, prefix: &str) -> String {
+    format!(
+        "  store:\n    s3:\n      bucket: {}\n      prefix: '{prefix}'\n      endpoint: {}\n      \
+         region: {}\n      forcePathStyle: true\n      credentialsSecretRef:\n        name: s3\n",
+        garage.bucket(),
+        garage.endpoint(),
+        garage.region()
+    )
+}
+
+/// The Secret `s3` with `garage`'s credentials.
+pub fn s3_secret_yaml(garage: &Garage) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: s3\nstringData:\n  \
+         accessKeyId: {}\n  secretAccessKey: {}\n",
+        garage.access_key_id(),
+        garage.secret_access_key()
+    )
 }
 
 /// Runs `mailvault run -f <file> --store <store> -o json`.
