@@ -23,8 +23,11 @@
 //! - **Quoting:** a field whose first non-blank character is `"` or `'` is quoted, and ends at
 //!   the next lone quote of the same kind; that quote written twice (`""`, `''`) stands for one.
 //!   A quoted field may contain separators and the other quote character, keeps its spaces,
-//!   and may be followed only by spaces before the next separator. A quote in the middle of an
-//!   unquoted field is ordinary text. A quoted field cannot span lines.
+//!   and may be followed only by spaces before the next separator. In an unquoted password a
+//!   quote is ordinary text; an unquoted user name or address with a quote in it is refused
+//!   (quote the field: `"o'brien"`), because it is far more often a lost separator next to a
+//!   quoted password, which would show pieces of the password wherever the name appears.
+//!   A quoted field cannot span lines.
 //! - **Values:** user names and email addresses are trimmed of surrounding spaces. A password
 //!   is trimmed unless quoted: quote a password that starts or ends with a space, starts with a
 //!   quote, or contains the separator. An empty email address or archive user name means none;
@@ -164,7 +167,22 @@ pub fn parse(input: &[u8]) -> Result<Vec<CsvRow>, Vec<CsvError>> {
             email: None,
             archive_user: None,
         };
-        for (column, value) in layout.columns.iter().zip(fields) {
+        let errors_before = errors.len();
+        for (column, Field { value, quoted }) in layout.columns.iter().zip(fields) {
+            // A quote inside an unquoted user name or address is most often a separator
+            // lost next to a quoted password, which would put pieces of the password into
+            // a name that is shown everywhere. Such a row is refused, and its text is not
+            // echoed. (Passwords keep quotes as literal text.)
+            if !quoted && *column != Column::Password && value.contains(['"', '\'']) {
+                errors.push(CsvError::at(
+                    line,
+                    format!(
+                        "the {} contains a quote character but is not quoted; quote the field if the \
+                         quote belongs to it, or check the row for a missing separator",
+                        column.name()
+                    ),
+                ));
+            }
             match column {
                 Column::Login => row.login = value.trim().to_owned(),
                 Column::Password => row.password = value,
@@ -173,8 +191,7 @@ pub fn parse(input: &[u8]) -> Result<Vec<CsvRow>, Vec<CsvError>> {
             }
         }
 
-        let errors_before = errors.len();
-        let named = if may_name_logins {
+        let named = if may_name_logins && errors.len() == errors_before {
             format!(" of {:?}", row.login)
         } else {
             String::new()
@@ -389,7 +406,10 @@ impl Layout {
             .into_iter()
             .filter_map(|separator| {
                 let headings = split_fields(line, separator).ok()?;
-                let columns = headings.iter().map(|h| Column::from_heading(h)).collect();
+                let columns = headings
+                    .iter()
+                    .map(|h| Column::from_heading(&h.value))
+                    .collect();
                 Some((separator, columns))
             })
             .collect();
@@ -525,12 +545,19 @@ impl SplitError {
     }
 }
 
+/// One field of a line, and whether it was quoted.
+#[derive(Debug, PartialEq, Eq)]
+struct Field {
+    value: String,
+    quoted: bool,
+}
+
 /// Splits one physical line into fields by the quoting rules in the module documentation.
 ///
 /// Quoted fields never span lines: credentials contain no line breaks, and line-at-a-time
 /// splitting lets every error name the physical line it is on. A line break inside quotes
 /// therefore shows up as [`SplitError::Unclosed`].
-fn split_fields(line: &str, separator: char) -> Result<Vec<String>, SplitError> {
+fn split_fields(line: &str, separator: char) -> Result<Vec<Field>, SplitError> {
     // TAB may be the separator, and then it is not padding.
     let blank = |c: &char| *c != separator && c.is_whitespace();
     let mut fields = Vec::new();
@@ -559,14 +586,20 @@ fn split_fields(line: &str, separator: char) -> Result<Vec<String>, SplitError> 
                 if chars.peek().is_some_and(|&c| c != separator) {
                     return Err(SplitError::AfterQuote { field });
                 }
-                value
+                Field {
+                    value,
+                    quoted: true,
+                }
             }
             _ => {
                 let mut value = String::new();
                 while let Some(c) = chars.next_if(|&c| c != separator) {
                     value.push(c);
                 }
-                value.trim().to_owned()
+                Field {
+                    value: value.trim().to_owned(),
+                    quoted: false,
+                }
             }
         };
         fields.push(value);
@@ -642,9 +675,17 @@ mod tests {
             ]),
         },
         Case {
-            name: "a quote inside an unquoted field is text",
-            input: b"Login,Password\no'brien,pa\"ss'\n",
+            name: "a quote inside an unquoted password is text",
+            input: b"Login,Password\n\"o'brien\",pa\"ss'\n",
             want: Want::Rows(&[(2, "o'brien", "pa\"ss'", None, None)]),
+        },
+        Case {
+            name: "a quote inside an unquoted name or address is refused, without echoing it",
+            input: b"Login\tEmail\tPassword\no'brien\tx@example.org\tpw\nbob\tb@example.org\";\xce\xb1\t|\"\n",
+            want: Want::Errors(&[
+                (Some(2), "the IMAP user name contains a quote character but is not quoted"),
+                (Some(3), "the email address contains a quote character but is not quoted"),
+            ]),
         },
         Case {
             name: "quoted login and email are trimmed, empty optional fields are None",
@@ -867,25 +908,28 @@ mod tests {
 
     #[test]
     fn split_fields_reports_positions_only() {
+        let fields = |line: &str, separator| {
+            split_fields(line, separator).map(|f| {
+                f.into_iter()
+                    .map(|f| (f.value, f.quoted))
+                    .collect::<Vec<_>>()
+            })
+        };
+        let plain = |v: &str| (v.to_string(), false);
+        let quoted = |v: &str| (v.to_string(), true);
         assert_eq!(
-            split_fields("a, 'b' ,c", ','),
-            Ok(vec!["a".into(), "b".into(), "c".into()])
+            fields("a, 'b' ,c", ','),
+            Ok(vec![plain("a"), quoted("b"), plain("c")])
         );
+        assert_eq!(fields(",", ','), Ok(vec![plain(""), plain("")]));
+        assert_eq!(fields("a;'b", ';'), Err(SplitError::Unclosed { field: 2 }));
         assert_eq!(
-            split_fields(",", ','),
-            Ok(vec![String::new(), String::new()])
-        );
-        assert_eq!(
-            split_fields("a;'b", ';'),
-            Err(SplitError::Unclosed { field: 2 })
-        );
-        assert_eq!(
-            split_fields("'a' b;c", ';'),
+            fields("'a' b;c", ';'),
             Err(SplitError::AfterQuote { field: 1 })
         );
         assert_eq!(
-            split_fields("\t'a'\t", '\t'),
-            Ok(vec![String::new(), "a".into(), String::new()])
+            fields("\t'a'\t", '\t'),
+            Ok(vec![plain(""), quoted("a"), plain("")])
         );
     }
 
