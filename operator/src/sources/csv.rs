@@ -27,6 +27,7 @@
 //!   quote is ordinary text; an unquoted user name or address with a quote in it is refused
 //!   (quote the field: `"o'brien"`), because it is far more often a lost separator next to a
 //!   quoted password, which would show pieces of the password wherever the name appears.
+//!   For the same reason a user name or address may not contain the separator.
 //!   A quoted field cannot span lines.
 //! - **Values:** user names and email addresses are trimmed of surrounding spaces. A password
 //!   is trimmed unless quoted: quote a password that starts or ends with a space, starts with a
@@ -173,15 +174,28 @@ pub fn parse(input: &[u8]) -> Result<Vec<CsvRow>, Vec<CsvError>> {
             // lost next to a quoted password, which would put pieces of the password into
             // a name that is shown everywhere. Such a row is refused, and its text is not
             // echoed. (Passwords keep quotes as literal text.)
-            if !quoted && *column != Column::Password && value.contains(['"', '\'']) {
-                errors.push(CsvError::at(
-                    line,
-                    format!(
-                        "the {} contains a quote character but is not quoted; quote the field if the \
-                         quote belongs to it, or check the row for a missing separator",
-                        column.name()
-                    ),
-                ));
+            if *column != Column::Password {
+                if !quoted && value.contains(['"', '\'']) {
+                    errors.push(CsvError::at(
+                        line,
+                        format!(
+                            "the {} contains a quote character but is not quoted; quote the field if the \
+                             quote belongs to it, or check the row for a missing separator",
+                            column.name()
+                        ),
+                    ));
+                } else if value.contains(layout.separator) {
+                    // No user name or address contains the separator; a quote opened too
+                    // early (swallowing the next field) does produce one.
+                    errors.push(CsvError::at(
+                        line,
+                        format!(
+                            "the {} contains the separator {}; check the row's quotes",
+                            column.name(),
+                            separator_name(layout.separator)
+                        ),
+                    ));
+                }
             }
             match column {
                 Column::Login => row.login = value.trim().to_owned(),
@@ -686,6 +700,11 @@ mod tests {
                 (Some(2), "the IMAP user name contains a quote character but is not quoted"),
                 (Some(3), "the email address contains a quote character but is not quoted"),
             ]),
+        },
+        Case {
+            name: "a quoted name that swallowed a separator is refused",
+            input: b"Login,Password\n'a-2,\"\xce\xb1',x\n",
+            want: Want::Errors(&[(Some(2), "the IMAP user name contains the separator")]),
         },
         Case {
             name: "quoted login and email are trimmed, empty optional fields are None",
