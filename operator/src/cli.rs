@@ -64,6 +64,8 @@ pub enum Command {
     /// shows the errors, the CSV file's with line numbers), else 1 if a directory could not be
     /// read or its sync was refused.
     Mailboxes(MailboxesArgs),
+    /// Print both CustomResourceDefinitions (YAML), generated from the operator's types.
+    Crds,
 }
 
 #[derive(Args, Debug)]
@@ -145,6 +147,10 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Verify(args) => verify(args).await,
         Command::List(args) => list(args).await,
         Command::Mailboxes(args) => mailboxes(args).await,
+        Command::Crds => {
+            print!("{}", resources::crds_yaml());
+            0
+        }
     };
     ExitCode::from(code)
 }

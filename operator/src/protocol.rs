@@ -3,9 +3,10 @@
 
 use std::fmt::Write as _;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum RunResult {
     Succeeded,
     PartiallyFailed,
@@ -30,7 +31,9 @@ pub struct RunProtocol {
     pub warnings: Vec<String>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+/// Also the totals of `ArchiveProfile.status.lastRun` and `status.runs`, so that the CLI and
+/// the operator report the same numbers under the same names.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Totals {
     pub mailboxes: u64,
