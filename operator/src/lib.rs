@@ -4,6 +4,7 @@
 //! archiving Jobs. Data flows resources → sources → engine (imap → store) → protocol.
 
 pub mod cli;
+pub mod controller;
 pub mod engine;
 pub mod export;
 pub mod imap;

@@ -1,0 +1,9 @@
+//! The Kubernetes operator: controllers for ArchiveProfile and MailboxSet, and the pure
+//! decisions they are made of (schedule, names, shards, summaries, conditions), which are
+//! tested with a fake clock and no API server.
+
+pub mod conditions;
+pub mod names;
+pub mod runs;
+pub mod schedule;
+pub mod summary;
