@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::export::{self, Format};
 use crate::protocol::{RunProtocol, RunResult};
 use crate::resources::{
-    self, namespace_of, ArchiveProfile, Bundle, Located, MailboxSet, SyncRecord,
+    self, namespace_of, ArchiveProfile, Bundle, Located, MailboxSet, StoreSpec, SyncRecord,
 };
 use crate::store::{local::LocalStore, Archive, StoreError};
 use crate::{engine, plan, sources};
@@ -66,6 +66,11 @@ pub enum Command {
     Mailboxes(MailboxesArgs),
     /// Print both CustomResourceDefinitions (YAML), generated from the operator's types.
     Crds,
+    /// Archive one shard of an operator run (what the operator's Jobs run).
+    ///
+    /// Exit codes: 0 every mailbox succeeded; 1 some failed and a retry may help; 2 the
+    /// plan is invalid; 3 every failed mailbox was rejected at login.
+    Worker(crate::worker::WorkerArgs),
 }
 
 #[derive(Args, Debug)]
@@ -147,6 +152,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Verify(args) => verify(args).await,
         Command::List(args) => list(args).await,
         Command::Mailboxes(args) => mailboxes(args).await,
+        Command::Worker(args) => crate::worker::main(args).await,
         Command::Crds => {
             print!("{}", resources::crds_yaml());
             0
@@ -361,6 +367,17 @@ pub fn open_store(location: &str) -> Result<Archive, StoreError> {
     Ok(Archive::new(Arc::new(LocalStore::open(Path::new(
         location,
     ))?)))
+}
+
+/// Opens the archive a profile's `spec.store` names (a local directory, by default
+/// [`DEFAULT_STORE`]). The operator's worker opens its store here, from the store spec in
+/// its run plan; each store backend adds its case.
+pub fn open_store_spec(spec: Option<&StoreSpec>) -> Result<Archive, StoreError> {
+    let path = spec
+        .and_then(|s| s.local.as_ref())
+        .and_then(|l| l.path.as_deref())
+        .unwrap_or(DEFAULT_STORE);
+    open_store(path)
 }
 
 fn print_protocols(protocols: &[RunProtocol], output: Output) {

@@ -17,3 +17,4 @@ pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod tls;
+pub mod worker;

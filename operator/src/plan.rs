@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use crate::engine::{FolderSelector, RunSettings};
 use crate::imap::ServerConfig;
-use crate::resources::{namespace_of, ArchiveProfile, Bundle, Security};
+use crate::resources::{
+    namespace_of, ArchiveProfile, Bundle, FilterSpec, FolderSpec, Security, ServerSpec,
+};
 
 /// Run settings for `profile`. The profile must have passed `validate_profile`, so its
 /// references resolve and its patterns compile.
@@ -17,33 +19,58 @@ pub fn run_settings(bundle: &Bundle, profile: &ArchiveProfile, run_id: String) -
             .secret(&namespace, &r.name)
             .and_then(|s| s.object.data.get(&r.key).cloned())
     });
+    let mut settings = settings_for(
+        namespace,
+        profile.metadata.name.clone().unwrap_or_default(),
+        run_id,
+        &spec.server,
+        &spec.folders,
+        &spec.filter,
+        extra_ca_pem,
+    );
+    settings.max_parallel = spec.max_parallel_jobs as usize;
+    settings
+}
+
+/// Run settings from the parts of a profile a run needs, for callers that have no
+/// [`Bundle`] (the operator's worker reads them from its run plan). One mailbox at a time;
+/// callers that run more set `max_parallel`. The folder patterns must have been validated.
+pub fn settings_for(
+    namespace: String,
+    profile: String,
+    run_id: String,
+    server: &ServerSpec,
+    folders: &FolderSpec,
+    filter: &FilterSpec,
+    extra_ca_pem: Option<Vec<u8>>,
+) -> RunSettings {
     let mut warnings = Vec::new();
-    if spec.server.security == Security::None {
+    if server.security == Security::None {
         warnings.push(format!(
             "the connection to {} is not encrypted (security: None): passwords cross the network in the clear",
-            spec.server.host
+            server.host
         ));
-    } else if spec.server.insecure_skip_tls_verify {
+    } else if server.insecure_skip_tls_verify {
         warnings.push(format!(
             "the certificate of {} is not verified (insecureSkipTlsVerify: true)",
-            spec.server.host
+            server.host
         ));
     }
     RunSettings {
         namespace,
-        profile: profile.metadata.name.clone().unwrap_or_default(),
+        profile,
         run_id,
         server: ServerConfig {
-            host: spec.server.host.clone(),
-            port: spec.server.effective_port(),
-            security: spec.server.security,
-            insecure_skip_tls_verify: spec.server.insecure_skip_tls_verify,
+            host: server.host.clone(),
+            port: server.effective_port(),
+            security: server.security,
+            insecure_skip_tls_verify: server.insecure_skip_tls_verify,
             extra_ca_pem,
-            timeout: Duration::from_secs(u64::from(spec.server.timeout_seconds)),
+            timeout: Duration::from_secs(u64::from(server.timeout_seconds)),
         },
-        folders: FolderSelector::new(&spec.folders).expect("validated patterns compile"),
-        filter: spec.filter.clone(),
-        max_parallel: spec.max_parallel_jobs as usize,
+        folders: FolderSelector::new(folders).expect("validated patterns compile"),
+        filter: filter.clone(),
+        max_parallel: 1,
         warnings,
     }
 }

@@ -63,6 +63,10 @@ pub struct MailboxProtocol {
     pub skipped: u64,
     pub folders: Vec<FolderProtocol>,
     pub errors: Vec<ProtocolError>,
+    /// The server rejected the login: a wrong password, which no retry fixes. Not part of
+    /// the JSON protocol; the operator's worker chooses its exit code by it.
+    #[serde(skip)]
+    pub login_rejected: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
@@ -99,6 +103,7 @@ impl MailboxProtocol {
             skipped: 0,
             folders: Vec::new(),
             errors: Vec::new(),
+            login_rejected: false,
         }
     }
 

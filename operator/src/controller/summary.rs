@@ -33,6 +33,10 @@ pub struct ShardSummary {
     /// The store key of the shard's full protocol.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
+    /// Why the shard did not run at all (an unreadable plan, a store that cannot be
+    /// opened); its mailboxes then count as failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -61,6 +65,20 @@ impl ShardSummary {
             failed,
             failed_omitted: 0,
             protocol: key,
+            error: None,
+        }
+    }
+
+    /// The summary of a shard that could not run.
+    pub fn not_run(index: u32, error: String) -> Self {
+        ShardSummary {
+            index,
+            result: RunResult::Failed,
+            totals: Totals::default(),
+            failed: Vec::new(),
+            failed_omitted: 0,
+            protocol: None,
+            error: Some(truncate(&error, MAX_REASON_CHARS * 4)),
         }
     }
 
@@ -110,31 +128,35 @@ pub fn aggregate(facts: &RunFacts<'_>, summaries: &BTreeMap<u32, ShardSummary>) 
     let mut all_failed = true;
     for (index, size) in facts.shard_sizes.iter().enumerate() {
         let index = index as u32;
-        match summaries.get(&index) {
-            Some(s) => {
-                let t = &s.totals;
-                totals.mailboxes += t.mailboxes;
-                totals.mailboxes_failed += t.mailboxes_failed;
-                totals.archived += t.archived;
-                totals.already_archived += t.already_archived;
-                totals.failed += t.failed;
-                totals.deleted += t.deleted;
-                totals.bytes += t.bytes;
-                totals.skipped += t.skipped;
-                all_failed &= s.result == RunResult::Failed;
-                failed_mailboxes.extend(s.failed.iter().cloned());
-                omitted += s.failed_omitted;
+        let mut missing = *size;
+        let mut reason = "the worker reported no result (its pod was deleted, evicted or \
+                          killed, or could not start)"
+            .to_string();
+        if let Some(s) = summaries.get(&index) {
+            missing = size.saturating_sub(s.totals.mailboxes);
+            if let Some(error) = &s.error {
+                reason = error.clone();
             }
-            None => {
-                totals.mailboxes += size;
-                totals.mailboxes_failed += size;
-                failed_mailboxes.push(FailedMailbox {
-                    mailbox: format!("shard {index} ({size} mailboxes)"),
-                    reason: "the worker reported no result (its pod was deleted, evicted or \
-                             killed, or could not start)"
-                        .into(),
-                });
-            }
+            let t = &s.totals;
+            totals.mailboxes += t.mailboxes;
+            totals.mailboxes_failed += t.mailboxes_failed;
+            totals.archived += t.archived;
+            totals.already_archived += t.already_archived;
+            totals.failed += t.failed;
+            totals.deleted += t.deleted;
+            totals.bytes += t.bytes;
+            totals.skipped += t.skipped;
+            all_failed &= s.result == RunResult::Failed;
+            failed_mailboxes.extend(s.failed.iter().cloned());
+            omitted += s.failed_omitted;
+        }
+        if missing > 0 {
+            totals.mailboxes += missing;
+            totals.mailboxes_failed += missing;
+            failed_mailboxes.push(FailedMailbox {
+                mailbox: format!("shard {index} ({missing} mailboxes)"),
+                reason,
+            });
         }
     }
     let result = if totals.mailboxes_failed == 0 {
@@ -271,6 +293,12 @@ mod tests {
         assert_eq!(run.failed_mailboxes[0].mailbox, "shard 1 (3 mailboxes)");
         let run = aggregate(&facts(&[1, 3]), &BTreeMap::new());
         assert_eq!(run.result, RunResult::Failed);
+        let bad = ShardSummary::not_run(1, "the plan is unreadable".into());
+        let back: ShardSummary = serde_json::from_str(&bad.to_message()).unwrap();
+        let run = aggregate(&facts(&[0, 3]), &BTreeMap::from([(1, back)]));
+        assert_eq!(run.result, RunResult::Failed);
+        assert_eq!(run.totals.mailboxes_failed, 3);
+        assert_eq!(run.failed_mailboxes[0].reason, "the plan is unreadable");
     }
 
     #[test]

@@ -381,7 +381,8 @@ pub struct LastRun {
     /// Mailboxes that failed, with the first reason; at most 50.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_mailboxes: Vec<FailedMailbox>,
-    /// Where the full protocols are: `<store>/runs/<namespace>/<profile>/<run>-<index>.json`.
+    /// Where the run's full protocols are: the store and the folder (key prefix) holding
+    /// one protocol per shard, named after the run and the shard's index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol_ref: Option<String>,
 }
