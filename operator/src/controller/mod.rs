@@ -3,6 +3,7 @@
 //! tested with a fake clock and no API server.
 
 pub mod conditions;
+pub mod job;
 pub mod names;
 pub mod runs;
 pub mod schedule;
