@@ -3,8 +3,12 @@
 //! tested with a fake clock and no API server.
 
 pub mod conditions;
+pub mod context;
 pub mod job;
+pub mod mailboxset;
+pub mod metrics;
 pub mod names;
+pub mod profile;
 pub mod runs;
 pub mod schedule;
 pub mod summary;
