@@ -71,6 +71,8 @@ pub enum Command {
     /// Exit codes: 0 every mailbox succeeded; 1 some failed and a retry may help; 2 the
     /// plan is invalid; 3 every failed mailbox was rejected at login.
     Worker(crate::worker::WorkerArgs),
+    /// Run the Kubernetes operator (KUBECONFIG, ~/.kube/config or in-cluster credentials).
+    Operator(crate::controller::run::OperatorArgs),
 }
 
 #[derive(Args, Debug)]
@@ -153,6 +155,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::List(args) => list(args).await,
         Command::Mailboxes(args) => mailboxes(args).await,
         Command::Worker(args) => crate::worker::main(args).await,
+        Command::Operator(args) => crate::controller::run::main(args).await,
         Command::Crds => {
             print!("{}", resources::crds_yaml());
             0

@@ -9,6 +9,7 @@ pub mod mailboxset;
 pub mod metrics;
 pub mod names;
 pub mod profile;
+pub mod run;
 pub mod runs;
 pub mod schedule;
 pub mod summary;
