@@ -656,3 +656,117 @@ async fn start_run(
         "",
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        parse_time(s).unwrap()
+    }
+
+    fn profile(spec: serde_json::Value, status: serde_json::Value) -> ArchiveProfile {
+        let mut full = serde_json::json!({
+            "mailboxSetRef": {"name": "staff"},
+            "server": {"host": "imap.example.org"},
+        });
+        full.as_object_mut()
+            .unwrap()
+            .extend(spec.as_object().unwrap().clone());
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": API_VERSION, "kind": "ArchiveProfile",
+            "metadata": {"name": "nightly", "namespace": "mail",
+                         "creationTimestamp": "2025-01-06T10:00:00Z"},
+            "spec": full, "status": status,
+        }))
+        .unwrap()
+    }
+
+    fn decision(p: &ArchiveProfile, now: &str) -> Decision {
+        let schedule = p
+            .spec
+            .schedule
+            .as_ref()
+            .map(|s| Schedule::parse(s).unwrap());
+        decide(p, schedule.as_ref(), at(now))
+    }
+
+    #[test]
+    fn first_slot_after_creation() {
+        let p = profile(
+            serde_json::json!({"schedule": {"cron": "0 2 * * *"}}),
+            serde_json::json!({}),
+        );
+        assert_eq!(decision(&p, "2025-01-07T01:59:00Z"), Decision::Wait);
+        assert_eq!(
+            decision(&p, "2025-01-07T02:00:00Z"),
+            Decision::Scheduled {
+                slot: at("2025-01-07T02:00:00Z"),
+                run: "nightly-202501070200".into(),
+                passed_over: 0
+            }
+        );
+    }
+
+    #[test]
+    fn a_new_manual_value_runs_once_even_when_suspended() {
+        let spec = serde_json::json!({"schedule": {"cron": "0 2 * * *", "suspend": true},
+                                      "trigger": {"manual": "again"}});
+        let p = profile(
+            spec.clone(),
+            serde_json::json!({"lastManualTrigger": "before"}),
+        );
+        assert_eq!(
+            decision(&p, "2025-01-06T12:00:00Z"),
+            Decision::Manual {
+                value: "again".into(),
+                run: "nightly-m-again".into()
+            }
+        );
+        let p = profile(spec, serde_json::json!({"lastManualTrigger": "again"}));
+        assert_eq!(decision(&p, "2025-01-06T12:00:00Z"), Decision::Wait);
+    }
+
+    #[test]
+    fn suspended_schedules_pass_slots_without_catching_up() {
+        let p = profile(
+            serde_json::json!({"schedule": {"cron": "0 2 * * *", "suspend": true}}),
+            serde_json::json!({"lastScheduleTime": "2025-01-06T02:00:00Z"}),
+        );
+        assert_eq!(
+            decision(&p, "2025-01-09T12:00:00Z"),
+            Decision::Suspended {
+                slot: at("2025-01-09T02:00:00Z")
+            }
+        );
+    }
+
+    #[test]
+    fn late_slots_are_skipped_and_missed_ones_counted() {
+        let p = profile(
+            serde_json::json!({"schedule": {"cron": "0 2 * * *", "startingDeadlineSeconds": 300}}),
+            serde_json::json!({"lastScheduleTime": "2025-01-06T02:00:00Z"}),
+        );
+        assert_eq!(
+            decision(&p, "2025-01-09T02:04:00Z"),
+            Decision::Scheduled {
+                slot: at("2025-01-09T02:00:00Z"),
+                run: "nightly-202501090200".into(),
+                passed_over: 2
+            }
+        );
+        assert_eq!(
+            decision(&p, "2025-01-09T12:00:00Z"),
+            Decision::Skip {
+                slot: at("2025-01-09T02:00:00Z"),
+                passed_over: 2
+            }
+        );
+    }
+
+    #[test]
+    fn without_schedule_only_triggers_run() {
+        let p = profile(serde_json::json!({}), serde_json::json!({}));
+        assert_eq!(decision(&p, "2030-01-01T00:00:00Z"), Decision::Wait);
+    }
+}
