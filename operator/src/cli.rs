@@ -3,7 +3,7 @@
 //! Exit codes: 0 everything succeeded; 1 something failed at run time (a mailbox, the
 //! store, damaged objects); 2 the input is invalid, and then nothing was touched.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::export::{self, Format};
 use crate::protocol::{RunProtocol, RunResult};
 use crate::resources::{
-    self, namespace_of, ArchiveProfile, Bundle, Located, MailboxSet, SyncRecord,
+    self, namespace_of, ArchiveProfile, Bundle, Located, MailboxSet, StoreSpec, SyncRecord,
 };
 use crate::store::local::LocalStore;
 use crate::store::s3::{S3Config, S3Store};
@@ -66,6 +66,15 @@ pub enum Command {
     /// shows the errors, the CSV file's with line numbers), else 1 if a directory could not be
     /// read or its sync was refused.
     Mailboxes(MailboxesArgs),
+    /// Print both CustomResourceDefinitions (YAML), generated from the operator's types.
+    Crds,
+    /// Archive one shard of an operator run (what the operator's Jobs run).
+    ///
+    /// Exit codes: 0 every mailbox succeeded; 1 some failed and a retry may help; 2 the
+    /// plan is invalid; 3 every failed mailbox was rejected at login.
+    Worker(crate::worker::WorkerArgs),
+    /// Run the Kubernetes operator (KUBECONFIG, ~/.kube/config or in-cluster credentials).
+    Operator(crate::controller::run::OperatorArgs),
 }
 
 #[derive(Args, Debug)]
@@ -185,6 +194,12 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Verify(args) => verify(args).await,
         Command::List(args) => list(args).await,
         Command::Mailboxes(args) => mailboxes(args).await,
+        Command::Worker(args) => crate::worker::main(args).await,
+        Command::Operator(args) => crate::controller::run::main(args).await,
+        Command::Crds => {
+            print!("{}", resources::crds_yaml());
+            0
+        }
     };
     ExitCode::from(code)
 }
@@ -458,6 +473,32 @@ pub async fn open_store(location: &StoreLocation) -> Result<Archive, StoreError>
         StoreLocation::S3(config) => Arc::new(S3Store::open(config).await?),
     };
     Ok(Archive::new(objects))
+}
+
+/// Opens the archive a profile's `spec.store` names (a local directory, by default
+/// [`DEFAULT_STORE`]). The operator's worker opens its store here, from the store spec in
+/// its run plan; an S3 store's `credentialsSecretRef` is mounted as files into
+/// `credentials_dir` (keys `accessKeyId`, `secretAccessKey`), never passed in the plan.
+pub async fn open_store_spec(
+    spec: Option<&StoreSpec>,
+    credentials_dir: &Path,
+) -> Result<Archive, StoreError> {
+    let location = match spec.and_then(|s| s.s3.as_ref()) {
+        Some(s3) => {
+            let credentials = s3.credentials_secret_ref.as_ref().map(|_| {
+                let read = |key: &str| std::fs::read(credentials_dir.join(key)).ok();
+                plan::s3_credentials(read("accessKeyId"), read("secretAccessKey"))
+            });
+            StoreLocation::S3(plan::s3_config(s3, credentials))
+        }
+        None => StoreLocation::Local(
+            spec.and_then(|s| s.local.as_ref())
+                .and_then(|l| l.path.as_deref())
+                .unwrap_or(DEFAULT_STORE)
+                .into(),
+        ),
+    };
+    open_store(&location).await
 }
 
 fn print_protocols(protocols: &[RunProtocol], output: Output) {

@@ -4,6 +4,7 @@
 //! archiving Jobs. Data flows resources → sources → engine (imap → store) → protocol.
 
 pub mod cli;
+pub mod controller;
 pub mod engine;
 pub mod export;
 pub mod imap;
@@ -16,3 +17,4 @@ pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod tls;
+pub mod worker;

@@ -6,7 +6,8 @@ use std::time::Duration;
 use crate::engine::{FolderSelector, RunSettings};
 use crate::imap::ServerConfig;
 use crate::resources::{
-    namespace_of, ArchiveProfile, Bundle, S3StoreSpec, Security, ServerSideEncryption,
+    namespace_of, ArchiveProfile, Bundle, DeletionSpec, FilterSpec, FolderSpec, S3StoreSpec,
+    Security, ServerSideEncryption, ServerSpec,
 };
 use crate::secret::Secret;
 use crate::store::s3::{Encryption, S3Config, S3Credentials};
@@ -22,35 +23,75 @@ pub fn run_settings(bundle: &Bundle, profile: &ArchiveProfile, run_id: String) -
             .secret(&namespace, &r.name)
             .and_then(|s| s.object.data.get(&r.key).cloned())
     });
+    let mut settings = settings_for(
+        namespace,
+        profile.metadata.name.clone().unwrap_or_default(),
+        run_id,
+        RunParts {
+            server: &spec.server,
+            folders: &spec.folders,
+            filter: &spec.filter,
+            deletion: &spec.deletion,
+        },
+        extra_ca_pem,
+    );
+    settings.max_parallel = spec.max_parallel_jobs as usize;
+    settings
+}
+
+/// The parts of a profile's spec that a run needs.
+pub struct RunParts<'a> {
+    pub server: &'a ServerSpec,
+    pub folders: &'a FolderSpec,
+    pub filter: &'a FilterSpec,
+    pub deletion: &'a DeletionSpec,
+}
+
+/// Run settings from the parts of a profile a run needs, for callers that have no
+/// [`Bundle`] (the operator's worker reads them from its run plan). One mailbox at a time;
+/// callers that run more set `max_parallel`. The folder patterns must have been validated.
+pub fn settings_for(
+    namespace: String,
+    profile: String,
+    run_id: String,
+    parts: RunParts<'_>,
+    extra_ca_pem: Option<Vec<u8>>,
+) -> RunSettings {
+    let RunParts {
+        server,
+        folders,
+        filter,
+        deletion,
+    } = parts;
     let mut warnings = Vec::new();
-    if spec.server.security == Security::None {
+    if server.security == Security::None {
         warnings.push(format!(
             "the connection to {} is not encrypted (security: None): passwords cross the network in the clear",
-            spec.server.host
+            server.host
         ));
-    } else if spec.server.insecure_skip_tls_verify {
+    } else if server.insecure_skip_tls_verify {
         warnings.push(format!(
             "the certificate of {} is not verified (insecureSkipTlsVerify: true)",
-            spec.server.host
+            server.host
         ));
     }
     RunSettings {
         namespace,
-        profile: profile.metadata.name.clone().unwrap_or_default(),
+        profile,
         run_id,
         server: ServerConfig {
-            host: spec.server.host.clone(),
-            port: spec.server.effective_port(),
-            security: spec.server.security,
-            insecure_skip_tls_verify: spec.server.insecure_skip_tls_verify,
+            host: server.host.clone(),
+            port: server.effective_port(),
+            security: server.security,
+            insecure_skip_tls_verify: server.insecure_skip_tls_verify,
             extra_ca_pem,
-            timeout: Duration::from_secs(u64::from(spec.server.timeout_seconds)),
+            timeout: Duration::from_secs(u64::from(server.timeout_seconds)),
         },
-        folders: FolderSelector::new(&spec.folders).expect("validated patterns compile"),
-        filter: spec.filter.clone(),
-        deletion: spec.deletion.clone(),
+        folders: FolderSelector::new(folders).expect("validated patterns compile"),
+        filter: filter.clone(),
+        deletion: deletion.clone(),
         dry_run_deletion: false,
-        max_parallel: spec.max_parallel_jobs as usize,
+        max_parallel: 1,
         warnings,
     }
 }
@@ -61,28 +102,36 @@ pub fn store_location(bundle: &Bundle, profile: &ArchiveProfile) -> Option<Store
     let store = profile.spec.store.as_ref()?;
     if let Some(s3) = &store.s3 {
         let namespace = namespace_of(&profile.metadata);
-        return Some(StoreLocation::S3(s3_config(bundle, namespace, s3)));
+        let credentials = s3.credentials_secret_ref.as_ref().map(|reference| {
+            let secret = bundle.secret(namespace, &reference.name);
+            let value = |key: &str| secret.and_then(|s| s.object.data.get(key).cloned());
+            s3_credentials(value("accessKeyId"), value("secretAccessKey"))
+        });
+        return Some(StoreLocation::S3(s3_config(s3, credentials)));
     }
     let path = store.local.as_ref()?.path.as_ref()?;
     Some(StoreLocation::Local(path.into()))
 }
 
-fn s3_config(bundle: &Bundle, namespace: &str, spec: &S3StoreSpec) -> S3Config {
-    let credentials = spec.credentials_secret_ref.as_ref().map(|reference| {
-        let secret = bundle.secret(namespace, &reference.name);
-        // Trimmed: Secrets made with `echo` end in a newline, and keys never contain
-        // white space.
-        let value = |key: &str| {
-            secret
-                .and_then(|s| s.object.data.get(key))
-                .map(|v| String::from_utf8_lossy(v).trim().to_string())
-                .unwrap_or_default()
-        };
-        S3Credentials {
-            access_key_id: value("accessKeyId"),
-            secret_access_key: Secret::new(value("secretAccessKey")),
-        }
-    });
+/// S3 credentials from the values of a Secret's `accessKeyId` and `secretAccessKey` keys.
+/// Trimmed: Secrets made with `echo` end in a newline, and keys never contain white space.
+pub fn s3_credentials(
+    access_key_id: Option<Vec<u8>>,
+    secret_access_key: Option<Vec<u8>>,
+) -> S3Credentials {
+    let text = |v: Option<Vec<u8>>| {
+        v.map(|v| String::from_utf8_lossy(&v).trim().to_string())
+            .unwrap_or_default()
+    };
+    S3Credentials {
+        access_key_id: text(access_key_id),
+        secret_access_key: Secret::new(text(secret_access_key)),
+    }
+}
+
+/// How to reach the bucket of `spec`, with the credentials of its `credentialsSecretRef`
+/// (`None`: the AWS default chain).
+pub fn s3_config(spec: &S3StoreSpec, credentials: Option<S3Credentials>) -> S3Config {
     S3Config {
         bucket: spec.bucket.clone(),
         prefix: spec.prefix.clone().unwrap_or_default(),

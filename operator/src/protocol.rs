@@ -3,9 +3,10 @@
 
 use std::fmt::Write as _;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum RunResult {
     Succeeded,
     PartiallyFailed,
@@ -30,7 +31,9 @@ pub struct RunProtocol {
     pub warnings: Vec<String>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+/// Also the totals of `ArchiveProfile.status.lastRun` and `status.runs`, so that the CLI and
+/// the operator report the same numbers under the same names.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Totals {
     pub mailboxes: u64,
@@ -72,6 +75,10 @@ pub struct MailboxProtocol {
     /// Things that did not fail the mailbox but that a person should know.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The server rejected the login: a wrong password, which no retry fixes. Not part of
+    /// the JSON protocol; the operator's worker chooses its exit code by it.
+    #[serde(skip)]
+    pub login_rejected: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
@@ -114,6 +121,7 @@ impl MailboxProtocol {
             folders: Vec::new(),
             errors: Vec::new(),
             warnings: Vec::new(),
+            login_rejected: false,
         }
     }
 

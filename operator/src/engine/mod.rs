@@ -154,7 +154,10 @@ async fn archive_folders(
 ) -> Result<(), String> {
     let mut session = Session::connect(&settings.server, &credentials(mailbox))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| {
+            protocol.login_rejected = e.is_permanent();
+            e.to_string()
+        })?;
     let label = mailbox.label().to_string();
     archive
         .ensure_mailbox(&mailbox.user, &label)

@@ -11,9 +11,14 @@ mod validate;
 pub use load::{load_paths, namespace_of, Bundle, LoadError, Located, SecretObject};
 pub use validate::{validate_mailbox_set, validate_profile, FieldError};
 
-use kube::CustomResource;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration, Volume, VolumeMount};
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::protocol::{RunResult, Totals};
 
 /// API group of both kinds.
 pub const GROUP: &str = "mailvault.io";
@@ -21,6 +26,17 @@ pub const GROUP: &str = "mailvault.io";
 pub const VERSION: &str = "v1alpha1";
 /// `apiVersion` as written in YAML.
 pub const API_VERSION: &str = "mailvault.io/v1alpha1";
+
+/// Both CustomResourceDefinitions, generated from the types here, as YAML documents
+/// separated by `---`: what `mailvault crds` prints and `crds/mailvault.io.yaml` holds.
+pub fn crds_yaml() -> String {
+    use kube::CustomResourceExt;
+    [ArchiveProfile::crd(), MailboxSet::crd()]
+        .iter()
+        .map(|crd| serde_yaml::to_string(crd).expect("CRDs serialize"))
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
 
 /// What to archive from one IMAP server, into which store, and when.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -31,7 +47,13 @@ pub const API_VERSION: &str = "mailvault.io/v1alpha1";
     namespaced,
     status = "ArchiveProfileStatus",
     shortname = "ap",
-    category = "mailvault"
+    category = "mailvault",
+    printcolumn = r#"{"name":"Schedule","type":"string","jsonPath":".spec.schedule.cron"}"#,
+    printcolumn = r#"{"name":"Last Run","type":"date","jsonPath":".status.lastRun.completionTime"}"#,
+    printcolumn = r#"{"name":"Result","type":"string","jsonPath":".status.lastRun.result"}"#,
+    printcolumn = r#"{"name":"Archived","type":"integer","jsonPath":".status.lastRun.totals.archived"}"#,
+    printcolumn = r#"{"name":"Next Run","type":"date","jsonPath":".status.nextScheduleTime"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ArchiveProfileSpec {
@@ -56,10 +78,129 @@ pub struct ArchiveProfileSpec {
     /// Whether archived messages are deleted from the server afterwards.
     #[serde(default)]
     pub deletion: DeletionSpec,
+    /// When the operator starts runs on its own. Without it, runs start only on a manual
+    /// trigger (and `mailvault run` ignores it: it always runs now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleSpec>,
+    /// Runs started by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<TriggerSpec>,
+    /// How many finished runs that succeeded keep their Job (and its pods' logs).
+    #[serde(default = "default_history_limit")]
+    #[schemars(range(max = 100))]
+    pub successful_runs_history_limit: u32,
+    /// How many finished runs that failed or partially failed keep their Job.
+    #[serde(default = "default_history_limit")]
+    #[schemars(range(max = 100))]
+    pub failed_runs_history_limit: u32,
+    /// How the operator's archiving pods look.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_template: Option<JobTemplate>,
 }
 
 fn default_max_parallel_jobs() -> u32 {
     4
+}
+
+fn default_history_limit() -> u32 {
+    3
+}
+
+/// `spec.schedule`: cron in a time zone, like a CronJob.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScheduleSpec {
+    /// Five fields (minute hour day-of-month month day-of-week) or one of `@yearly`,
+    /// `@annually`, `@monthly`, `@weekly`, `@daily`, `@hourly`.
+    #[x_kube(validation = Rule::new(
+        r"self.matches('^(@(?i:yearly|annually|monthly|weekly|daily|hourly)|[^ ]+( +[^ ]+){4})$')"
+    ).message("must be five cron fields separated by spaces, or a macro such as @daily"))]
+    pub cron: String,
+    /// IANA time zone the cron fields are read in, e.g. `Europe/Berlin`. A slot that a
+    /// daylight-saving change skips runs right after the change; one that it repeats runs
+    /// once.
+    #[serde(default = "default_time_zone")]
+    #[schemars(length(min = 1))]
+    pub time_zone: String,
+    /// Start no scheduled runs (slots passing meanwhile are not caught up). Manual triggers
+    /// still run: they are a deliberate request.
+    #[serde(default)]
+    pub suspend: bool,
+    /// A slot missed by more than this (operator down, previous run still going) is
+    /// skipped and counted in `status.missedRuns` instead of starting late.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub starting_deadline_seconds: Option<i64>,
+}
+
+/// Schema of a Kubernetes object type whose full schema is left out of the CRD.
+fn unchecked_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+/// Schema of a list of Kubernetes objects whose full schema is left out of the CRD.
+fn unchecked_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+    })
+}
+
+fn default_time_zone() -> String {
+    "UTC".to_string()
+}
+
+/// `spec.trigger`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TriggerSpec {
+    /// Set to any new value (a timestamp, a ticket number) to start a run now. The value
+    /// last acted on is `status.lastManualTrigger`; a value equal to it does nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub manual: Option<String>,
+}
+
+/// `spec.jobTemplate`: the parts of the archiving pods a cluster admin may need to set.
+/// Everything that keeps the pods safe (user, file system, plan volume) is the operator's.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JobTemplate {
+    /// Worker image; default: the operator's own (`MAILVAULT_WORKER_IMAGE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Kept out of the CRD's schema (checked when the Job is created), like `volumes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "unchecked_object")]
+    pub affinity: Option<Affinity>,
+    /// Only needed when the store authenticates with the pod's identity; the token is then
+    /// mounted, otherwise never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// Extra labels of the Job and its pods; the operator's own labels win.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Extra annotations of the Job and its pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Extra volumes, e.g. the PersistentVolumeClaim of a local store. Their schema is not
+    /// repeated in the CRD (it would make it several times larger); the API server checks
+    /// them when the operator creates the Job, and a bad one fails the run visibly.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "unchecked_list")]
+    pub volumes: Vec<Volume>,
+    /// Where the worker mounts them (`spec.store.local.path` must lie on one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_mounts: Vec<VolumeMount>,
 }
 
 /// A reference by name to an object in the same namespace.
@@ -157,8 +298,11 @@ fn default_true() -> bool {
     true
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new(
+    "!has(self.minAgeDays) || !has(self.maxAgeDays) || self.minAgeDays <= self.maxAgeDays"
+).message("minAgeDays must not be greater than maxAgeDays: no message could match"))]
 pub struct FilterSpec {
     /// Only archive messages at least this many days old (by INTERNALDATE); younger ones
     /// wait for a later run.
@@ -282,14 +426,96 @@ pub enum ServerSideEncryption {
     AwsKms,
 }
 
-/// Conditions and run results, written by the operator.
+/// Conditions, schedule state and run results, written by the operator. The scheduling
+/// state lives here rather than in the operator's memory, so that a restarted operator
+/// neither repeats nor forgets a run.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ArchiveProfileStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// `Ready`, `LastRunSucceeded`, `Stalled`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The last finished run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<LastRun>,
+    /// The most recent finished runs, newest first (as many as both history limits).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<RunSummary>,
+    /// The run in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_run: Option<ActiveRun>,
+    /// The schedule slot last acted on (started, or skipped); RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_schedule_time: Option<String>,
+    /// The `spec.trigger.manual` value last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_manual_trigger: Option<String>,
+    /// Schedule slots that passed without a run (operator down, a run still going, past
+    /// the starting deadline), since the profile was created.
+    #[serde(default)]
+    pub missed_runs: u64,
+}
+
+/// `status.lastRun`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastRun {
+    /// The run's name, also its Job's.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<String>,
+    pub result: RunResult,
+    /// Why a run failed as a whole (e.g. its MailboxSet could not be resolved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub totals: Totals,
+    /// Mailboxes that failed, with the first reason; at most 50.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_mailboxes: Vec<FailedMailbox>,
+    /// Where the run's full protocols are: the store and the folder (key prefix) holding
+    /// one protocol per shard, named after the run and the shard's index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_ref: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedMailbox {
+    pub mailbox: String,
+    pub reason: String,
+}
+
+/// One entry of `status.runs`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunSummary {
+    pub name: String,
+    pub result: RunResult,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<String>,
+    pub totals: Totals,
+}
+
+/// `status.activeRun`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ActiveRun {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    pub mailboxes: u64,
+    /// Mailboxes of the shards that finished successfully.
+    pub mailboxes_done: u64,
+    /// Mailboxes of the shards that failed for good.
+    pub mailboxes_failed: u64,
 }
 
 /// A condition as the Kubernetes API conventions describe it.
@@ -308,7 +534,7 @@ pub struct Condition {
 }
 
 /// Which mailboxes to archive: through a master user, or from a CSV file of credentials.
-#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "mailvault.io",
     version = "v1alpha1",
@@ -316,9 +542,15 @@ pub struct Condition {
     namespaced,
     status = "MailboxSetStatus",
     shortname = "mbs",
-    category = "mailvault"
+    category = "mailvault",
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".status.mode"}"#,
+    printcolumn = r#"{"name":"Mailboxes","type":"integer","jsonPath":".status.mailboxes"}"#,
+    printcolumn = r#"{"name":"Synced","type":"date","jsonPath":".status.lastSync.time"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("has(self.masterPassword) != has(self.csv)")
+    .message("set exactly one of masterPassword or csv"))]
 pub struct MailboxSetSpec {
     /// A privileged user logs in on behalf of each user (SASL PLAIN authorization identity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -430,8 +662,10 @@ pub enum Flavor {
     ActiveDirectory,
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("self.selection == 'All' || size(self.names) > 0")
+    .message("AllExcept and Only need names"))]
 pub struct UserSelectionSpec {
     #[serde(default)]
     pub selection: Selection,
@@ -502,11 +736,76 @@ pub struct SyncRecord {
     pub users: Vec<String>,
 }
 
+/// Written by the operator.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MailboxSetStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// `Ready`, `DirectorySynced` (sets with a directory), `Stalled`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// How many mailboxes the set resolved to last time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mailboxes: Option<u64>,
+    /// `masterPassword` or `csv`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// The last accepted directory sync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync: Option<SyncStatus>,
+}
+
+/// A [`SyncRecord`] as kept on the MailboxSet's status. A status must stay small (the API
+/// server caps objects at about 1.5 MB, and every watcher receives the whole object), so
+/// the user names are kept only up to [`SyncStatus::MAX_USERS`]; beyond that only their
+/// count, and the removal guard compares counts.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncStatus {
+    pub time: String,
+    pub users_found: u32,
+    pub without_email: u32,
+    pub excluded_by_selection: u32,
+    pub added: u32,
+    pub removed: u32,
+    /// The names the directory returned, sorted; absent when there were more than
+    /// [`SyncStatus::MAX_USERS`] or they exceed [`SyncStatus::MAX_USER_BYTES`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<Vec<String>>,
+}
+
+impl SyncStatus {
+    /// Most user names kept in a status.
+    pub const MAX_USERS: usize = 1000;
+    /// Most bytes of user names kept in a status.
+    pub const MAX_USER_BYTES: usize = 64 * 1024;
+
+    /// The status form of `record`: its names only if they fit.
+    pub fn from_record(record: &SyncRecord) -> SyncStatus {
+        let bytes: usize = record.users.iter().map(|u| u.len() + 3).sum();
+        let fits = record.users.len() <= Self::MAX_USERS && bytes <= Self::MAX_USER_BYTES;
+        SyncStatus {
+            time: record.time.clone(),
+            users_found: record.users_found,
+            without_email: record.without_email,
+            excluded_by_selection: record.excluded_by_selection,
+            added: record.added,
+            removed: record.removed,
+            users: fits.then(|| record.users.clone()),
+        }
+    }
+
+    /// The record to compare the next sync with, when the names were kept.
+    pub fn to_record(&self) -> Option<SyncRecord> {
+        self.users.as_ref().map(|users| SyncRecord {
+            time: self.time.clone(),
+            users_found: self.users_found,
+            without_email: self.without_email,
+            excluded_by_selection: self.excluded_by_selection,
+            added: self.added,
+            removed: self.removed,
+            users: users.clone(),
+        })
+    }
 }

@@ -1,0 +1,773 @@
+//! The ArchiveProfile controller. Each reconcile reads the profile's Jobs, records runs that
+//! finished, tracks the active one, starts a run when the schedule or a manual trigger says
+//! so, prunes old runs and writes the status. The scheduling state (last slot, last trigger,
+//! missed runs) lives in the status, so a restarted operator picks up where it left off,
+//! and run names are deterministic, so a run is never started twice.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::ResourceExt;
+
+use super::conditions::{self, LAST_RUN_SUCCEEDED, READY, STALLED};
+use super::context::{parse_time, rfc3339, Context, Error, RunEvent};
+use super::mailboxset::{self, Outcome, FIELD_MANAGER};
+use super::schedule::{self, Schedule};
+use super::summary::{self, RunFacts, ShardSummary};
+use super::{job, names, runs};
+use crate::protocol::{RunResult, Totals};
+use crate::resources::{
+    namespace_of, ActiveRun, ArchiveProfile, ArchiveProfileStatus, LastRun, MailboxSet, RunSummary,
+    API_VERSION,
+};
+use crate::worker::RunPlan;
+
+/// Longest wait between reconciles of an idle profile, so that a lost watch event or a
+/// clock jump delays a run by at most this.
+const MAX_WAIT: Duration = Duration::from_secs(3600);
+/// A plan larger than this would not fit a Secret (1 MiB with its metadata).
+const MAX_PLAN_BYTES: usize = 1000 * 1024;
+
+/// What to do about starting a run, decided from the spec, the status and the clock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Nothing is due.
+    Wait,
+    /// `spec.trigger.manual` has a value not yet acted on.
+    Manual { value: String, run: String },
+    /// A schedule slot is due.
+    Scheduled {
+        slot: DateTime<Utc>,
+        run: String,
+        passed_over: u64,
+    },
+    /// A slot is due but past the starting deadline.
+    Skip {
+        slot: DateTime<Utc>,
+        passed_over: u64,
+    },
+    /// Suspended: the latest slot is taken as acted on, so that resuming does not catch up.
+    Suspended { slot: DateTime<Utc> },
+}
+
+/// Decides whether a run starts now (when no run is active). A manual trigger wins over
+/// the schedule; the schedule's slot then waits for the next reconcile.
+pub fn decide(
+    profile: &ArchiveProfile,
+    schedule: Option<&Schedule>,
+    now: DateTime<Utc>,
+) -> Decision {
+    let name = profile.metadata.name.as_deref().unwrap_or("");
+    let status = profile.status.clone().unwrap_or_default();
+    if let Some(value) = profile
+        .spec
+        .trigger
+        .as_ref()
+        .and_then(|t| t.manual.as_ref())
+    {
+        if !value.is_empty() && status.last_manual_trigger.as_ref() != Some(value) {
+            return Decision::Manual {
+                value: value.clone(),
+                run: names::manual(name, value),
+            };
+        }
+    }
+    let (Some(schedule), Some(spec)) = (schedule, profile.spec.schedule.as_ref()) else {
+        return Decision::Wait;
+    };
+    let since = status
+        .last_schedule_time
+        .as_deref()
+        .and_then(parse_time)
+        .or_else(|| {
+            profile
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .and_then(|t| parse_time(&t.0.to_string()))
+        })
+        .unwrap_or(now);
+    let Some(due) = schedule::due(schedule, since, now, spec.starting_deadline_seconds) else {
+        return Decision::Wait;
+    };
+    if spec.suspend {
+        Decision::Suspended { slot: due.slot }
+    } else if due.too_late {
+        Decision::Skip {
+            slot: due.slot,
+            passed_over: due.passed_over,
+        }
+    } else {
+        Decision::Scheduled {
+            slot: due.slot,
+            run: names::scheduled(name, due.slot),
+            passed_over: due.passed_over,
+        }
+    }
+}
+
+/// Records a finished run: `lastRun`, `runs` and the `LastRunSucceeded` condition; returns
+/// the event to publish.
+pub fn record_run(
+    status: &mut ArchiveProfileStatus,
+    profile: &ArchiveProfile,
+    run: LastRun,
+    now: &str,
+) -> RunEvent {
+    let generation = profile.metadata.generation;
+    let (reason, ok) = match run.result {
+        RunResult::Succeeded => ("Succeeded", true),
+        RunResult::PartiallyFailed => ("PartiallyFailed", false),
+        RunResult::Failed => ("Failed", false),
+    };
+    let t = &run.totals;
+    let mut message = format!(
+        "{} of {} mailboxes archived, {} messages",
+        t.mailboxes - t.mailboxes_failed,
+        t.mailboxes,
+        t.archived
+    );
+    if let Some(m) = &run.message {
+        message = format!("{message}; {m}");
+    }
+    if let Some(first) = run.failed_mailboxes.first() {
+        message = format!("{message}; {}: {}", first.mailbox, first.reason);
+    }
+    conditions::set(
+        &mut status.conditions,
+        LAST_RUN_SUCCEEDED,
+        ok,
+        reason,
+        message.clone(),
+        now,
+        generation,
+    );
+    status.runs = runs::add_run(
+        &status.runs,
+        RunSummary {
+            name: run.name.clone(),
+            result: run.result,
+            start_time: run.start_time.clone(),
+            completion_time: run.completion_time.clone(),
+            totals: run.totals.clone(),
+        },
+        profile.spec.successful_runs_history_limit,
+        profile.spec.failed_runs_history_limit,
+    );
+    let event = RunEvent {
+        warning: !ok,
+        reason: if ok { "RunSucceeded" } else { "RunFailed" },
+        action: "Archive",
+        note: format!("run {}: {reason}: {message}", run.name),
+    };
+    status.last_run = Some(run);
+    event
+}
+
+/// A run that failed before any Job (its MailboxSet could not be resolved).
+fn failed_before_start(name: &str, message: String, now: &str) -> LastRun {
+    LastRun {
+        name: name.to_string(),
+        start_time: Some(now.to_string()),
+        completion_time: Some(now.to_string()),
+        result: RunResult::Failed,
+        message: Some(message),
+        totals: Totals::default(),
+        failed_mailboxes: Vec::new(),
+        protocol_ref: None,
+    }
+}
+
+fn time_of(t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>) -> Option<String> {
+    t.and_then(|t| parse_time(&t.0.to_string())).map(rfc3339)
+}
+
+/// The summaries the finished Job's pods left, one per index: of several pods of an index
+/// (retries), the one that succeeded, else the newest that left a summary.
+fn summaries(pods: &[Pod]) -> BTreeMap<u32, ShardSummary> {
+    let mut pods: Vec<&Pod> = pods.iter().collect();
+    pods.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
+    let mut out: BTreeMap<u32, (bool, ShardSummary)> = BTreeMap::new();
+    for pod in pods {
+        let Some(index) = pod
+            .annotations()
+            .get(job::ANNOTATION_COMPLETION_INDEX)
+            .and_then(|i| i.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let succeeded = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded");
+        let message = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.name == job::CONTAINER))
+            .and_then(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone());
+        let Some(summary) = message.and_then(|m| serde_json::from_str::<ShardSummary>(&m).ok())
+        else {
+            continue;
+        };
+        if out.get(&index).is_some_and(|(ok, _)| *ok && !succeeded) {
+            continue;
+        }
+        out.insert(index, (succeeded, summary));
+    }
+    out.into_iter().map(|(i, (_, s))| (i, s)).collect()
+}
+
+/// Where a run's shard protocols are, from any summary that names one.
+fn protocol_ref(store: &str, summaries: &BTreeMap<u32, ShardSummary>) -> Option<String> {
+    let key = summaries.values().find_map(|s| s.protocol.clone())?;
+    let folder = key.rsplit_once('/').map_or(key.as_str(), |(dir, _)| dir);
+    Some(format!("{store}/{folder}/"))
+}
+
+fn store_label(profile: &ArchiveProfile) -> String {
+    profile
+        .spec
+        .store
+        .as_ref()
+        .and_then(|s| s.local.as_ref())
+        .and_then(|l| l.path.clone())
+        .unwrap_or_else(|| crate::cli::DEFAULT_STORE.to_string())
+}
+
+/// What came of trying to start a run.
+enum Start {
+    Started(ActiveRun),
+    /// Nothing to archive: the run is recorded as done.
+    Empty,
+    Failed {
+        message: String,
+        invalid: bool,
+    },
+}
+
+/// Reconciles one ArchiveProfile.
+pub async fn reconcile(profile: Arc<ArchiveProfile>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // Deleting a profile deletes its Jobs (and so their pods and plan Secrets) through
+    // owner references; the archive is never touched.
+    if profile.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let namespace = profile
+        .namespace()
+        .ok_or(Error::Incomplete("an ArchiveProfile without namespace"))?;
+    let name = profile.name_any();
+    let now = ctx.now();
+    let now_s = rfc3339(now);
+    let generation = profile.metadata.generation;
+    let mut status = profile.status.clone().unwrap_or_default();
+    let mut events = Vec::new();
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
+    let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut jobs = jobs_api
+        .list(&ListParams::default().labels(&format!("{}={name}", job::LABEL_PROFILE)))
+        .await?
+        .items;
+    jobs.sort_by_key(|j| j.metadata.creation_timestamp.as_ref().map(|t| t.0));
+
+    // Record runs that finished and are not recorded yet, oldest first.
+    let recorded = |status: &ArchiveProfileStatus, run: &str| {
+        status.runs.iter().any(|r| r.name == run)
+            || status.last_run.as_ref().is_some_and(|r| r.name == run)
+    };
+    for j in &jobs {
+        let run = j.name_any();
+        if job::finished(j).is_none() || recorded(&status, &run) {
+            continue;
+        }
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+        let pods = pods
+            .list(&ListParams::default().labels(&format!("{}={run}", job::LABEL_JOB_NAME)))
+            .await?
+            .items;
+        let summaries = summaries(&pods);
+        let sizes = job::shard_sizes(j);
+        let js = j.status.as_ref();
+        let last = summary::aggregate(
+            &RunFacts {
+                name: &run,
+                start_time: time_of(js.and_then(|s| s.start_time.as_ref())),
+                completion_time: time_of(js.and_then(|s| s.completion_time.as_ref()))
+                    .or_else(|| Some(now_s.clone())),
+                shard_sizes: &sizes,
+                protocol_ref: protocol_ref(&store_label(&profile), &summaries),
+            },
+            &summaries,
+        );
+        ctx.metrics.run_finished(&namespace, &name, &last);
+        events.push(record_run(&mut status, &profile, last, &now_s));
+        // The plan holds passwords: gone as soon as it is no longer needed.
+        delete_ignoring_absent(&secrets_api, &job::plan_secret_name(&run)).await?;
+    }
+
+    let active = jobs.iter().rev().find(|j| job::finished(j).is_none());
+    status.active_run = active.map(|j| {
+        let s = j.status.as_ref();
+        runs::active_run(
+            &j.name_any(),
+            time_of(s.and_then(|s| s.start_time.as_ref()))
+                .or_else(|| time_of(j.metadata.creation_timestamp.as_ref())),
+            &job::shard_sizes(j),
+            s.and_then(|s| s.completed_indexes.as_deref()).unwrap_or(""),
+            s.and_then(|s| s.failed_indexes.as_deref()).unwrap_or(""),
+        )
+    });
+
+    let schedule = match profile
+        .spec
+        .schedule
+        .as_ref()
+        .map(Schedule::parse)
+        .transpose()
+    {
+        Ok(schedule) => schedule,
+        Err(message) => {
+            conditions::set(
+                &mut status.conditions,
+                READY,
+                false,
+                "InvalidSchedule",
+                message.clone(),
+                &now_s,
+                generation,
+            );
+            conditions::set(
+                &mut status.conditions,
+                STALLED,
+                true,
+                "InvalidSchedule",
+                message,
+                &now_s,
+                generation,
+            );
+            status.next_schedule_time = None;
+            status.observed_generation = generation;
+            write_status(&ctx, &profile, &status).await?;
+            publish(&ctx, &profile, events).await;
+            return Ok(Action::await_change());
+        }
+    };
+    let mut stalled: Option<String> = None;
+
+    if status.active_run.is_none() {
+        let mut with_status = (*profile).clone();
+        with_status.status = Some(status.clone());
+        let start = match decide(&with_status, schedule.as_ref(), now) {
+            Decision::Wait => None,
+            Decision::Manual { value, run } => {
+                status.last_manual_trigger = Some(value);
+                Some(run)
+            }
+            Decision::Scheduled {
+                slot,
+                run,
+                passed_over,
+            } => {
+                status.missed_runs += passed_over;
+                status.last_schedule_time = Some(rfc3339(slot));
+                Some(run)
+            }
+            Decision::Skip { slot, passed_over } => {
+                status.missed_runs += passed_over + 1;
+                status.last_schedule_time = Some(rfc3339(slot));
+                events.push(RunEvent {
+                    warning: true,
+                    reason: "RunSkipped",
+                    action: "Schedule",
+                    note: format!(
+                        "the run for {} was skipped: more than startingDeadlineSeconds late",
+                        rfc3339(slot)
+                    ),
+                });
+                None
+            }
+            Decision::Suspended { slot } => {
+                status.last_schedule_time = Some(rfc3339(slot));
+                None
+            }
+        };
+        if let Some(run) = start {
+            if jobs.iter().any(|j| j.name_any() == run) || recorded(&status, &run) {
+                // Started before (by this operator before a restart, or another replica).
+                tracing::info!(profile = %name, run, "run exists already; adopting it");
+            } else {
+                match start_run(&ctx, &profile, &namespace, &run, &now_s).await? {
+                    Start::Started(active) => {
+                        events.push(RunEvent {
+                            warning: false,
+                            reason: "RunStarted",
+                            action: "Archive",
+                            note: format!("run {run} started: {} mailboxes", active.mailboxes),
+                        });
+                        status.active_run = Some(active);
+                    }
+                    Start::Empty => {
+                        let mut last = failed_before_start(&run, String::new(), &now_s);
+                        last.result = RunResult::Succeeded;
+                        last.message = Some("the MailboxSet has no mailboxes".into());
+                        events.push(record_run(&mut status, &profile, last, &now_s));
+                    }
+                    Start::Failed { message, invalid } => {
+                        if invalid {
+                            stalled = Some(message.clone());
+                        }
+                        let last = failed_before_start(&run, message.clone(), &now_s);
+                        ctx.metrics.run_finished(&namespace, &name, &last);
+                        let mut event = record_run(&mut status, &profile, last, &now_s);
+                        event.reason = "RunNotStarted";
+                        events.push(event);
+                    }
+                }
+            }
+        }
+    }
+
+    // Prune finished runs beyond the history limits, now that their results are recorded.
+    let finished: Vec<runs::FinishedJob> = jobs
+        .iter()
+        .filter(|j| job::finished(j).is_some())
+        .map(|j| runs::FinishedJob {
+            name: j.name_any(),
+            creation_time: time_of(j.metadata.creation_timestamp.as_ref()).unwrap_or_default(),
+        })
+        .collect();
+    for run in runs::to_prune(
+        &finished,
+        &status.runs,
+        profile.spec.successful_runs_history_limit,
+        profile.spec.failed_runs_history_limit,
+    ) {
+        match jobs_api.delete(&run, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+
+    let suspended = profile.spec.schedule.as_ref().is_some_and(|s| s.suspend);
+    status.next_schedule_time = match (&schedule, suspended) {
+        (Some(s), false) => s.next_after(now).map(rfc3339),
+        _ => None,
+    };
+    let ready_message = match (&status.next_schedule_time, suspended) {
+        (_, true) => "schedule suspended; manual triggers still run".to_string(),
+        (Some(next), false) => format!("next run at {next}"),
+        (None, false) => "no schedule: runs start on manual triggers".to_string(),
+    };
+    conditions::set(
+        &mut status.conditions,
+        READY,
+        true,
+        "Reconciled",
+        ready_message,
+        &now_s,
+        generation,
+    );
+    match &stalled {
+        Some(message) => conditions::set(
+            &mut status.conditions,
+            STALLED,
+            true,
+            "InvalidMailboxSet",
+            message.clone(),
+            &now_s,
+            generation,
+        ),
+        None => conditions::set(
+            &mut status.conditions,
+            STALLED,
+            false,
+            "Reconciled",
+            "",
+            &now_s,
+            generation,
+        ),
+    }
+    status.observed_generation = generation;
+    write_status(&ctx, &profile, &status).await?;
+    publish(&ctx, &profile, events).await;
+
+    // Job changes wake the controller up (it owns them); otherwise wake up for the next slot.
+    let wait = status
+        .next_schedule_time
+        .as_deref()
+        .and_then(parse_time)
+        .map(|next| (next - now).to_std().unwrap_or(Duration::ZERO) + Duration::from_secs(1))
+        .unwrap_or(MAX_WAIT)
+        .min(MAX_WAIT);
+    Ok(Action::requeue(wait))
+}
+
+async fn publish(ctx: &Context, profile: &ArchiveProfile, events: Vec<RunEvent>) {
+    for event in events {
+        ctx.event(profile, event).await;
+    }
+}
+
+async fn delete_ignoring_absent<K>(api: &Api<K>, name: &str) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn write_status(
+    ctx: &Context,
+    profile: &ArchiveProfile,
+    status: &ArchiveProfileStatus,
+) -> Result<(), Error> {
+    let api: Api<ArchiveProfile> =
+        Api::namespaced(ctx.client.clone(), namespace_of(&profile.metadata));
+    let patch = serde_json::json!({
+        "apiVersion": API_VERSION,
+        "kind": "ArchiveProfile",
+        "status": status,
+    });
+    api.patch_status(
+        &profile.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Resolves the profile's MailboxSet (recording the sync on it), then creates the run's Job
+/// and plan Secret.
+async fn start_run(
+    ctx: &Context,
+    profile: &ArchiveProfile,
+    namespace: &str,
+    run: &str,
+    now: &str,
+) -> Result<Start, Error> {
+    let set_name = &profile.spec.mailbox_set_ref.name;
+    let sets: Api<MailboxSet> = Api::namespaced(ctx.client.clone(), namespace);
+    let Some(set) = sets.get_opt(set_name).await? else {
+        return Ok(Start::Failed {
+            message: format!("MailboxSet {namespace}/{set_name} does not exist"),
+            invalid: true,
+        });
+    };
+    let bundle = mailboxset::load_bundle(ctx, namespace, &set, Some(profile)).await?;
+    let (outcome, resolved) = mailboxset::resolve(&bundle, &set, Some(profile)).await;
+    let set_status = mailboxset::status(
+        set.status.as_ref(),
+        set.metadata.generation,
+        &outcome,
+        ctx.now(),
+    );
+    mailboxset::write_status(ctx, &set, &set_status).await?;
+    let resolved = match (outcome, resolved) {
+        (_, Some(resolved)) => resolved,
+        (Outcome::Invalid(message), _) => {
+            return Ok(Start::Failed {
+                message,
+                invalid: true,
+            })
+        }
+        (Outcome::SyncFailed { message, .. }, _) => {
+            return Ok(Start::Failed {
+                message,
+                invalid: false,
+            })
+        }
+        (Outcome::Resolved { .. }, None) => {
+            unreachable!("resolve returns the mailboxes it counted")
+        }
+    };
+    if resolved.mailboxes.is_empty() {
+        return Ok(Start::Empty);
+    }
+    let count = resolved.mailboxes.len();
+    let shards = runs::shard(
+        resolved.mailboxes,
+        runs::shard_count(count, profile.spec.max_parallel_jobs),
+    );
+    let sizes: Vec<u64> = shards.iter().map(|s| s.len() as u64).collect();
+    let spec = &profile.spec;
+    let server_ca_pem = spec.server.ca_secret_ref.as_ref().and_then(|r| {
+        bundle
+            .secret(namespace, &r.name)
+            .and_then(|s| s.object.data.get(&r.key))
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+    });
+    let mut plan = RunPlan {
+        namespace: namespace.to_string(),
+        profile: profile.name_any(),
+        run: run.to_string(),
+        server: spec.server.clone(),
+        folders: spec.folders.clone(),
+        filter: spec.filter.clone(),
+        deletion: spec.deletion.clone(),
+        server_ca_pem,
+        store: spec.store.clone(),
+        passwords: Vec::new(),
+        shards: Vec::new(),
+    };
+    plan.set_shards(shards);
+    let plan_json = serde_json::to_vec(&plan).expect("plans serialize");
+    if plan_json.len() > MAX_PLAN_BYTES {
+        return Ok(Start::Failed {
+            message: format!(
+                "the run plan for {count} mailboxes is {} KiB, more than a Secret holds; split the MailboxSet",
+                plan_json.len() / 1024
+            ),
+            invalid: true,
+        });
+    }
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+    let new = job::build(profile, run, &sizes, &ctx.worker_image);
+    let created = match jobs.create(&PostParams::default(), &new).await {
+        Ok(created) => created,
+        // Another replica (or this one, before a restart) created it: adopt it.
+        Err(kube::Error::Api(e)) if e.code == 409 => jobs.get(run).await?,
+        Err(e) => return Err(e.into()),
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    match secrets
+        .create(
+            &PostParams::default(),
+            &job::plan_secret(&created, plan_json),
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
+    tracing::info!(profile = %profile.name_any(), run, mailboxes = count, shards = sizes.len(), started = now, "run started");
+    Ok(Start::Started(runs::active_run(
+        run,
+        Some(now.to_string()),
+        &sizes,
+        "",
+        "",
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        parse_time(s).unwrap()
+    }
+
+    fn profile(spec: serde_json::Value, status: serde_json::Value) -> ArchiveProfile {
+        let mut full = serde_json::json!({
+            "mailboxSetRef": {"name": "staff"},
+            "server": {"host": "imap.example.org"},
+        });
+        full.as_object_mut()
+            .unwrap()
+            .extend(spec.as_object().unwrap().clone());
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": API_VERSION, "kind": "ArchiveProfile",
+            "metadata": {"name": "nightly", "namespace": "mail",
+                         "creationTimestamp": "2025-01-06T10:00:00Z"},
+            "spec": full, "status": status,
+        }))
+        .unwrap()
+    }
+
+    fn decision(p: &ArchiveProfile, now: &str) -> Decision {
+        let schedule = p
+            .spec
+            .schedule
+            .as_ref()
+            .map(|s| Schedule::parse(s).unwrap());
+        decide(p, schedule.as_ref(), at(now))
+    }
+
+    #[test]
+    fn first_slot_after_creation() {
+        let p = profile(
+            serde_json::json!({"schedule": {"cron": "0 2 * * *"}}),
+            serde_json::json!({}),
+        );
+        assert_eq!(decision(&p, "2025-01-07T01:59:00Z"), Decision::Wait);
+        assert_eq!(
+            decision(&p, "2025-01-07T02:00:00Z"),
+            Decision::Scheduled {
+                slot: at("2025-01-07T02:00:00Z"),
+                run: "nightly-202501070200".into(),
+                passed_over: 0
+            }
+        );
+    }
+
+    #[test]
+    fn a_new_manual_value_runs_once_even_when_suspended() {
+        let spec = serde_json::json!({"schedule": {"cron": "0 2 * * *", "suspend": true},
+                                      "trigger": {"manual": "again"}});
+        let p = profile(
+            spec.clone(),
+            serde_json::json!({"lastManualTrigger": "before"}),
+        );
+        assert_eq!(
+            decision(&p, "2025-01-06T12:00:00Z"),
+            Decision::Manual {
+                value: "again".into(),
+                run: "nightly-m-again".into()
+            }
+        );
+        let p = profile(spec, serde_json::json!({"lastManualTrigger": "again"}));
+        assert_eq!(decision(&p, "2025-01-06T12:00:00Z"), Decision::Wait);
+    }
+
+    #[test]
+    fn suspended_schedules_pass_slots_without_catching_up() {
+        let p = profile(
+            serde_json::json!({"schedule": {"cron": "0 2 * * *", "suspend": true}}),
+            serde_json::json!({"lastScheduleTime": "2025-01-06T02:00:00Z"}),
+        );
+        assert_eq!(
+            decision(&p, "2025-01-09T12:00:00Z"),
+            Decision::Suspended {
+                slot: at("2025-01-09T02:00:00Z")
+            }
+        );
+    }
+
+    #[test]
+    fn late_slots_are_skipped_and_missed_ones_counted() {
+        let p = profile(
+            serde_json::json!({"schedule": {"cron": "0 2 * * *", "startingDeadlineSeconds": 300}}),
+            serde_json::json!({"lastScheduleTime": "2025-01-06T02:00:00Z"}),
+        );
+        assert_eq!(
+            decision(&p, "2025-01-09T02:04:00Z"),
+            Decision::Scheduled {
+                slot: at("2025-01-09T02:00:00Z"),
+                run: "nightly-202501090200".into(),
+                passed_over: 2
+            }
+        );
+        assert_eq!(
+            decision(&p, "2025-01-09T12:00:00Z"),
+            Decision::Skip {
+                slot: at("2025-01-09T02:00:00Z"),
+                passed_over: 2
+            }
+        );
+    }
+
+    #[test]
+    fn without_schedule_only_triggers_run() {
+        let p = profile(serde_json::json!({}), serde_json::json!({}));
+        assert_eq!(decision(&p, "2030-01-01T00:00:00Z"), Decision::Wait);
+    }
+}

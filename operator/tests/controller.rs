@@ -1,0 +1,587 @@
+//! The ArchiveProfile controller against a mock API server (tower-test, as in kube-rs's
+//! controller-rs): each scenario lists the requests the reconcile must make, in order, and
+//! answers them as the API server would. A missing or extra request fails the test.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use http::{Method, Request, Response};
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::Client;
+use serde_json::{json, Value};
+
+use mailvault::controller::context::Context;
+use mailvault::controller::metrics::Metrics;
+use mailvault::controller::profile;
+use mailvault::resources::ArchiveProfile;
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+struct ApiServer(Handle);
+
+impl ApiServer {
+    /// Expects a request `method` on `path` (without query), answers `respond(body)`, and
+    /// returns the request's JSON body.
+    async fn expect(
+        &mut self,
+        method: Method,
+        path: &str,
+        respond: impl FnOnce(&Value) -> (u16, Value),
+    ) -> Value {
+        let (request, send) = tokio::time::timeout(Duration::from_secs(5), self.0.next_request())
+            .await
+            .unwrap_or_else(|_| panic!("no request; expected {method} {path}"))
+            .expect("the client is alive");
+        let actual = format!("{} {}", request.method(), request.uri().path());
+        assert_eq!(actual, format!("{method} {path}"), "uri {}", request.uri());
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        let (status, answer) = respond(&body);
+        send.send_response(
+            Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                .unwrap(),
+        );
+        body
+    }
+
+    /// Expects no further request.
+    async fn done(mut self) {
+        let next = tokio::time::timeout(Duration::from_millis(200), self.0.next_request()).await;
+        if let Ok(Some((request, _))) = next {
+            panic!("unexpected request {} {}", request.method(), request.uri());
+        }
+    }
+}
+
+fn not_found() -> (u16, Value) {
+    (
+        404,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
+    )
+}
+
+fn list(items: Vec<Value>) -> (u16, Value) {
+    (
+        200,
+        json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items}),
+    )
+}
+
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+fn setup(now: &str) -> (Arc<Context>, ApiServer) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "mail");
+    let now = at(now);
+    let ctx = Context::new(
+        client,
+        Arc::new(move || now),
+        "mailvault:test".into(),
+        Arc::new(Metrics::default()),
+    );
+    (Arc::new(ctx), ApiServer(handle))
+}
+
+fn profile(extra_spec: Value, status: Value) -> ArchiveProfile {
+    let mut spec = json!({
+        "mailboxSetRef": {"name": "staff"},
+        "server": {"host": "imap.example.org"},
+        "maxParallelJobs": 4,
+        "schedule": {"cron": "0 2 * * *"},
+    });
+    spec.as_object_mut()
+        .unwrap()
+        .extend(extra_spec.as_object().unwrap().clone());
+    serde_json::from_value(json!({
+        "apiVersion": "mailvault.io/v1alpha1",
+        "kind": "ArchiveProfile",
+        "metadata": {"name": "nightly", "namespace": "mail", "uid": "profile-uid", "generation": 2,
+                     "creationTimestamp": "2025-01-06T10:00:00Z"},
+        "spec": spec,
+        "status": status,
+    }))
+    .unwrap()
+}
+
+const JOBS: &str = "/apis/batch/v1/namespaces/mail/jobs";
+const STATUS: &str = "/apis/mailvault.io/v1alpha1/namespaces/mail/archiveprofiles/nightly/status";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/mail/events";
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap_or_else(|| panic!("no condition {type_} in {status:#}"))
+}
+
+/// Answers a create with the object.
+fn echo(body: &Value) -> (u16, Value) {
+    (200, body.clone())
+}
+
+/// Answers a status patch of `object` with the object and the patched status.
+fn patched(object: Value) -> impl FnOnce(&Value) -> (u16, Value) {
+    move |body| {
+        let mut object = object;
+        object["status"] = body["status"].clone();
+        (200, object)
+    }
+}
+
+#[tokio::test]
+async fn new_profile_gets_a_status_and_waits_for_its_slot() {
+    let (ctx, mut api) = setup("2025-01-06T10:05:00Z");
+    let p = Arc::new(profile(json!({}), Value::Null));
+    let this = serde_json::to_value(&*p).unwrap();
+    let server = tokio::spawn(async move {
+        api.expect(Method::GET, JOBS, |_| list(vec![])).await;
+        let patch = api
+            .expect(Method::PATCH, STATUS, patched(this.clone()))
+            .await;
+        api.done().await;
+        patch
+    });
+    let action = profile::reconcile(p, ctx).await.unwrap();
+    let patch = server.await.unwrap();
+    let status = &patch["status"];
+    assert_eq!(patch["kind"], "ArchiveProfile");
+    assert_eq!(status["observedGeneration"], 2);
+    assert_eq!(status["nextScheduleTime"], "2025-01-07T02:00:00Z");
+    assert_eq!(condition(status, "Ready")["status"], "True");
+    assert_eq!(condition(status, "Stalled")["status"], "False");
+    assert!(status.get("activeRun").is_none());
+    assert_eq!(action, Action::requeue(Duration::from_secs(3600)));
+}
+
+fn mailbox_set() -> Value {
+    json!({
+        "apiVersion": "mailvault.io/v1alpha1", "kind": "MailboxSet",
+        "metadata": {"name": "staff", "namespace": "mail", "uid": "set-uid", "generation": 1},
+        "spec": {"masterPassword": {
+            "credentialsSecretRef": {"name": "master"},
+            "staticUsers": [{"name": "alice", "email": "alice@example.org"},
+                            {"name": "bob", "email": "bob@example.org"}]}}
+    })
+}
+
+fn secret(name: &str, data: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "mail"}, "data": data})
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[tokio::test]
+async fn a_due_run_creates_its_job_and_plan_secret() {
+    let (ctx, mut api) = setup("2025-01-07T02:00:30Z");
+    let p = Arc::new(profile(
+        json!({}),
+        json!({"lastScheduleTime": "2025-01-06T02:00:00Z"}),
+    ));
+    let this = serde_json::to_value(&*p).unwrap();
+    let server = tokio::spawn(async move {
+        api.expect(Method::GET, JOBS, |_| list(vec![])).await;
+        api.expect(
+            Method::GET,
+            "/apis/mailvault.io/v1alpha1/namespaces/mail/mailboxsets/staff",
+            |_| (200, mailbox_set()),
+        )
+        .await;
+        api.expect(
+            Method::GET,
+            "/api/v1/namespaces/mail/secrets/master",
+            |_| {
+                (
+                    200,
+                    secret(
+                        "master",
+                        json!({"username": b64("master"), "password": b64("s3cret-master")}),
+                    ),
+                )
+            },
+        )
+        .await;
+        let set_status = api
+            .expect(
+                Method::PATCH,
+                "/apis/mailvault.io/v1alpha1/namespaces/mail/mailboxsets/staff/status",
+                patched(mailbox_set()),
+            )
+            .await;
+        let job = api
+            .expect(Method::POST, JOBS, |body| {
+                let mut job = body.clone();
+                job["metadata"]["uid"] = json!("job-uid");
+                (201, job)
+            })
+            .await;
+        let plan = api
+            .expect(Method::POST, "/api/v1/namespaces/mail/secrets", |b| {
+                (201, b.clone())
+            })
+            .await;
+        let patch = api
+            .expect(Method::PATCH, STATUS, patched(this.clone()))
+            .await;
+        let event = api.expect(Method::POST, EVENTS, echo).await;
+        api.done().await;
+        (set_status, job, plan, patch, event)
+    });
+    profile::reconcile(p, ctx).await.unwrap();
+    let (set_status, job, plan, patch, event) = server.await.unwrap();
+
+    assert_eq!(set_status["status"]["mailboxes"], 2);
+    assert_eq!(condition(&set_status["status"], "Ready")["status"], "True");
+
+    assert_eq!(job["metadata"]["name"], "nightly-202501070200");
+    assert_eq!(
+        job["metadata"]["labels"]["mailvault.io/run"],
+        "nightly-202501070200"
+    );
+    assert_eq!(job["metadata"]["ownerReferences"][0]["uid"], "profile-uid");
+    assert_eq!(job["spec"]["completionMode"], "Indexed");
+    assert_eq!(job["spec"]["completions"], 2);
+    assert_eq!(job["spec"]["parallelism"], 2);
+    assert_eq!(
+        job["spec"]["template"]["spec"]["containers"][0]["image"],
+        "mailvault:test"
+    );
+    // The password travels only in the plan Secret.
+    assert!(!job.to_string().contains("s3cret-master"));
+
+    assert_eq!(plan["metadata"]["name"], "nightly-202501070200-plan");
+    assert_eq!(plan["metadata"]["ownerReferences"][0]["uid"], "job-uid");
+    use base64::Engine;
+    let plan_json = base64::engine::general_purpose::STANDARD
+        .decode(plan["data"]["plan.json"].as_str().unwrap())
+        .unwrap();
+    let plan_json: Value = serde_json::from_slice(&plan_json).unwrap();
+    assert_eq!(plan_json["shards"].as_array().unwrap().len(), 2);
+    assert_eq!(plan_json["passwords"], json!(["s3cret-master"]));
+
+    let status = &patch["status"];
+    assert_eq!(status["activeRun"]["name"], "nightly-202501070200");
+    assert_eq!(status["activeRun"]["mailboxes"], 2);
+    assert_eq!(status["lastScheduleTime"], "2025-01-07T02:00:00Z");
+    assert_eq!(status["nextScheduleTime"], "2025-01-08T02:00:00Z");
+    assert_eq!(condition(status, "Ready")["status"], "True");
+    assert!(!patch.to_string().contains("s3cret-master"));
+    assert_eq!(event["reason"], "RunStarted");
+}
+
+fn job(name: &str, sizes: &str, status: Value) -> Value {
+    json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name, "namespace": "mail", "uid": format!("{name}-uid"),
+                     "creationTimestamp": "2025-01-07T02:00:31Z",
+                     "labels": {"mailvault.io/profile": "nightly", "mailvault.io/run": name},
+                     "annotations": {"mailvault.io/shard-sizes": sizes}},
+        "spec": {"template": {"spec": {"containers": []}}},
+        "status": status,
+    })
+}
+
+#[tokio::test]
+async fn a_running_job_shows_as_active_run_and_ready_stays_true() {
+    let (ctx, mut api) = setup("2025-01-07T02:10:00Z");
+    let p = Arc::new(profile(
+        json!({}),
+        json!({"lastScheduleTime": "2025-01-07T02:00:00Z",
+               "conditions": [{"type": "Ready", "status": "True", "reason": "Reconciled",
+                               "message": "m", "lastTransitionTime": "2025-01-06T10:05:00Z"}]}),
+    ));
+    let this = serde_json::to_value(&*p).unwrap();
+    let server = tokio::spawn(async move {
+        api.expect(Method::GET, JOBS, |_| {
+            list(vec![job(
+                "nightly-202501070200",
+                "3,3,2",
+                json!({"startTime": "2025-01-07T02:00:32Z", "active": 2, "completedIndexes": "0", "failedIndexes": "2"}),
+            )])
+        })
+        .await;
+        let patch = api
+            .expect(Method::PATCH, STATUS, patched(this.clone()))
+            .await;
+        api.done().await;
+        patch
+    });
+    profile::reconcile(p, ctx).await.unwrap();
+    let patch = server.await.unwrap();
+    let active = &patch["status"]["activeRun"];
+    assert_eq!(active["name"], "nightly-202501070200");
+    assert_eq!(active["startTime"], "2025-01-07T02:00:32Z");
+    assert_eq!(
+        (
+            active["mailboxes"].as_u64(),
+            active["mailboxesDone"].as_u64(),
+            active["mailboxesFailed"].as_u64()
+        ),
+        (Some(8), Some(3), Some(2))
+    );
+    let ready = condition(&patch["status"], "Ready");
+    assert_eq!(ready["status"], "True");
+    assert_eq!(ready["lastTransitionTime"], "2025-01-06T10:05:00Z");
+}
+
+fn pod(job: &str, index: u32, phase: &str, message: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("{job}-{index}-abcde"), "namespace": "mail",
+                     "creationTimestamp": "2025-01-07T02:00:33Z",
+                     "annotations": {"batch.kubernetes.io/job-completion-index": index.to_string()}},
+        "status": {"phase": phase, "containerStatuses": [{
+            "name": "worker", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 0, "message": message.to_string()}}}]}
+    })
+}
+
+fn totals(mailboxes: u64, failed: u64, archived: u64) -> Value {
+    json!({"mailboxes": mailboxes, "mailboxesFailed": failed, "archived": archived, "alreadyArchived": 1,
+           "failed": 0, "deleted": 0, "bytes": archived * 100, "skipped": 0})
+}
+
+#[tokio::test]
+async fn a_finished_job_is_aggregated_recorded_and_old_runs_pruned() {
+    let (ctx, mut api) = setup("2025-01-07T02:30:00Z");
+    let p = Arc::new(profile(
+        json!({"failedRunsHistoryLimit": 1}),
+        json!({"lastScheduleTime": "2025-01-07T02:00:00Z",
+               "runs": [{"name": "nightly-202501060200", "result": "Failed",
+                         "totals": totals(2, 0, 5)}],
+               "activeRun": {"name": "nightly-202501070200", "mailboxes": 3, "mailboxesDone": 0, "mailboxesFailed": 0}}),
+    ));
+    let run = "nightly-202501070200";
+    let this = serde_json::to_value(&*p).unwrap();
+    let server = tokio::spawn(async move {
+        api.expect(Method::GET, JOBS, |_| {
+            let mut old = job("nightly-202501060200", "2", json!({"conditions": [{"type": "Failed", "status": "True"}]}));
+            old["metadata"]["creationTimestamp"] = json!("2025-01-06T02:00:31Z");
+            list(vec![
+                old,
+                job(run, "2,1", json!({"startTime": "2025-01-07T02:00:32Z", "completionTime": "2025-01-07T02:20:00Z",
+                                       "conditions": [{"type": "Failed", "status": "True"}]})),
+            ])
+        })
+        .await;
+        api.expect(Method::GET, "/api/v1/namespaces/mail/pods", |_| {
+            list(vec![
+                pod(run, 0, "Succeeded", json!({"index": 0, "result": "Succeeded", "totals": totals(2, 0, 10),
+                                                 "protocol": "runs/mail/nightly/x-0.json"})),
+                pod(run, 1, "Failed", json!({"index": 1, "result": "Failed", "totals": totals(1, 1, 0),
+                                              "failed": [{"mailbox": "carol@example.org", "reason": "login as master failed: NO"}]})),
+            ])
+        })
+        .await;
+        api.expect(
+            Method::DELETE,
+            &format!("/api/v1/namespaces/mail/secrets/{run}-plan"),
+            |_| {
+                (
+                    200,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+                )
+            },
+        )
+        .await;
+        api.expect(
+            Method::DELETE,
+            &format!("{JOBS}/nightly-202501060200"),
+            |_| {
+                (
+                    200,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+                )
+            },
+        )
+        .await;
+        let patch = api
+            .expect(Method::PATCH, STATUS, patched(this.clone()))
+            .await;
+        let event = api.expect(Method::POST, EVENTS, echo).await;
+        api.done().await;
+        (patch, event)
+    });
+    profile::reconcile(p, ctx).await.unwrap();
+    let (patch, event) = server.await.unwrap();
+    let status = &patch["status"];
+    let last = &status["lastRun"];
+    assert_eq!(last["name"], run);
+    assert_eq!(last["result"], "PartiallyFailed");
+    assert_eq!(last["totals"]["archived"], 10);
+    assert_eq!(last["totals"]["mailboxes"], 3);
+    assert_eq!(last["totals"]["mailboxesFailed"], 1);
+    assert_eq!(last["failedMailboxes"][0]["mailbox"], "carol@example.org");
+    assert_eq!(last["completionTime"], "2025-01-07T02:20:00Z");
+    assert_eq!(last["protocolRef"], "mailvault-archive/runs/mail/nightly/");
+    assert_eq!(status["runs"][0]["name"], run);
+    assert_eq!(status["runs"][1]["name"], "nightly-202501060200");
+    assert!(status.get("activeRun").is_none());
+    let c = condition(status, "LastRunSucceeded");
+    assert_eq!(
+        (c["status"].as_str(), c["reason"].as_str()),
+        (Some("False"), Some("PartiallyFailed"))
+    );
+    assert_eq!(condition(status, "Ready")["status"], "True");
+    assert_eq!(event["reason"], "RunFailed");
+    assert_eq!(event["type"], "Warning");
+}
+
+#[tokio::test]
+async fn an_invalid_csv_fails_the_run_visibly_without_a_job() {
+    let (ctx, mut api) = setup("2025-01-07T02:00:30Z");
+    let p = Arc::new(profile(
+        json!({}),
+        json!({"lastScheduleTime": "2025-01-06T02:00:00Z"}),
+    ));
+    let this = serde_json::to_value(&*p).unwrap();
+    let server = tokio::spawn(async move {
+        api.expect(Method::GET, JOBS, |_| list(vec![])).await;
+        api.expect(
+            Method::GET,
+            "/apis/mailvault.io/v1alpha1/namespaces/mail/mailboxsets/staff",
+            |_| {
+                let mut set = mailbox_set();
+                set["spec"] = json!({"csv": {"secretRef": {"name": "mailboxes"}}});
+                (200, set)
+            },
+        )
+        .await;
+        api.expect(
+            Method::GET,
+            "/api/v1/namespaces/mail/secrets/mailboxes",
+            |_| {
+                (
+                    200,
+                    secret(
+                        "mailboxes",
+                        json!({"mailboxes.csv": b64("user;password\nalice;\n")}),
+                    ),
+                )
+            },
+        )
+        .await;
+        let set_status = api
+            .expect(
+                Method::PATCH,
+                "/apis/mailvault.io/v1alpha1/namespaces/mail/mailboxsets/staff/status",
+                patched(mailbox_set()),
+            )
+            .await;
+        let patch = api
+            .expect(Method::PATCH, STATUS, patched(this.clone()))
+            .await;
+        let event = api.expect(Method::POST, EVENTS, echo).await;
+        api.done().await;
+        (set_status, patch, event)
+    });
+    profile::reconcile(p, ctx).await.unwrap();
+    let (set_status, patch, event) = server.await.unwrap();
+    assert_eq!(
+        condition(&set_status["status"], "Stalled")["status"],
+        "True"
+    );
+    let status = &patch["status"];
+    assert_eq!(status["lastRun"]["name"], "nightly-202501070200");
+    assert_eq!(status["lastRun"]["result"], "Failed");
+    assert!(
+        status["lastRun"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("CSV"),
+        "{status:#}"
+    );
+    assert_eq!(condition(status, "LastRunSucceeded")["status"], "False");
+    assert_eq!(condition(status, "Stalled")["status"], "True");
+    assert_eq!(status["lastScheduleTime"], "2025-01-07T02:00:00Z");
+    assert!(status.get("activeRun").is_none());
+    assert_eq!(event["reason"], "RunNotStarted");
+    assert_eq!(event["type"], "Warning");
+}
+
+#[tokio::test]
+async fn a_manual_trigger_starts_a_run_named_after_it_and_adopts_an_existing_job() {
+    let (ctx, mut api) = setup("2025-01-06T12:00:00Z");
+    let p = Arc::new(profile(
+        json!({"trigger": {"manual": "ticket-42"}}),
+        json!({}),
+    ));
+    let this = serde_json::to_value(&*p).unwrap();
+    let server = tokio::spawn(async move {
+        // The Job exists already (a restart after creating it): adopted, not created again.
+        api.expect(Method::GET, JOBS, |_| {
+            list(vec![job("nightly-m-ticket-42", "1", json!({"active": 1}))])
+        })
+        .await;
+        let patch = api
+            .expect(Method::PATCH, STATUS, patched(this.clone()))
+            .await;
+        api.done().await;
+        patch
+    });
+    profile::reconcile(p, ctx).await.unwrap();
+    let patch = server.await.unwrap();
+    assert_eq!(patch["status"]["activeRun"]["name"], "nightly-m-ticket-42");
+}
+
+#[tokio::test]
+async fn a_deleted_profile_is_left_to_owner_references() {
+    let (ctx, api) = setup("2025-01-07T02:00:30Z");
+    let mut p = profile(
+        json!({}),
+        json!({"lastScheduleTime": "2025-01-06T02:00:00Z"}),
+    );
+    p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        "2025-01-07T02:00:00Z".parse().unwrap(),
+    ));
+    let action = profile::reconcile(Arc::new(p), ctx).await.unwrap();
+    assert_eq!(action, Action::await_change());
+    api.done().await;
+}
+
+#[tokio::test]
+async fn a_missing_mailbox_set_fails_the_run_without_a_job() {
+    let (ctx, mut api) = setup("2025-01-07T02:00:30Z");
+    let p = Arc::new(profile(
+        json!({}),
+        json!({"lastScheduleTime": "2025-01-06T02:00:00Z"}),
+    ));
+    let this = serde_json::to_value(&*p).unwrap();
+    let server = tokio::spawn(async move {
+        api.expect(Method::GET, JOBS, |_| list(vec![])).await;
+        api.expect(
+            Method::GET,
+            "/apis/mailvault.io/v1alpha1/namespaces/mail/mailboxsets/staff",
+            |_| not_found(),
+        )
+        .await;
+        let patch = api.expect(Method::PATCH, STATUS, patched(this)).await;
+        let event = api.expect(Method::POST, EVENTS, echo).await;
+        api.done().await;
+        (patch, event)
+    });
+    profile::reconcile(p, ctx).await.unwrap();
+    let (patch, event) = server.await.unwrap();
+    let status = &patch["status"];
+    assert_eq!(
+        status["lastRun"]["message"],
+        "MailboxSet mail/staff does not exist"
+    );
+    assert_eq!(condition(status, "LastRunSucceeded")["reason"], "Failed");
+    assert_eq!(condition(status, "Stalled")["status"], "True");
+    assert_eq!(event["reason"], "RunNotStarted");
+}
