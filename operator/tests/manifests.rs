@@ -1,5 +1,5 @@
-//! The installation: `manifests/` (what `kubectl apply -k manifests/` deploys) and the
-//! image. What the API server or Docker would only find out at install
+//! The installation: `manifests/` (what `kubectl apply -k manifests/` deploys), the image
+//! and the end-to-end scripts. What the API server or Docker would only find out at install
 //! time is checked here: the objects parse, the kustomization is complete, the CRDs are the
 //! generated ones, the operator's ClusterRole grants exactly the API calls the operator
 //! makes, and the Deployment is hardened and wired to its Service and its image.
@@ -438,4 +438,30 @@ fn kubectl_kustomize_builds_it_and_images_override_both() {
         "info",
         "other values stay"
     );
+}
+
+/// The end-to-end scripts (run where Docker and kind exist) at least parse.
+#[test]
+fn e2e_scripts_parse() {
+    let scripts: Vec<PathBuf> = std::fs::read_dir(root().join("e2e"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sh"))
+        .collect();
+    assert!(!scripts.is_empty());
+    for script in scripts {
+        let out = Command::new("bash")
+            .arg("-n")
+            .arg(&script)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "bash -n {}: {}",
+            relative(&script),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = std::fs::read_to_string(&script).unwrap();
+        assert!(text.contains("set -euo pipefail"), "{}", relative(&script));
+    }
 }
