@@ -465,3 +465,24 @@ fn e2e_scripts_parse() {
         assert!(text.contains("set -euo pipefail"), "{}", relative(&script));
     }
 }
+
+/// The workflows that run the suites parse and run what they say.
+#[test]
+fn workflows_run_the_scripts() {
+    for (file, script) in [("e2e.yaml", "e2e/run.sh"), ("ci.yaml", ".ci/run")] {
+        let path = root().join(".github/workflows").join(file);
+        let workflow = documents(&path).remove(0);
+        let steps: Vec<&str> = workflow["jobs"]
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|job| job["steps"].as_array().unwrap())
+            .filter_map(|step| step["run"].as_str())
+            .collect();
+        assert!(
+            steps.iter().any(|s| s.trim() == script),
+            "{file}: {steps:?}"
+        );
+        assert!(root().join(script).is_file());
+    }
+}
