@@ -253,7 +253,7 @@ mod tests {
         // Both controllers start: their watches (list, then watch).
         let controllers = tokio::spawn(run::run(client, ctx.clone()));
         let want_watches = 4; // profiles, sets, secrets, jobs
-        for _ in 0..200 {
+        for _ in 0..400 {
             let watches = fake
                 .lock()
                 .await
