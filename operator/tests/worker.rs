@@ -47,6 +47,7 @@ fn plan(dovecot: &Dovecot, store: &Path, shards: Vec<Vec<Mailbox>>) -> RunPlan {
         store: Some(StoreSpec {
             local: Some(LocalStoreSpec {
                 path: Some(store.to_str().unwrap().to_string()),
+                persistent_volume_claim: None,
             }),
             s3: None,
         }),

@@ -8,16 +8,16 @@ use k8s_openapi::api::batch::v1::{
     PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, PodSecurityContext, PodSpec,
-    PodTemplateSpec, SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Volume,
-    VolumeMount,
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, PersistentVolumeClaimVolumeSource,
+    PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile, Secret, SecretVolumeSource,
+    SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::ByteString;
 use kube::api::ObjectMeta;
 use kube::Resource;
 
 use super::names::PLAN_SUFFIX;
-use crate::resources::{namespace_of, ArchiveProfile};
+use crate::resources::{namespace_of, ArchiveProfile, LocalStoreSpec, StoreSpec};
 use crate::worker::{EXIT_INVALID_PLAN, EXIT_LOGIN_REJECTED, PLAN_KEY};
 
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
@@ -37,6 +37,9 @@ pub const CONTAINER: &str = "worker";
 /// server hiccup, few enough that a broken mailbox does not run all night.
 const BACKOFF_LIMIT_PER_INDEX: i32 = 2;
 const PLAN_DIR: &str = "/etc/mailvault/plan";
+/// Where the claim of `spec.store.local.persistentVolumeClaim` is mounted in the pods.
+pub const ARCHIVE_DIR: &str = "/var/lib/mailvault/archive";
+const ARCHIVE_VOLUME: &str = "archive";
 /// An unprivileged user and group (the distroless "nonroot" one).
 const RUN_AS: i64 = 65532;
 
@@ -110,6 +113,22 @@ pub fn build(profile: &ArchiveProfile, run: &str, shard_sizes: &[u64], default_i
             ..Default::default()
         });
     }
+    let claim = profile
+        .spec
+        .store
+        .as_ref()
+        .and_then(|s| s.local.as_ref())
+        .and_then(|l| l.persistent_volume_claim.as_ref());
+    if let Some(claim) = claim {
+        volumes.push(Volume {
+            name: ARCHIVE_VOLUME.into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim.claim_name.clone(),
+                read_only: None,
+            }),
+            ..Default::default()
+        });
+    }
     volumes.extend(template.volumes.iter().cloned());
     let mut volume_mounts = vec![
         VolumeMount {
@@ -129,6 +148,13 @@ pub fn build(profile: &ArchiveProfile, run: &str, shard_sizes: &[u64], default_i
             name: "store-credentials".into(),
             mount_path: crate::worker::STORE_CREDENTIALS_DIR.into(),
             read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    if claim.is_some() {
+        volume_mounts.push(VolumeMount {
+            name: ARCHIVE_VOLUME.into(),
+            mount_path: ARCHIVE_DIR.into(),
             ..Default::default()
         });
     }
@@ -242,6 +268,26 @@ pub fn build(profile: &ArchiveProfile, run: &str, shard_sizes: &[u64], default_i
         }),
         status: None,
     }
+}
+
+/// The store as the worker opens it, for its run plan: a claim's path becomes the path
+/// below [`ARCHIVE_DIR`], where [`build`] mounts the claim. Other stores pass unchanged.
+pub fn worker_store(store: Option<&StoreSpec>) -> Option<StoreSpec> {
+    let mut store = store.cloned()?;
+    if let Some(local) = &mut store.local {
+        if local.persistent_volume_claim.is_some() {
+            let inside = local.path.as_deref().unwrap_or("").trim_matches('/');
+            *local = LocalStoreSpec {
+                path: Some(if inside.is_empty() {
+                    ARCHIVE_DIR.to_string()
+                } else {
+                    format!("{ARCHIVE_DIR}/{inside}")
+                }),
+                persistent_volume_claim: None,
+            };
+        }
+    }
+    Some(store)
 }
 
 /// The plan Secret of a run, owned by its Job: it lives exactly as long as the Job (and is
@@ -416,6 +462,54 @@ mod tests {
             spec["template"]["metadata"]["labels"]["mailvault.io/run"],
             "nightly-202501060200"
         );
+    }
+
+    #[test]
+    fn a_claim_is_mounted_where_the_plan_says() {
+        let mut p = profile();
+        p.spec.store = serde_json::from_value(serde_json::json!({
+            "local": {"path": "staff/", "persistentVolumeClaim": {"claimName": "mail-archive"}}
+        }))
+        .unwrap();
+        let v = serde_json::to_value(build(&p, "nightly-1", &[1], "img")).unwrap();
+        let pod = &v["spec"]["template"]["spec"];
+        let volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "archive")
+            .unwrap();
+        assert_eq!(volume["persistentVolumeClaim"]["claimName"], "mail-archive");
+        let mounts = pod["containers"][0]["volumeMounts"].as_array().unwrap();
+        assert!(mounts
+            .iter()
+            .any(|m| m["name"] == "archive" && m["mountPath"] == ARCHIVE_DIR));
+        let local = worker_store(p.spec.store.as_ref()).unwrap().local.unwrap();
+        assert_eq!(
+            local.path.as_deref(),
+            Some("/var/lib/mailvault/archive/staff")
+        );
+        assert_eq!(local.persistent_volume_claim, None);
+        // The claim's root without a path; other stores as they are.
+        p.spec.store.as_mut().unwrap().local.as_mut().unwrap().path = None;
+        let local = worker_store(p.spec.store.as_ref()).unwrap().local.unwrap();
+        assert_eq!(local.path.as_deref(), Some(ARCHIVE_DIR));
+        let plain = StoreSpec {
+            local: Some(LocalStoreSpec {
+                path: Some("/srv/a".into()),
+                persistent_volume_claim: None,
+            }),
+            s3: None,
+        };
+        assert_eq!(worker_store(Some(&plain)), Some(plain.clone()));
+        assert_eq!(worker_store(None), None);
+        // Without a claim, no archive volume.
+        let v = serde_json::to_value(build(&profile(), "nightly-1", &[1], "img")).unwrap();
+        assert!(!v["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "archive"));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! decisions they are made of (schedule, names, shards, summaries, conditions), which are
 //! tested with a fake clock and no API server.
 
+pub mod api;
 pub mod conditions;
 pub mod context;
 pub mod job;

@@ -228,14 +228,18 @@ fn protocol_ref(store: &str, summaries: &BTreeMap<u32, ShardSummary>) -> Option<
     Some(format!("{store}/{folder}/"))
 }
 
+/// The store for `status.lastRun.protocolRef`: a claim by name (its mount path means
+/// nothing outside the pods), else the directory.
 fn store_label(profile: &ArchiveProfile) -> String {
-    profile
-        .spec
-        .store
-        .as_ref()
-        .and_then(|s| s.local.as_ref())
-        .and_then(|l| l.path.clone())
-        .unwrap_or_else(|| crate::cli::DEFAULT_STORE.to_string())
+    let local = profile.spec.store.as_ref().and_then(|s| s.local.as_ref());
+    let path = local.and_then(|l| l.path.clone());
+    match local.and_then(|l| l.persistent_volume_claim.as_ref()) {
+        Some(claim) => match path {
+            Some(path) => format!("pvc:{}/{}", claim.claim_name, path.trim_matches('/')),
+            None => format!("pvc:{}", claim.claim_name),
+        },
+        None => path.unwrap_or_else(|| crate::cli::DEFAULT_STORE.to_string()),
+    }
 }
 
 /// What came of trying to start a run.
@@ -613,7 +617,7 @@ async fn start_run(
         filter: spec.filter.clone(),
         deletion: spec.deletion.clone(),
         server_ca_pem,
-        store: spec.store.clone(),
+        store: job::worker_store(spec.store.as_ref()),
         passwords: Vec::new(),
         shards: Vec::new(),
     };

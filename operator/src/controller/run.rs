@@ -65,7 +65,8 @@ pub async fn main(args: OperatorArgs) -> u8 {
     0
 }
 
-async fn run(client: Client, ctx: Arc<Context>) {
+/// Both controllers until shutdown; every request they send is in [`super::api::API_CALLS`].
+pub(super) async fn run(client: Client, ctx: Arc<Context>) {
     let profiles: Api<ArchiveProfile> = Api::all(client.clone());
     let sets: Api<MailboxSet> = Api::all(client.clone());
     // Secrets by metadata only: the operator keeps no Secret contents in memory.

@@ -198,7 +198,8 @@ pub struct JobTemplate {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "unchecked_list")]
     pub volumes: Vec<Volume>,
-    /// Where the worker mounts them (`spec.store.local.path` must lie on one).
+    /// Where the worker mounts them (`spec.store.local.path` must lie on one, unless the
+    /// store names its `persistentVolumeClaim`, which the operator mounts itself).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volume_mounts: Vec<VolumeMount>,
 }
@@ -372,9 +373,24 @@ pub struct StoreSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LocalStoreSpec {
-    /// Directory of the archive. Relative paths are relative to the working directory.
+    /// Directory of the archive. Relative paths are relative to the working directory, or
+    /// with `persistentVolumeClaim` to the claim's root (the default: the root itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// For the operator: the PersistentVolumeClaim (same namespace) that holds the archive.
+    /// The operator mounts it into its archiving pods, so that a profile needs no
+    /// `jobTemplate` volumes for the common case. `mailvault run` has no cluster and ignores
+    /// it (the archive is then `path` on the local machine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<ClaimRef>,
+}
+
+/// A PersistentVolumeClaim in the same namespace, named as in a pod's volume.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClaimRef {
+    #[schemars(length(min = 1))]
+    pub claim_name: String,
 }
 
 /// An archive in an S3 bucket. The layout of the objects is the same as in a local

@@ -135,6 +135,30 @@ pub fn validate_profile(bundle: &Bundle, located: &Located<ArchiveProfile>) -> V
     if let Some(store) = &spec.store {
         validate_store(bundle, &mut report, store);
     }
+    if let Some(local) = spec.store.as_ref().and_then(|s| s.local.as_ref()) {
+        if let Some(claim) = &local.persistent_volume_claim {
+            if claim.claim_name.trim().is_empty() {
+                report.error(
+                    "spec.store.local.persistentVolumeClaim.claimName",
+                    "must not be empty",
+                );
+            }
+            // The path is joined to where the claim is mounted: it must stay inside it.
+            let path = std::path::Path::new(local.path.as_deref().unwrap_or(""));
+            let escapes = path.components().any(|c| {
+                !matches!(
+                    c,
+                    std::path::Component::Normal(_) | std::path::Component::CurDir
+                )
+            });
+            if escapes {
+                report.error(
+                    "spec.store.local.path",
+                    "must be relative to the persistentVolumeClaim's root, without `..`",
+                );
+            }
+        }
+    }
     let namespace = namespace_of(&located.object.metadata);
     let set_name = &spec.mailbox_set_ref.name;
     let mut errors = report.errors;
@@ -505,6 +529,23 @@ stringData:
                      endpoint: https://s3.example.org\n      forcePathStyle: true\n      \
                      serverSideEncryption: aws:kms\n      kmsKeyId: k1\n";
         assert_eq!(store_errors(valid), []);
+    }
+
+    #[test]
+    fn a_claim_path_stays_inside_the_claim() {
+        let store = |path: &str| {
+            format!("  store:\n    local:\n      persistentVolumeClaim:\n        claimName: archive\n{path}")
+        };
+        for ok in ["", "      path: staff\n", "      path: ./a/b\n"] {
+            let b = bundle(&profile(&store(ok)));
+            assert_eq!(validate_profile(&b, &b.profiles[0]), vec![], "{ok}");
+        }
+        for bad in ["      path: /srv/archive\n", "      path: a/../../b\n"] {
+            let b = bundle(&profile(&store(bad)));
+            let errors = validate_profile(&b, &b.profiles[0]);
+            assert_eq!(errors.len(), 1, "{bad}: {errors:?}");
+            assert_eq!(errors[0].field, "spec.store.local.path");
+        }
     }
 
     #[test]
