@@ -175,6 +175,14 @@ fn write_mbox_message(
 
 /// One path level from an arbitrary name: no separators, no control characters, never
 /// `.` or `..`, not empty, at most 200 bytes.
+///
+/// ```
+/// use mailvault::export::safe_name;
+///
+/// assert_eq!(safe_name(".."), "_..");
+/// assert_eq!(safe_name("../../etc"), ".._.._etc");
+/// assert_eq!(safe_name("Größe"), "Größe");
+/// ```
 pub fn safe_name(name: &str) -> String {
     let mut s: String = name
         .chars()

@@ -2,6 +2,15 @@
 //!
 //! The sync state of a folder is the set of UIDs already archived; as ranges it stays a few
 //! bytes for a folder of any size whose messages were archived in order.
+//!
+//! ```
+//! use mailvault::store::UidSet;
+//!
+//! let mut archived: UidSet = "1:4000,4002".parse().unwrap();
+//! archived.insert(4001);
+//! assert_eq!(archived.to_string(), "1:4002");
+//! assert!(archived.contains(17) && !archived.contains(4003));
+//! ```
 
 use std::fmt;
 use std::str::FromStr;
