@@ -35,6 +35,11 @@ const FETCH_BATCH_BYTES: u64 = 32 << 20;
 const COMMIT_MESSAGES: usize = 1000;
 /// Bytes per commit.
 const COMMIT_BYTES: u64 = 128 << 20;
+/// Downloaded messages waiting for the writer, at most.
+const WRITER_QUEUE: usize = 64;
+/// Messages the writer hashes and stores per trip off the async threads, at most (see
+/// [`Archive::store_messages`]).
+const STORE_BATCH_MESSAGES: usize = 64;
 
 /// Everything a run needs besides the mailboxes.
 pub struct RunSettings {
@@ -271,7 +276,7 @@ async fn archive_folder(
         }
     }
     let metas: HashMap<u32, MessageMeta> = wanted.iter().map(|m| (m.uid, m.clone())).collect();
-    let (tx, rx) = mpsc::channel(64);
+    let (tx, rx) = mpsc::channel(WRITER_QUEUE);
     let writer = tokio::spawn(write_folder(
         archive.clone(),
         key.clone(),
@@ -381,42 +386,49 @@ async fn write_folder(
     let mut entries = Vec::new();
     let mut uids = Vec::new();
     let mut pending_bytes = 0;
-    while let Some(message) = rx.recv().await {
-        let Some(body) = message.bytes else { continue };
-        let (bytes, prepared) = Archive::prepare(Bytes::from(body)).await;
-        uids.push(message.uid);
-        if known_hashes
-            .as_ref()
-            .is_some_and(|k| k.contains(&prepared.sha256))
-        {
-            written.already_archived += 1;
-        } else {
-            archive.put_message(&prepared.sha256, bytes).await?;
-            let meta = metas.get(&message.uid);
-            let headers = prepared.headers;
-            entries.push(IndexEntry {
-                folder: key.folder.clone(),
-                uid_validity: state.uid_validity,
-                uid: message.uid,
-                sha256: prepared.sha256,
-                size: prepared.size,
-                internal_date: meta.and_then(|m| m.internal_date).map(|d| d.to_rfc3339()),
-                flags: meta.map(|m| m.flags.clone()).unwrap_or_default(),
-                message_id: headers.message_id,
-                from: headers.from,
-                to: headers.to,
-                subject: headers.subject,
-                date: headers.date,
-                direction,
-                archived_at: now(),
-            });
-            written.archived += 1;
-            written.bytes += prepared.size;
-            pending_bytes += prepared.size;
-        }
-        if uids.len() >= COMMIT_MESSAGES || pending_bytes >= COMMIT_BYTES {
-            commit(&archive, &key, &mut state, &mut entries, &mut uids).await?;
-            pending_bytes = 0;
+    let mut arrived = Vec::with_capacity(STORE_BATCH_MESSAGES);
+    while rx.recv_many(&mut arrived, STORE_BATCH_MESSAGES).await > 0 {
+        let (batch_uids, bodies): (Vec<u32>, Vec<Bytes>) = arrived
+            .drain(..)
+            .filter_map(|m| Some((m.uid, Bytes::from(m.bytes?))))
+            .unzip();
+        // Messages the archive already holds under their hash (after a new UIDVALIDITY) are
+        // stored again, which writes nothing, but get no second index entry.
+        let prepared = archive.store_messages(bodies).await?;
+        for (uid, prepared) in batch_uids.into_iter().zip(prepared) {
+            uids.push(uid);
+            if known_hashes
+                .as_ref()
+                .is_some_and(|k| k.contains(&prepared.sha256))
+            {
+                written.already_archived += 1;
+            } else {
+                let meta = metas.get(&uid);
+                let headers = prepared.headers;
+                entries.push(IndexEntry {
+                    folder: key.folder.clone(),
+                    uid_validity: state.uid_validity,
+                    uid,
+                    sha256: prepared.sha256,
+                    size: prepared.size,
+                    internal_date: meta.and_then(|m| m.internal_date).map(|d| d.to_rfc3339()),
+                    flags: meta.map(|m| m.flags.clone()).unwrap_or_default(),
+                    message_id: headers.message_id,
+                    from: headers.from,
+                    to: headers.to,
+                    subject: headers.subject,
+                    date: headers.date,
+                    direction,
+                    archived_at: now(),
+                });
+                written.archived += 1;
+                written.bytes += prepared.size;
+                pending_bytes += prepared.size;
+            }
+            if uids.len() >= COMMIT_MESSAGES || pending_bytes >= COMMIT_BYTES {
+                commit(&archive, &key, &mut state, &mut entries, &mut uids).await?;
+                pending_bytes = 0;
+            }
         }
     }
     commit(&archive, &key, &mut state, &mut entries, &mut uids).await?;

@@ -72,6 +72,19 @@ pub trait ObjectStore: Send + Sync {
 
     /// Makes every put that returned before this call durable.
     async fn sync(&self) -> Result<(), StoreError>;
+
+    /// The store's blocking side, when its operations are blocking system calls anyway (a
+    /// local directory): the archive then writes messages on the thread that hashes them,
+    /// one trip off the async threads instead of two. `None` for stores behind a network.
+    fn blocking(&self) -> Option<&dyn BlockingObjects> {
+        None
+    }
+}
+
+/// Operations of a store that may run on the calling (blocking) thread.
+pub trait BlockingObjects {
+    /// [`ObjectStore::put_immutable`], blocking.
+    fn put_immutable(&self, key: &str, bytes: &[u8]) -> Result<bool, StoreError>;
 }
 
 /// Whether a message was received or sent by the mailbox owner.
@@ -163,6 +176,16 @@ pub struct PreparedMessage {
     pub headers: Headers,
 }
 
+impl PreparedMessage {
+    fn of(bytes: &[u8]) -> PreparedMessage {
+        PreparedMessage {
+            sha256: hex::encode(Sha256::digest(bytes)),
+            size: bytes.len() as u64,
+            headers: Headers::parse(bytes),
+        }
+    }
+}
+
 /// Header fields kept in the index for listing and search.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Headers {
@@ -188,27 +211,40 @@ impl Archive {
         self.objects.describe()
     }
 
-    /// Hashes a message and extracts its index headers. CPU-bound: runs off the async
-    /// threads so that downloads keep flowing.
-    pub async fn prepare(bytes: Bytes) -> (Bytes, PreparedMessage) {
-        tokio::task::spawn_blocking(move || {
-            let prepared = PreparedMessage {
-                sha256: hex::encode(Sha256::digest(&bytes)),
-                size: bytes.len() as u64,
-                headers: Headers::parse(&bytes),
-            };
-            (bytes, prepared)
+    /// Hashes messages, extracts their index headers and stores their bytes under their
+    /// hash; a message already stored (by any user, any folder) is not written again.
+    ///
+    /// Hashing is CPU-bound, so it runs off the async threads to keep downloads flowing; a
+    /// store with blocking writes writes on the same trip. Each trip costs a wake-up of a
+    /// blocking thread and of the caller, which for a few-KB message is more than hashing and
+    /// writing it; so messages come in batches, and a writer that falls behind catches up
+    /// with fewer, larger trips.
+    pub async fn store_messages(
+        &self,
+        messages: Vec<Bytes>,
+    ) -> Result<Vec<PreparedMessage>, StoreError> {
+        let objects = self.objects.clone();
+        let (messages, prepared) = tokio::task::spawn_blocking(move || {
+            let mut prepared = Vec::with_capacity(messages.len());
+            for bytes in &messages {
+                let message = PreparedMessage::of(bytes);
+                if let Some(blocking) = objects.blocking() {
+                    blocking.put_immutable(&message_key(&message.sha256), bytes)?;
+                }
+                prepared.push(message);
+            }
+            Ok::<_, StoreError>((messages, prepared))
         })
         .await
-        .expect("hashing does not panic")
-    }
-
-    /// Stores message bytes under their hash; a message already stored (by any user, any
-    /// folder) is not written again. Returns whether it was new.
-    pub async fn put_message(&self, sha256: &str, bytes: Bytes) -> Result<bool, StoreError> {
-        self.objects
-            .put_immutable(&message_key(sha256), bytes)
-            .await
+        .expect("hashing and storing do not panic")?;
+        if self.objects.blocking().is_none() {
+            for (bytes, message) in messages.into_iter().zip(&prepared) {
+                self.objects
+                    .put_immutable(&message_key(&message.sha256), bytes)
+                    .await?;
+            }
+        }
+        Ok(prepared)
     }
 
     pub async fn get_message(&self, sha256: &str) -> Result<Option<Bytes>, StoreError> {
