@@ -35,6 +35,9 @@ const FETCH_BATCH_BYTES: u64 = 32 << 20;
 const COMMIT_MESSAGES: usize = 1000;
 /// Bytes per commit.
 const COMMIT_BYTES: u64 = 128 << 20;
+/// Batches waiting for the committer, at most; the writer waits when the disk is that far
+/// behind.
+const COMMIT_QUEUE: usize = 4;
 /// Downloaded messages waiting for the writer, at most.
 const WRITER_QUEUE: usize = 64;
 /// Messages the writer hashes and stores per trip off the async threads, at most (see
@@ -372,42 +375,50 @@ struct Written {
     bytes: u64,
 }
 
-/// Stores messages as they arrive and commits them in batches.
+/// Stores messages as they arrive and has them committed in batches.
 async fn write_folder(
     archive: Archive,
     key: FolderKey,
-    mut state: FolderState,
+    state: FolderState,
     direction: Direction,
     metas: HashMap<u32, MessageMeta>,
     known_hashes: Option<HashSet<String>>,
     mut rx: mpsc::Receiver<imap::FetchedMessage>,
 ) -> Result<Written, StoreError> {
+    let uid_validity = state.uid_validity;
+    let (commits, commit_rx) = mpsc::channel(COMMIT_QUEUE);
+    let committer = tokio::spawn(commit_batches(
+        archive.clone(),
+        key.clone(),
+        state,
+        commit_rx,
+    ));
     let mut written = Written::default();
-    let mut entries = Vec::new();
-    let mut uids = Vec::new();
-    let mut pending_bytes = 0;
+    let mut pending = Pending::default();
     let mut arrived = Vec::with_capacity(STORE_BATCH_MESSAGES);
-    while rx.recv_many(&mut arrived, STORE_BATCH_MESSAGES).await > 0 {
-        let (batch_uids, bodies): (Vec<u32>, Vec<Bytes>) = arrived
-            .drain(..)
-            .filter_map(|m| Some((m.uid, Bytes::from(m.bytes?))))
-            .unzip();
-        // Messages the archive already holds under their hash (after a new UIDVALIDITY) are
-        // stored again, which writes nothing, but get no second index entry.
-        let prepared = archive.store_messages(bodies).await?;
-        for (uid, prepared) in batch_uids.into_iter().zip(prepared) {
-            uids.push(uid);
-            if known_hashes
-                .as_ref()
-                .is_some_and(|k| k.contains(&prepared.sha256))
-            {
-                written.already_archived += 1;
-            } else {
+    let stored = async {
+        while rx.recv_many(&mut arrived, STORE_BATCH_MESSAGES).await > 0 {
+            let (batch_uids, bodies): (Vec<u32>, Vec<Bytes>) = arrived
+                .drain(..)
+                .filter_map(|m| Some((m.uid, Bytes::from(m.bytes?))))
+                .unzip();
+            // Messages the archive already holds under their hash (after a new UIDVALIDITY)
+            // are stored again, which writes nothing, but get no second index entry.
+            let prepared = archive.store_messages(bodies).await?;
+            for (uid, prepared) in batch_uids.into_iter().zip(prepared) {
+                pending.uids.push(uid);
+                if known_hashes
+                    .as_ref()
+                    .is_some_and(|k| k.contains(&prepared.sha256))
+                {
+                    written.already_archived += 1;
+                    continue;
+                }
                 let meta = metas.get(&uid);
                 let headers = prepared.headers;
-                entries.push(IndexEntry {
+                pending.entries.push(IndexEntry {
                     folder: key.folder.clone(),
-                    uid_validity: state.uid_validity,
+                    uid_validity,
                     uid,
                     sha256: prepared.sha256,
                     size: prepared.size,
@@ -423,40 +434,80 @@ async fn write_folder(
                 });
                 written.archived += 1;
                 written.bytes += prepared.size;
-                pending_bytes += prepared.size;
+                pending.bytes += prepared.size;
             }
-            if uids.len() >= COMMIT_MESSAGES || pending_bytes >= COMMIT_BYTES {
-                commit(&archive, &key, &mut state, &mut entries, &mut uids).await?;
-                pending_bytes = 0;
+            let full = pending.uids.len() >= COMMIT_MESSAGES || pending.bytes >= COMMIT_BYTES;
+            if full && commits.send(std::mem::take(&mut pending)).await.is_err() {
+                // The committer failed; its error is returned below.
+                return Ok(());
             }
         }
+        Ok::<_, StoreError>(())
     }
-    commit(&archive, &key, &mut state, &mut entries, &mut uids).await?;
+    .await;
+    // What was stored is committed even when storing the rest failed.
+    if !pending.uids.is_empty() {
+        let _ = commits.send(pending).await;
+    }
+    drop(commits);
+    let committed = committer
+        .await
+        .expect("the folder committer does not panic");
+    stored?;
+    committed?;
     Ok(written)
 }
 
+/// Index entries and UIDs of stored messages, to be made durable together.
+#[derive(Default)]
+struct Pending {
+    entries: Vec<IndexEntry>,
+    uids: Vec<u32>,
+    bytes: u64,
+}
+
+/// Commits batches one after another while the writer stores the next ones, so that
+/// downloading and storing do not stop for every file-system sync; batches that queue up
+/// meanwhile (a slow disk) are committed together, with fewer syncs.
+async fn commit_batches(
+    archive: Archive,
+    key: FolderKey,
+    mut state: FolderState,
+    mut rx: mpsc::Receiver<Pending>,
+) -> Result<(), StoreError> {
+    let mut queued = Vec::with_capacity(COMMIT_QUEUE);
+    while rx.recv_many(&mut queued, COMMIT_QUEUE).await > 0 {
+        let mut batch = Pending::default();
+        for pending in queued.drain(..) {
+            batch.entries.extend(pending.entries);
+            batch.uids.extend(pending.uids);
+        }
+        commit(&archive, &key, &mut state, batch).await?;
+    }
+    Ok(())
+}
+
 /// Makes a batch durable in the order the format requires: message bytes, then their
-/// index entries, then the sync state that names them.
+/// index entries, then the sync state that names them. The bytes were stored before the
+/// batch was handed over, so the first sync covers them.
 async fn commit(
     archive: &Archive,
     key: &FolderKey,
     state: &mut FolderState,
-    entries: &mut Vec<IndexEntry>,
-    uids: &mut Vec<u32>,
+    batch: Pending,
 ) -> Result<(), StoreError> {
-    if uids.is_empty() {
+    if batch.uids.is_empty() {
         return Ok(());
     }
-    if !entries.is_empty() {
+    if !batch.entries.is_empty() {
         archive.sync().await?;
-        let segment = archive.append_index(key, entries).await?;
+        let segment = archive.append_index(key, &batch.entries).await?;
         state.segments.push(segment);
     }
     archive.sync().await?;
-    for uid in uids.drain(..) {
+    for uid in batch.uids {
         state.archived.insert(uid);
     }
-    entries.clear();
     archive.save_state(key, state).await
 }
 
