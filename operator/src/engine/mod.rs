@@ -43,6 +43,8 @@ const WRITER_QUEUE: usize = 64;
 /// Messages the writer hashes and stores per trip off the async threads, at most (see
 /// [`Archive::store_messages`]).
 const STORE_BATCH_MESSAGES: usize = 64;
+/// Trips under way at once.
+const STORE_TRIPS: usize = 2;
 
 /// Everything a run needs besides the mailboxes.
 pub struct RunSettings {
@@ -395,16 +397,27 @@ async fn write_folder(
     ));
     let mut written = Written::default();
     let mut pending = Pending::default();
-    let mut arrived = Vec::with_capacity(STORE_BATCH_MESSAGES);
-    let stored = async {
-        while rx.recv_many(&mut arrived, STORE_BATCH_MESSAGES).await > 0 {
-            let (batch_uids, bodies): (Vec<u32>, Vec<Bytes>) = arrived
-                .drain(..)
+    // Up to STORE_TRIPS batches are hashed and stored at once, each on its own blocking
+    // thread, and their results taken in order.
+    let mut stored = futures::stream::poll_fn(|cx| rx.poll_recv(cx))
+        .ready_chunks(STORE_BATCH_MESSAGES)
+        .map(|arrived| {
+            let (uids, bodies): (Vec<u32>, Vec<Bytes>) = arrived
+                .into_iter()
                 .filter_map(|m| Some((m.uid, Bytes::from(m.bytes?))))
                 .unzip();
+            let archive = archive.clone();
+            async move {
+                let prepared = archive.store_messages(bodies).await?;
+                Ok::<_, StoreError>((uids, prepared))
+            }
+        })
+        .buffered(STORE_TRIPS);
+    let result = async {
+        while let Some(batch) = stored.next().await {
             // Messages the archive already holds under their hash (after a new UIDVALIDITY)
             // are stored again, which writes nothing, but get no second index entry.
-            let prepared = archive.store_messages(bodies).await?;
+            let (batch_uids, prepared) = batch?;
             for (uid, prepared) in batch_uids.into_iter().zip(prepared) {
                 pending.uids.push(uid);
                 if known_hashes
@@ -453,7 +466,7 @@ async fn write_folder(
     let committed = committer
         .await
         .expect("the folder committer does not panic");
-    stored?;
+    result?;
     committed?;
     Ok(written)
 }
