@@ -404,7 +404,7 @@ async fn write_folder(
         .map(|arrived| {
             let (uids, bodies): (Vec<u32>, Vec<Bytes>) = arrived
                 .into_iter()
-                .filter_map(|m| Some((m.uid, Bytes::from(m.bytes?))))
+                .filter_map(|m| Some((m.uid, m.bytes?)))
                 .unzip();
             let archive = archive.clone();
             async move {

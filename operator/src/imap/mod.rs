@@ -12,6 +12,7 @@ pub mod utf7;
 use std::collections::HashSet;
 use std::time::Duration;
 
+use bytes::Bytes;
 use chrono::{DateTime, FixedOffset};
 use futures::{Stream, StreamExt, TryStreamExt};
 use tokio::net::TcpStream;
@@ -134,7 +135,18 @@ pub struct MessageMeta {
 /// A downloaded message; `bytes` is `None` when the server sent no body for it.
 pub struct FetchedMessage {
     pub uid: u32,
-    pub bytes: Option<Vec<u8>>,
+    pub bytes: Option<Bytes>,
+}
+
+/// The body of a FETCH response, left in the buffer the response was read into rather than
+/// copied out: no second allocation and copy of every message, and a large message is in
+/// memory once, not twice.
+struct Body(async_imap::types::Fetch);
+
+impl AsRef<[u8]> for Body {
+    fn as_ref(&self) -> &[u8] {
+        self.0.body().unwrap_or_default()
+    }
 }
 
 /// A logged-in IMAP session.
@@ -397,10 +409,9 @@ impl Session {
                             };
                             // A message the server cannot read comes back without a body;
                             // the caller reports it rather than store an empty message.
-                            let result = Ok(FetchedMessage {
-                                uid,
-                                bytes: item.body().map(<[u8]>::to_vec),
-                            });
+                            let bytes =
+                                item.body().is_some().then(|| Bytes::from_owner(Body(item)));
+                            let result = Ok(FetchedMessage { uid, bytes });
                             return Some((result, (stream, wanted)));
                         }
                     }
