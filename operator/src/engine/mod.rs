@@ -14,11 +14,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 pub use select::{decide, Decision, FolderSelector};
 
-use crate::imap::{self, Credentials, Folder, ImapError, MessageMeta, ServerConfig, Session};
+use crate::imap::{Credentials, Folder, ImapError, MessageMeta, ServerConfig, Session};
 use crate::protocol::{
     FolderProtocol, MailboxProtocol, ProtocolError, RunProtocol, RunResult, Totals,
 };
@@ -40,6 +40,10 @@ const COMMIT_BYTES: u64 = 128 << 20;
 const COMMIT_QUEUE: usize = 4;
 /// Downloaded messages waiting for the writer, at most.
 const WRITER_QUEUE: usize = 64;
+/// Bytes of downloaded messages queued for the writer or being stored, at most; a larger
+/// message goes alone. The download holds one more message while it waits, so a folder's
+/// messages take at most the largest one plus the larger of this and the largest one.
+const WRITER_QUEUE_BYTES: u32 = 32 << 20;
 /// Messages the writer hashes and stores per trip off the async threads, at most (see
 /// [`Archive::store_messages`]).
 const STORE_BATCH_MESSAGES: usize = 64;
@@ -282,6 +286,7 @@ async fn archive_folder(
     }
     let metas: HashMap<u32, MessageMeta> = wanted.iter().map(|m| (m.uid, m.clone())).collect();
     let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+    let budget = Arc::new(Semaphore::new(WRITER_QUEUE_BYTES as usize));
     let writer = tokio::spawn(write_folder(
         archive.clone(),
         key.clone(),
@@ -291,7 +296,7 @@ async fn archive_folder(
         known_hashes,
         rx,
     ));
-    let download = download(session, &wanted, &tx, protocol, errors).await;
+    let download = download(session, &wanted, &tx, &budget, protocol, errors).await;
     drop(tx);
     let written = writer.await.expect("the folder writer does not panic");
     match written {
@@ -309,7 +314,8 @@ async fn archive_folder(
 async fn download(
     session: &mut Session,
     wanted: &[MessageMeta],
-    tx: &mpsc::Sender<imap::FetchedMessage>,
+    tx: &mpsc::Sender<Downloaded>,
+    budget: &Arc<Semaphore>,
     protocol: &mut FolderProtocol,
     errors: &mut Vec<ProtocolError>,
 ) -> Result<(), FolderFailure> {
@@ -319,7 +325,7 @@ async fn download(
         while let Some(item) = stream.next().await {
             let message = item?;
             missing.remove(&message.uid);
-            if message.bytes.is_none() {
+            let Some(bytes) = message.bytes else {
                 protocol.failed += 1;
                 errors.push(ProtocolError {
                     folder: Some(protocol.name.clone()),
@@ -327,8 +333,19 @@ async fn download(
                     message: "the server returned no body for this message".into(),
                 });
                 continue;
-            }
-            if tx.send(message).await.is_err() {
+            };
+            let share = bytes.len().min(WRITER_QUEUE_BYTES as usize) as u32;
+            let permit = budget
+                .clone()
+                .acquire_many_owned(share)
+                .await
+                .expect("the budget is never closed");
+            let downloaded = Downloaded {
+                uid: message.uid,
+                bytes,
+                _budget: permit,
+            };
+            if tx.send(downloaded).await.is_err() {
                 // The writer stopped: its error is reported by the caller.
                 return Ok(());
             }
@@ -347,6 +364,14 @@ async fn download(
         }
     }
     Ok(())
+}
+
+/// A message on its way from the download to the writer, holding its share of the budget
+/// of bytes in between until it is stored.
+struct Downloaded {
+    uid: u32,
+    bytes: Bytes,
+    _budget: OwnedSemaphorePermit,
 }
 
 /// Splits messages into download commands by count and by size.
@@ -385,7 +410,7 @@ async fn write_folder(
     direction: Direction,
     metas: HashMap<u32, MessageMeta>,
     known_hashes: Option<HashSet<String>>,
-    mut rx: mpsc::Receiver<imap::FetchedMessage>,
+    mut rx: mpsc::Receiver<Downloaded>,
 ) -> Result<Written, StoreError> {
     let uid_validity = state.uid_validity;
     let (commits, commit_rx) = mpsc::channel(COMMIT_QUEUE);
@@ -401,14 +426,14 @@ async fn write_folder(
     // thread, and their results taken in order.
     let mut stored = futures::stream::poll_fn(|cx| rx.poll_recv(cx))
         .ready_chunks(STORE_BATCH_MESSAGES)
-        .map(|arrived| {
-            let (uids, bodies): (Vec<u32>, Vec<Bytes>) = arrived
-                .into_iter()
-                .filter_map(|m| Some((m.uid, m.bytes?)))
-                .unzip();
+        .map(|arrived: Vec<Downloaded>| {
+            let uids: Vec<u32> = arrived.iter().map(|m| m.uid).collect();
+            let bodies = arrived.iter().map(|m| m.bytes.clone()).collect();
             let archive = archive.clone();
             async move {
                 let prepared = archive.store_messages(bodies).await?;
+                // Their bytes are stored and released: room for more downloads.
+                drop(arrived);
                 Ok::<_, StoreError>((uids, prepared))
             }
         })
