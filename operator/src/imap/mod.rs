@@ -153,7 +153,6 @@ impl AsRef<[u8]> for Body {
 pub struct Session {
     inner: async_imap::Session<ImapStream>,
     timeout: Duration,
-    capabilities: HashSet<String>,
 }
 
 impl Session {
@@ -247,30 +246,12 @@ impl Session {
                 who: who.clone(),
                 message: login_failure(&e),
             })?;
-        let mut session = Session {
+        // No CAPABILITY command: nothing here depends on extensions, and it cost every
+        // mailbox a round trip.
+        Ok(Session {
             inner,
             timeout: server.timeout,
-            capabilities: HashSet::new(),
-        };
-        let capabilities = within(
-            session.timeout,
-            "asking for capabilities",
-            session.inner.capabilities(),
-        )
-        .await?
-        .map_err(|e| command_error("asking for capabilities", e))?;
-        session.capabilities = capabilities
-            .iter()
-            .filter_map(|c| match c {
-                async_imap::types::Capability::Atom(a) => Some(a.to_ascii_uppercase()),
-                _ => None,
-            })
-            .collect();
-        Ok(session)
-    }
-
-    pub fn has_capability(&self, name: &str) -> bool {
-        self.capabilities.contains(&name.to_ascii_uppercase())
+        })
     }
 
     /// Every selectable folder.
