@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use bytes::Bytes;
 use mailvault::secret::Secret;
 use mailvault::store::s3::{S3Config, S3Credentials, S3Store};
-use mailvault::store::{Archive, Direction, FolderKey, IndexEntry, ObjectStore};
+use mailvault::store::{Archive, Direction, FolderKey, IndexEntry, ObjectStore, PreparedMessage};
 use mailvault::testkit::garage::Garage;
 use mailvault::testkit::mail;
 
@@ -61,7 +61,8 @@ async fn archive_messages(archive: &Archive, messages: &[Vec<u8>]) {
     state.uid_validity = 1;
     let mut entries = Vec::new();
     for (uid, message) in (1..).zip(messages) {
-        let (body, prepared) = Archive::prepare(Bytes::from(message.clone())).await;
+        let body = Bytes::from(message.clone());
+        let prepared = PreparedMessage::of(&body);
         archive.put_message(&prepared.sha256, body).await.unwrap();
         entries.push(IndexEntry {
             folder: key.folder.clone(),

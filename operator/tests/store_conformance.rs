@@ -13,7 +13,8 @@ use mailvault::secret::Secret;
 use mailvault::store::local::LocalStore;
 use mailvault::store::s3::{S3Config, S3Credentials, S3Store, MULTIPART_THRESHOLD};
 use mailvault::store::{
-    Archive, Direction, FolderKey, FolderState, IndexEntry, ObjectStore, StoreError,
+    Archive, Direction, FolderKey, FolderState, IndexEntry, ObjectStore, PreparedMessage,
+    StoreError,
 };
 use mailvault::testkit::garage::Garage;
 use mailvault::testkit::mail;
@@ -260,7 +261,8 @@ async fn archive_folder(archive: &Archive, key: &FolderKey, messages: &[Vec<u8>]
     let first_uid = state.archived.len() as u32 + 1;
     let mut entries = Vec::new();
     for (i, message) in messages.iter().enumerate() {
-        let (body, prepared) = Archive::prepare(Bytes::from(message.clone())).await;
+        let body = Bytes::from(message.clone());
+        let prepared = PreparedMessage::of(&body);
         archive.put_message(&prepared.sha256, body).await.unwrap();
         let uid = first_uid + i as u32;
         entries.push(entry(&key.folder, uid, &prepared.sha256, prepared.size));
@@ -323,7 +325,7 @@ async fn messages_are_stored_once_across_users(backend: Backend) {
     archive_folder(&archive, &alice, std::slice::from_ref(&message)).await;
     archive_folder(&archive, &bob, std::slice::from_ref(&message)).await;
     assert_eq!(store.list("messages/").await.unwrap().len(), 1);
-    let (_, prepared) = Archive::prepare(Bytes::from(message.clone())).await;
+    let prepared = PreparedMessage::of(&message);
     assert!(!archive
         .put_message(&prepared.sha256, Bytes::from(message.clone()))
         .await
@@ -351,7 +353,7 @@ async fn verify_finds_damaged_and_missing_messages(backend: Backend) {
     assert!(clean.damaged.is_empty(), "{:?}", clean.damaged);
 
     // Damage one stored message (same key, other bytes) ...
-    let (_, damaged) = Archive::prepare(Bytes::from(messages[1].clone())).await;
+    let damaged = PreparedMessage::of(&messages[1]);
     let damaged_key = format!("messages/{}/{}", &damaged.sha256[..2], damaged.sha256);
     store
         .put(&damaged_key, Bytes::from(vec![b'x'; messages[1].len()]))
@@ -427,7 +429,8 @@ async fn large_message_round_trips(backend: Backend) {
         "Large attachment",
         size,
     ));
-    let (body, prepared) = Archive::prepare(message.clone()).await;
+    let body = message.clone();
+    let prepared = PreparedMessage::of(&body);
     assert!(archive.put_message(&prepared.sha256, body).await.unwrap());
     let back = archive
         .get_message(&prepared.sha256)
@@ -612,7 +615,8 @@ async fn s3_server_stopped_mid_run_fails_then_continues() {
 
     garage.stop();
     let started = Instant::now();
-    let (body, prepared) = Archive::prepare(Bytes::from(messages[10].clone())).await;
+    let body = Bytes::from(messages[10].clone());
+    let prepared = PreparedMessage::of(&body);
     let error = archive
         .put_message(&prepared.sha256, body)
         .await
@@ -637,7 +641,7 @@ async fn s3_server_stopped_mid_run_fails_then_continues() {
     assert_eq!((report.messages, report.entries), (30, 30));
     assert!(report.damaged.is_empty(), "{:?}", report.damaged);
     for message in &messages {
-        let (_, prepared) = Archive::prepare(Bytes::from(message.clone())).await;
+        let prepared = PreparedMessage::of(message);
         let stored = archive.get_message(&prepared.sha256).await.unwrap();
         assert!(stored.as_deref() == Some(&message[..]));
     }

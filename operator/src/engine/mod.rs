@@ -15,12 +15,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 pub use delete::{deletable, Deleted};
 pub use select::{decide, Decision, FolderSelector};
 
-use crate::imap::{self, Credentials, Folder, ImapError, MessageMeta, ServerConfig, Session};
+use crate::imap::{Credentials, Folder, ImapError, MessageMeta, ServerConfig, Session};
 use crate::protocol::{
     FolderProtocol, MailboxProtocol, ProtocolError, RunProtocol, RunResult, Totals,
 };
@@ -37,11 +37,20 @@ const FETCH_BATCH_BYTES: u64 = 32 << 20;
 const COMMIT_MESSAGES: usize = 1000;
 /// Bytes per commit.
 const COMMIT_BYTES: u64 = 128 << 20;
-/// Message uploads in flight at once: a store with latency (S3) needs several to keep up
-/// with the download.
-const UPLOADS_IN_FLIGHT: usize = 16;
-/// Bytes of message uploads in flight; bounds memory whatever the message sizes.
-const UPLOAD_BYTES_IN_FLIGHT: u64 = 32 << 20;
+/// Batches waiting for the committer, at most; the writer waits when the disk is that far
+/// behind.
+const COMMIT_QUEUE: usize = 4;
+/// Downloaded messages waiting for the writer, at most.
+const WRITER_QUEUE: usize = 64;
+/// Bytes of downloaded messages queued for the writer or being stored, at most; a larger
+/// message goes alone. The download holds one more message while it waits, so a folder's
+/// messages take at most the largest one plus the larger of this and the largest one.
+const WRITER_QUEUE_BYTES: u32 = 32 << 20;
+/// Messages the writer hashes and stores per trip off the async threads, at most (see
+/// [`Archive::store_messages`]).
+const STORE_BATCH_MESSAGES: usize = 64;
+/// Trips under way at once.
+const STORE_TRIPS: usize = 2;
 
 /// Everything a run needs besides the mailboxes.
 pub struct RunSettings {
@@ -231,7 +240,11 @@ async fn delete_pass(
     protocol: &mut MailboxProtocol,
 ) -> Result<(), String> {
     let dry_run = settings.dry_run_deletion;
-    if !dry_run && !session.has_capability("UIDPLUS") {
+    let uidplus = session
+        .has_capability("UIDPLUS")
+        .await
+        .map_err(|e| e.to_string())?;
+    if !dry_run && !uidplus {
         protocol.warnings.push(
             "deletion skipped: the server does not support UIDPLUS, so expunging only the archived messages is not possible"
                 .into(),
@@ -343,7 +356,8 @@ async fn archive_folder(
         }
     }
     let metas: HashMap<u32, MessageMeta> = wanted.iter().map(|m| (m.uid, m.clone())).collect();
-    let (tx, rx) = mpsc::channel(64);
+    let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+    let budget = Arc::new(Semaphore::new(WRITER_QUEUE_BYTES as usize));
     let writer = tokio::spawn(write_folder(
         archive.clone(),
         key.clone(),
@@ -353,7 +367,7 @@ async fn archive_folder(
         known_hashes,
         rx,
     ));
-    let download = download(session, &wanted, &tx, protocol, errors).await;
+    let download = download(session, &wanted, &tx, &budget, protocol, errors).await;
     drop(tx);
     let written = writer.await.expect("the folder writer does not panic");
     match written {
@@ -371,7 +385,8 @@ async fn archive_folder(
 async fn download(
     session: &mut Session,
     wanted: &[MessageMeta],
-    tx: &mpsc::Sender<imap::FetchedMessage>,
+    tx: &mpsc::Sender<Downloaded>,
+    budget: &Arc<Semaphore>,
     protocol: &mut FolderProtocol,
     errors: &mut Vec<ProtocolError>,
 ) -> Result<(), FolderFailure> {
@@ -381,7 +396,7 @@ async fn download(
         while let Some(item) = stream.next().await {
             let message = item?;
             missing.remove(&message.uid);
-            if message.bytes.is_none() {
+            let Some(bytes) = message.bytes else {
                 protocol.failed += 1;
                 errors.push(ProtocolError {
                     folder: Some(protocol.name.clone()),
@@ -389,8 +404,19 @@ async fn download(
                     message: "the server returned no body for this message".into(),
                 });
                 continue;
-            }
-            if tx.send(message).await.is_err() {
+            };
+            let share = bytes.len().min(WRITER_QUEUE_BYTES as usize) as u32;
+            let permit = budget
+                .clone()
+                .acquire_many_owned(share)
+                .await
+                .expect("the budget is never closed");
+            let downloaded = Downloaded {
+                uid: message.uid,
+                bytes,
+                _budget: permit,
+            };
+            if tx.send(downloaded).await.is_err() {
                 // The writer stopped: its error is reported by the caller.
                 return Ok(());
             }
@@ -409,6 +435,14 @@ async fn download(
         }
     }
     Ok(())
+}
+
+/// A message on its way from the download to the writer, holding its share of the budget
+/// of bytes in between until it is stored.
+struct Downloaded {
+    uid: u32,
+    bytes: Bytes,
+    _budget: OwnedSemaphorePermit,
 }
 
 /// Splits messages into download commands by count and by size.
@@ -439,134 +473,150 @@ struct Written {
     bytes: u64,
 }
 
-/// Stores messages as they arrive and commits them in batches.
+/// Stores messages as they arrive and has them committed in batches.
 async fn write_folder(
     archive: Archive,
     key: FolderKey,
-    mut state: FolderState,
+    state: FolderState,
     direction: Direction,
     metas: HashMap<u32, MessageMeta>,
     known_hashes: Option<HashSet<String>>,
-    mut rx: mpsc::Receiver<imap::FetchedMessage>,
+    mut rx: mpsc::Receiver<Downloaded>,
 ) -> Result<Written, StoreError> {
+    let uid_validity = state.uid_validity;
+    let (commits, commit_rx) = mpsc::channel(COMMIT_QUEUE);
+    let committer = tokio::spawn(commit_batches(
+        archive.clone(),
+        key.clone(),
+        state,
+        commit_rx,
+    ));
     let mut written = Written::default();
-    let mut entries = Vec::new();
-    let mut uids = Vec::new();
-    let mut uploads = Uploads::default();
-    let mut pending_bytes = 0;
-    while let Some(message) = rx.recv().await {
-        let Some(body) = message.bytes else { continue };
-        let (bytes, prepared) = Archive::prepare(Bytes::from(body)).await;
-        uids.push(message.uid);
-        if known_hashes
-            .as_ref()
-            .is_some_and(|k| k.contains(&prepared.sha256))
-        {
-            written.already_archived += 1;
-        } else {
-            uploads
-                .start(&archive, prepared.sha256.clone(), bytes)
-                .await?;
-            let meta = metas.get(&message.uid);
-            let headers = prepared.headers;
-            entries.push(IndexEntry {
-                folder: key.folder.clone(),
-                uid_validity: state.uid_validity,
-                uid: message.uid,
-                sha256: prepared.sha256,
-                size: prepared.size,
-                internal_date: meta.and_then(|m| m.internal_date).map(|d| d.to_rfc3339()),
-                flags: meta.map(|m| m.flags.clone()).unwrap_or_default(),
-                message_id: headers.message_id,
-                from: headers.from,
-                to: headers.to,
-                subject: headers.subject,
-                date: headers.date,
-                direction,
-                archived_at: now(),
-            });
-            written.archived += 1;
-            written.bytes += prepared.size;
-            pending_bytes += prepared.size;
+    let mut pending = Pending::default();
+    // Up to STORE_TRIPS batches are hashed and stored at once, each on its own blocking
+    // thread, and their results taken in order.
+    let mut stored = futures::stream::poll_fn(|cx| rx.poll_recv(cx))
+        .ready_chunks(STORE_BATCH_MESSAGES)
+        .map(|arrived: Vec<Downloaded>| {
+            let uids: Vec<u32> = arrived.iter().map(|m| m.uid).collect();
+            let bodies = arrived.iter().map(|m| m.bytes.clone()).collect();
+            let archive = archive.clone();
+            async move {
+                let prepared = archive.store_messages(bodies).await?;
+                // Their bytes are stored and released: room for more downloads.
+                drop(arrived);
+                Ok::<_, StoreError>((uids, prepared))
+            }
+        })
+        .buffered(STORE_TRIPS);
+    let result = async {
+        while let Some(batch) = stored.next().await {
+            // Messages the archive already holds under their hash (after a new UIDVALIDITY)
+            // are stored again, which writes nothing, but get no second index entry.
+            let (batch_uids, prepared) = batch?;
+            for (uid, prepared) in batch_uids.into_iter().zip(prepared) {
+                pending.uids.push(uid);
+                if known_hashes
+                    .as_ref()
+                    .is_some_and(|k| k.contains(&prepared.sha256))
+                {
+                    written.already_archived += 1;
+                    continue;
+                }
+                let meta = metas.get(&uid);
+                let headers = prepared.headers;
+                pending.entries.push(IndexEntry {
+                    folder: key.folder.clone(),
+                    uid_validity,
+                    uid,
+                    sha256: prepared.sha256,
+                    size: prepared.size,
+                    internal_date: meta.and_then(|m| m.internal_date).map(|d| d.to_rfc3339()),
+                    flags: meta.map(|m| m.flags.clone()).unwrap_or_default(),
+                    message_id: headers.message_id,
+                    from: headers.from,
+                    to: headers.to,
+                    subject: headers.subject,
+                    date: headers.date,
+                    direction,
+                    archived_at: now(),
+                });
+                written.archived += 1;
+                written.bytes += prepared.size;
+                pending.bytes += prepared.size;
+            }
+            let full = pending.uids.len() >= COMMIT_MESSAGES || pending.bytes >= COMMIT_BYTES;
+            if full && commits.send(std::mem::take(&mut pending)).await.is_err() {
+                // The committer failed; its error is returned below.
+                return Ok(());
+            }
         }
-        if uids.len() >= COMMIT_MESSAGES || pending_bytes >= COMMIT_BYTES {
-            uploads.finish_all().await?;
-            commit(&archive, &key, &mut state, &mut entries, &mut uids).await?;
-            pending_bytes = 0;
-        }
+        Ok::<_, StoreError>(())
     }
-    uploads.finish_all().await?;
-    commit(&archive, &key, &mut state, &mut entries, &mut uids).await?;
+    .await;
+    // What was stored is committed even when storing the rest failed.
+    if !pending.uids.is_empty() {
+        let _ = commits.send(pending).await;
+    }
+    drop(commits);
+    let committed = committer
+        .await
+        .expect("the folder committer does not panic");
+    result?;
+    committed?;
     Ok(written)
 }
 
-/// Message uploads in flight, bounded in number and in bytes.
+/// Index entries and UIDs of stored messages, to be made durable together.
 #[derive(Default)]
-struct Uploads {
-    tasks: tokio::task::JoinSet<Result<u64, StoreError>>,
+struct Pending {
+    entries: Vec<IndexEntry>,
+    uids: Vec<u32>,
     bytes: u64,
 }
 
-impl Uploads {
-    /// Starts storing a message, first waiting for earlier uploads while the bounds are
-    /// reached.
-    async fn start(
-        &mut self,
-        archive: &Archive,
-        sha256: String,
-        bytes: Bytes,
-    ) -> Result<(), StoreError> {
-        let size = bytes.len() as u64;
-        while !self.tasks.is_empty()
-            && (self.tasks.len() >= UPLOADS_IN_FLIGHT || self.bytes + size > UPLOAD_BYTES_IN_FLIGHT)
-        {
-            self.finish_one().await?;
+/// Commits batches one after another while the writer stores the next ones, so that
+/// downloading and storing do not stop for every file-system sync; batches that queue up
+/// meanwhile (a slow disk) are committed together, with fewer syncs.
+async fn commit_batches(
+    archive: Archive,
+    key: FolderKey,
+    mut state: FolderState,
+    mut rx: mpsc::Receiver<Pending>,
+) -> Result<(), StoreError> {
+    let mut queued = Vec::with_capacity(COMMIT_QUEUE);
+    while rx.recv_many(&mut queued, COMMIT_QUEUE).await > 0 {
+        let mut batch = Pending::default();
+        for pending in queued.drain(..) {
+            batch.entries.extend(pending.entries);
+            batch.uids.extend(pending.uids);
         }
-        self.bytes += size;
-        let archive = archive.clone();
-        self.tasks
-            .spawn(async move { archive.put_message(&sha256, bytes).await.map(|_| size) });
-        Ok(())
+        commit(&archive, &key, &mut state, batch).await?;
     }
-
-    async fn finish_one(&mut self) -> Result<(), StoreError> {
-        if let Some(done) = self.tasks.join_next().await {
-            self.bytes -= done.expect("storing a message does not panic")?;
-        }
-        Ok(())
-    }
-
-    /// Waits for every upload; the first error wins (and dropping `self` aborts the rest).
-    async fn finish_all(&mut self) -> Result<(), StoreError> {
-        while !self.tasks.is_empty() {
-            self.finish_one().await?;
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
-/// Makes a batch durable in the order the format requires: message bytes (all uploads
-/// finished), then their index entries, then the sync state that names them.
+/// Makes a batch durable in the order the format requires: message bytes, then their
+/// index entries, then the sync state that names them. The bytes were stored before the
+/// batch was handed over, so the first sync covers them.
 async fn commit(
     archive: &Archive,
     key: &FolderKey,
     state: &mut FolderState,
-    entries: &mut Vec<IndexEntry>,
-    uids: &mut Vec<u32>,
+    batch: Pending,
 ) -> Result<(), StoreError> {
-    if uids.is_empty() {
+    if batch.uids.is_empty() {
         return Ok(());
     }
-    if !entries.is_empty() {
+    if !batch.entries.is_empty() {
         archive.sync().await?;
-        let segment = archive.append_index(key, entries).await?;
+        let segment = archive.append_index(key, &batch.entries).await?;
         state.segments.push(segment);
     }
     archive.sync().await?;
-    for uid in uids.drain(..) {
+    for uid in batch.uids {
         state.archived.insert(uid);
     }
-    entries.clear();
     archive.save_state(key, state).await
 }
 

@@ -12,6 +12,7 @@ pub mod utf7;
 use std::collections::HashSet;
 use std::time::Duration;
 
+use bytes::Bytes;
 use chrono::{DateTime, FixedOffset};
 use futures::{Stream, StreamExt, TryStreamExt};
 use tokio::net::TcpStream;
@@ -134,14 +135,27 @@ pub struct MessageMeta {
 /// A downloaded message; `bytes` is `None` when the server sent no body for it.
 pub struct FetchedMessage {
     pub uid: u32,
-    pub bytes: Option<Vec<u8>>,
+    pub bytes: Option<Bytes>,
+}
+
+/// The body of a FETCH response, left in the buffer the response was read into rather than
+/// copied out: no second allocation and copy of every message, and a large message is in
+/// memory once, not twice.
+struct Body(async_imap::types::Fetch);
+
+impl AsRef<[u8]> for Body {
+    fn as_ref(&self) -> &[u8] {
+        self.0.body().unwrap_or_default()
+    }
 }
 
 /// A logged-in IMAP session.
 pub struct Session {
     inner: async_imap::Session<ImapStream>,
     timeout: Duration,
-    capabilities: HashSet<String>,
+    /// The server's capabilities, asked for only when something needs one (the deletion
+    /// pass), so that archiving costs no extra round trip.
+    capabilities: Option<HashSet<String>>,
 }
 
 impl Session {
@@ -235,30 +249,36 @@ impl Session {
                 who: who.clone(),
                 message: login_failure(&e),
             })?;
-        let mut session = Session {
+        // No CAPABILITY command: nothing here depends on extensions, and it cost every
+        // mailbox a round trip.
+        Ok(Session {
             inner,
             timeout: server.timeout,
-            capabilities: HashSet::new(),
-        };
-        let capabilities = within(
-            session.timeout,
-            "asking for capabilities",
-            session.inner.capabilities(),
-        )
-        .await?
-        .map_err(|e| command_error("asking for capabilities", e))?;
-        session.capabilities = capabilities
-            .iter()
-            .filter_map(|c| match c {
-                async_imap::types::Capability::Atom(a) => Some(a.to_ascii_uppercase()),
-                _ => None,
-            })
-            .collect();
-        Ok(session)
+            capabilities: None,
+        })
     }
 
-    pub fn has_capability(&self, name: &str) -> bool {
-        self.capabilities.contains(&name.to_ascii_uppercase())
+    /// Whether the server announces a capability (asking it once per session).
+    pub async fn has_capability(&mut self, name: &str) -> Result<bool> {
+        if self.capabilities.is_none() {
+            let during = "asking for capabilities";
+            let capabilities = within(self.timeout, during, self.inner.capabilities())
+                .await?
+                .map_err(|e| command_error(during, e))?;
+            self.capabilities = Some(
+                capabilities
+                    .iter()
+                    .filter_map(|c| match c {
+                        async_imap::types::Capability::Atom(a) => Some(a.to_ascii_uppercase()),
+                        _ => None,
+                    })
+                    .collect(),
+            );
+        }
+        Ok(self
+            .capabilities
+            .as_ref()
+            .is_some_and(|c| c.contains(&name.to_ascii_uppercase())))
     }
 
     /// Every selectable folder.
@@ -445,10 +465,9 @@ impl Session {
                             };
                             // A message the server cannot read comes back without a body;
                             // the caller reports it rather than store an empty message.
-                            let result = Ok(FetchedMessage {
-                                uid,
-                                bytes: item.body().map(<[u8]>::to_vec),
-                            });
+                            let bytes =
+                                item.body().is_some().then(|| Bytes::from_owner(Body(item)));
+                            let result = Ok(FetchedMessage { uid, bytes });
                             return Some((result, (stream, wanted)));
                         }
                     }

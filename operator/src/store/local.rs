@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use super::{ObjectStore, StoreError};
+use super::{BlockingObjects, ObjectStore, StoreError};
 
 pub struct LocalStore {
     root: PathBuf,
@@ -64,7 +64,7 @@ impl LocalStore {
         result.map_err(|e| self.error("write", key, e))
     }
 
-    async fn blocking<T: Send + 'static>(
+    async fn run_blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&LocalStore) -> T + Send + 'static,
     ) -> T {
@@ -106,25 +106,19 @@ impl ObjectStore for LocalStore {
 
     async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
         let key = key.to_string();
-        self.blocking(move |s| s.write_atomic(&key, &bytes)).await
+        self.run_blocking(move |s| s.write_atomic(&key, &bytes))
+            .await
     }
 
     async fn put_immutable(&self, key: &str, bytes: Bytes) -> Result<bool, StoreError> {
         let key = key.to_string();
-        self.blocking(move |s| {
-            // A crash before the last sync can leave a truncated file under the final name;
-            // a size mismatch is rewritten rather than trusted.
-            match fs::metadata(s.path(&key)) {
-                Ok(meta) if meta.len() == bytes.len() as u64 => Ok(false),
-                _ => s.write_atomic(&key, &bytes).map(|()| true),
-            }
-        })
-        .await
+        self.run_blocking(move |s| BlockingObjects::put_immutable(s, &key, &bytes))
+            .await
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         let key = key.to_string();
-        self.blocking(move |s| match fs::read(s.path(&key)) {
+        self.run_blocking(move |s| match fs::read(s.path(&key)) {
             Ok(bytes) => Ok(Some(Bytes::from(bytes))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(s.error("read", &key, e)),
@@ -134,7 +128,7 @@ impl ObjectStore for LocalStore {
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         let prefix = prefix.to_string();
-        self.blocking(move |s| {
+        self.run_blocking(move |s| {
             // List the deepest directory the prefix names, then filter by the remainder.
             let (dir, _) = prefix.rsplit_once('/').unwrap_or(("", &prefix));
             let dir_prefix = if dir.is_empty() {
@@ -153,7 +147,7 @@ impl ObjectStore for LocalStore {
     }
 
     async fn sync(&self) -> Result<(), StoreError> {
-        self.blocking(|s| {
+        self.run_blocking(|s| {
             let dir = fs::File::open(&s.root).map_err(|e| s.error("sync", "", e))?;
             use std::os::fd::AsRawFd;
             // SAFETY: syncfs takes a valid open file descriptor, which `dir` holds until
@@ -165,5 +159,20 @@ impl ObjectStore for LocalStore {
             Ok(())
         })
         .await
+    }
+
+    fn blocking(&self) -> Option<&dyn BlockingObjects> {
+        Some(self)
+    }
+}
+
+impl BlockingObjects for LocalStore {
+    fn put_immutable(&self, key: &str, bytes: &[u8]) -> Result<bool, StoreError> {
+        // A crash before the last sync can leave a truncated file under the final name; a
+        // size mismatch is rewritten rather than trusted.
+        match fs::metadata(self.path(key)) {
+            Ok(meta) if meta.len() == bytes.len() as u64 => Ok(false),
+            _ => self.write_atomic(key, bytes).map(|()| true),
+        }
     }
 }

@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -73,6 +73,9 @@ impl StoreLocation {
     }
 }
 
+/// Message uploads at once to a store with latency (S3).
+const UPLOADS_IN_FLIGHT: usize = 16;
+
 /// A flat namespace of objects: the contract every backend meets.
 #[async_trait::async_trait]
 pub trait ObjectStore: Send + Sync {
@@ -96,6 +99,19 @@ pub trait ObjectStore: Send + Sync {
 
     /// Makes every put that returned before this call durable.
     async fn sync(&self) -> Result<(), StoreError>;
+
+    /// The store's blocking side, when its operations are blocking system calls anyway (a
+    /// local directory): the archive then writes messages on the thread that hashes them,
+    /// one trip off the async threads instead of two. `None` for stores behind a network.
+    fn blocking(&self) -> Option<&dyn BlockingObjects> {
+        None
+    }
+}
+
+/// Operations of a store that may run on the calling (blocking) thread.
+pub trait BlockingObjects {
+    /// [`ObjectStore::put_immutable`], blocking.
+    fn put_immutable(&self, key: &str, bytes: &[u8]) -> Result<bool, StoreError>;
 }
 
 /// Whether a message was received or sent by the mailbox owner.
@@ -187,6 +203,18 @@ pub struct PreparedMessage {
     pub headers: Headers,
 }
 
+impl PreparedMessage {
+    /// Hashes a message and reads its index headers (CPU-bound: call it off the async
+    /// threads for anything but small messages).
+    pub fn of(bytes: &[u8]) -> PreparedMessage {
+        PreparedMessage {
+            sha256: hex::encode(Sha256::digest(bytes)),
+            size: bytes.len() as u64,
+            headers: Headers::parse(bytes),
+        }
+    }
+}
+
 /// Header fields kept in the index for listing and search.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Headers {
@@ -212,23 +240,54 @@ impl Archive {
         self.objects.describe()
     }
 
-    /// Hashes a message and extracts its index headers. CPU-bound: runs off the async
-    /// threads so that downloads keep flowing.
-    pub async fn prepare(bytes: Bytes) -> (Bytes, PreparedMessage) {
-        tokio::task::spawn_blocking(move || {
-            let prepared = PreparedMessage {
-                sha256: hex::encode(Sha256::digest(&bytes)),
-                size: bytes.len() as u64,
-                headers: Headers::parse(&bytes),
-            };
-            (bytes, prepared)
+    /// Hashes messages, extracts their index headers and stores their bytes under their
+    /// hash; a message already stored (by any user, any folder) is not written again.
+    ///
+    /// Hashing is CPU-bound, so it runs off the async threads to keep downloads flowing; a
+    /// store with blocking writes writes on the same trip. Each trip costs a wake-up of a
+    /// blocking thread and of the caller, which for a few-KB message is more than hashing and
+    /// writing it; so messages come in batches, and a writer that falls behind catches up
+    /// with fewer, larger trips.
+    pub async fn store_messages(
+        &self,
+        messages: Vec<Bytes>,
+    ) -> Result<Vec<PreparedMessage>, StoreError> {
+        let objects = self.objects.clone();
+        let (messages, prepared) = tokio::task::spawn_blocking(move || {
+            let mut prepared = Vec::with_capacity(messages.len());
+            for bytes in &messages {
+                let message = PreparedMessage::of(bytes);
+                if let Some(blocking) = objects.blocking() {
+                    blocking.put_immutable(&message_key(&message.sha256), bytes)?;
+                }
+                prepared.push(message);
+            }
+            Ok::<_, StoreError>((messages, prepared))
         })
         .await
-        .expect("hashing does not panic")
+        .expect("hashing and storing do not panic")?;
+        if self.objects.blocking().is_none() {
+            // A store with latency (S3) gets several uploads at once.
+            let uploads: Vec<(String, Bytes)> = prepared
+                .iter()
+                .map(|message| message.sha256.clone())
+                .zip(messages)
+                .collect();
+            let archive = self.clone();
+            futures::stream::iter(uploads)
+                .map(move |(sha256, bytes)| {
+                    let archive = archive.clone();
+                    async move { archive.put_message(&sha256, bytes).await }
+                })
+                .buffer_unordered(UPLOADS_IN_FLIGHT)
+                .try_collect::<Vec<_>>()
+                .await?;
+        }
+        Ok(prepared)
     }
 
-    /// Stores message bytes under their hash; a message already stored (by any user, any
-    /// folder) is not written again. Returns whether it was new.
+    /// Stores one message under its hash unless the store holds it already; returns
+    /// whether it was written.
     pub async fn put_message(&self, sha256: &str, bytes: Bytes) -> Result<bool, StoreError> {
         self.objects
             .put_immutable(&message_key(sha256), bytes)
