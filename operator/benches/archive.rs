@@ -72,15 +72,15 @@ fn bench(reps: usize) -> io::Result<()> {
     let scratch = tempfile::Builder::new()
         .prefix("bench-archive-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    progress("starting Dovecot and seeding the mailboxes");
+    let started = Instant::now();
+    let dovecot = Dovecot::start()?;
     let work = Work {
         mailvault,
         root: scratch.path().to_path_buf(),
         runs: std::cell::Cell::new(0),
+        server: ServerCpu::find(&dovecot)?,
     };
-
-    progress("starting Dovecot and seeding the mailboxes");
-    let started = Instant::now();
-    let dovecot = Dovecot::start()?;
     let seeded = seed(&dovecot)?;
     check_space(&work.root, reps, &seeded)?;
     sync_all();
@@ -184,11 +184,13 @@ fn first_archive(
         expect_maildir(&maildir, BIG_MESSAGES)?;
 
         sync_all();
+        let server_start = work.server.used();
         let (start, cpu_start) = (Instant::now(), thread_cpu());
         let (count, bytes) = bare_fetch(dovecot.imap_port(), BIG_USER)?;
         bare.push(Measured {
             wall: start.elapsed(),
             cpu: thread_cpu().saturating_sub(cpu_start),
+            server_cpu: work.server.since(server_start),
             max_rss_kib: 0,
         });
         if (count, bytes) != (BIG_MESSAGES, seeded.big_bytes) {
@@ -317,12 +319,13 @@ fn s3_store() -> Vec<Row> {
     Vec::new()
 }
 
-/// Where the runs write, and the binary under test.
+/// Where the runs write, the binary under test, and the server's CPU meter.
 struct Work {
     mailvault: PathBuf,
     root: PathBuf,
     /// Counter for unique directory names.
     runs: std::cell::Cell<u64>,
+    server: ServerCpu,
 }
 
 /// A `mailvault run` and what it printed.
@@ -522,7 +525,9 @@ SyncState *
             .stdout(stdout)
             .stderr(fs::File::create(&stderr_path)?);
         sync_all();
+        let server_start = self.server.used();
         let status = command.status()?;
+        let server_cpu = self.server.since(server_start);
         let result = fs::read_to_string(&result_path).unwrap_or_default();
         let mut fields = result.split_whitespace().map(str::parse::<u64>);
         let (Some(Ok(nanos)), Some(Ok(cpu_nanos)), Some(Ok(max_rss_kib)), Some(Ok(exit_code))) =
@@ -542,6 +547,7 @@ SyncState *
         Ok(Measured {
             wall: Duration::from_nanos(nanos),
             cpu: Duration::from_nanos(cpu_nanos),
+            server_cpu,
             max_rss_kib,
         })
     }
@@ -551,8 +557,10 @@ SyncState *
 #[derive(Clone, Copy)]
 struct Measured {
     wall: Duration,
-    /// User and system CPU time of the contender (not of the server).
+    /// User and system CPU time of the contender.
     cpu: Duration,
+    /// User and system CPU time of the server meanwhile.
+    server_cpu: Duration,
     /// Peak resident set size, 0 when not measured (the bare client runs in this process).
     max_rss_kib: u64,
 }
@@ -605,6 +613,84 @@ fn measure_child(result_path: &OsStr) -> io::Result<()> {
             usage.ru_maxrss
         ),
     )
+}
+
+/// The CPU time of a Dovecot instance: its master, the children it still has (auth,
+/// config, log...) and those it has reaped (a login and an imap process per session), from
+/// /proc in clock ticks. Shows what the server spends on each contender, and with the
+/// contender's own CPU time whether the machine's cores were the limit.
+struct ServerCpu {
+    master: u32,
+    tick: Duration,
+}
+
+impl ServerCpu {
+    /// Finds the instance's master: the `dovecot` process started with its config.
+    fn find(dovecot: &Dovecot) -> io::Result<ServerCpu> {
+        let config = dovecot.dir().join("dovecot.conf");
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let tick = Duration::from_secs(1) / u32::try_from(ticks).unwrap_or(100).max(1);
+        for entry in fs::read_dir("/proc")? {
+            let entry = entry?;
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            if args.first().is_some_and(|a| a.ends_with(b"dovecot"))
+                && args.contains(&config.as_os_str().as_encoded_bytes())
+            {
+                return Ok(ServerCpu { master: pid, tick });
+            }
+        }
+        Err(io::Error::other("cannot find the Dovecot master process"))
+    }
+
+    fn used(&self) -> Duration {
+        let mut ticks = 0;
+        let Ok(entries) = fs::read_dir("/proc") else {
+            return Duration::ZERO;
+        };
+        for entry in entries.flatten() {
+            let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // After the command name in parentheses: state, ppid, ... utime, stime, cutime,
+            // cstime as the 12th to 15th fields.
+            let Some((head, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let pid: u32 = head
+                .split(' ')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            let fields: Vec<u64> = rest
+                .split_whitespace()
+                .skip(1)
+                .map(|f| f.parse().unwrap_or(0))
+                .collect();
+            if fields.len() < 14 {
+                continue;
+            }
+            if pid == self.master {
+                ticks += fields[10] + fields[11] + fields[12] + fields[13];
+            } else if fields[0] == u64::from(self.master) {
+                ticks += fields[10] + fields[11];
+            }
+        }
+        self.tick * u32::try_from(ticks).unwrap_or(u32::MAX)
+    }
+
+    /// What was used since `start`, once the server has finished with the session (its
+    /// imap process ends and is reaped shortly after the client leaves).
+    fn since(&self, start: Duration) -> Duration {
+        std::thread::sleep(Duration::from_millis(100));
+        self.used().saturating_sub(start)
+    }
 }
 
 fn timeval(t: libc::timeval) -> Duration {
@@ -825,6 +911,16 @@ impl Row {
         median(self.runs.iter().map(|m| m.cpu.as_secs_f64()).collect())
     }
 
+    /// Median CPU time of the server in seconds.
+    fn server_cpu(&self) -> f64 {
+        median(
+            self.runs
+                .iter()
+                .map(|m| m.server_cpu.as_secs_f64())
+                .collect(),
+        )
+    }
+
     fn rss_mib(&self) -> f64 {
         median(self.runs.iter().map(|m| m.max_rss_kib as f64).collect()) / 1024.0
     }
@@ -866,20 +962,22 @@ impl Report {
             out.push_str(&line);
             out.push('\n');
         };
-        // Name, median wall time, its spread, and the contender's median CPU time.
+        // Name, median wall time, its spread, and the median CPU times of the contender and
+        // of the server.
         let timing = |row: &Row| {
             format!(
-                "   {:<36} {:>7.3} s {:>13} {:>6.2} s",
+                "   {:<36} {:>7.3} s {:>13} {:>6.2} s {:>8.2} s",
                 row.name,
                 row.median(),
                 row.spread(),
-                row.cpu()
+                row.cpu(),
+                row.server_cpu()
             )
         };
         let header = |extra: &str| {
             format!(
-                "   {:<36} {:>9} {:>13} {:>8}{extra}",
-                "", "median", "min–max", "CPU"
+                "   {:<36} {:>9} {:>13} {:>8} {:>10}{extra}",
+                "", "median", "min–max", "CPU", "server CPU"
             )
         };
         w(format!(
