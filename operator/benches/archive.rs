@@ -54,6 +54,12 @@ fn main() {
         }
         return;
     }
+    // `cargo test --all-targets` runs bench targets too, without `--bench`: this one takes
+    // many minutes and measures rather than tests, so it runs only under `cargo bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("skipped: run it with `cargo bench -p mailvault --bench archive`");
+        return;
+    }
     let reps = std::env::var("MAILVAULT_BENCH_REPS")
         .ok()
         .and_then(|v| v.parse().ok())
