@@ -9,7 +9,8 @@
 //! The contenders take turns within a repetition, so that drift of the machine (page cache,
 //! other load) spreads over all of them alike. The file system is synced before every timed
 //! run, so that no run pays for the previous one's writes. Targets are kept until the end
-//! (about 1.7 GB in `target/tmp` per repetition), see [`Work::fresh`].
+//! (about 1.9 GB in `target/tmp` per repetition, checked before the first), see
+//! [`Work::fresh`].
 //!
 //! Not part of the test suite: it checks only that every contender got every message (a
 //! fast failure is no result), and prints a table with the targets of issue 7 at the end.
@@ -53,6 +54,12 @@ fn main() {
         }
         return;
     }
+    // `cargo test --all-targets` runs bench targets too, without `--bench`: this one takes
+    // many minutes and measures rather than tests, so it runs only under `cargo bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("skipped: run it with `cargo bench -p mailvault --bench archive`");
+        return;
+    }
     let reps = std::env::var("MAILVAULT_BENCH_REPS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -71,27 +78,32 @@ fn bench(reps: usize) -> io::Result<()> {
     let scratch = tempfile::Builder::new()
         .prefix("bench-archive-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    progress("starting Dovecot and seeding the mailboxes");
+    let started = Instant::now();
+    let dovecot = Dovecot::start()?;
     let work = Work {
         mailvault,
         root: scratch.path().to_path_buf(),
         runs: std::cell::Cell::new(0),
+        server: ServerCpu::find(&dovecot)?,
     };
-
-    progress("starting Dovecot and seeding the mailboxes");
-    let started = Instant::now();
-    let dovecot = Dovecot::start()?;
     let seeded = seed(&dovecot)?;
+    check_space(&work.root, reps, &seeded)?;
     sync_all();
     progress(&format!(
         "seeded in {:.1} s; {reps} repetitions (MAILVAULT_BENCH_REPS)",
         started.elapsed().as_secs_f64()
     ));
 
-    let mut report = Report::default();
+    let mut report = Report {
+        load_before: load_average(),
+        ..Report::default()
+    };
     first_archive(&work, &dovecot, &seeded, reps, &mut report)?;
     scaling(&work, &dovecot, reps, &mut report)?;
     peak_memory(&work, &dovecot, reps, &mut report)?;
     report.s3 = s3_store();
+    report.load_after = load_average();
     print!("{}", report.render(reps, &seeded));
     Ok(())
 }
@@ -178,10 +190,13 @@ fn first_archive(
         expect_maildir(&maildir, BIG_MESSAGES)?;
 
         sync_all();
-        let start = Instant::now();
+        let server_start = work.server.used();
+        let (start, cpu_start) = (Instant::now(), thread_cpu());
         let (count, bytes) = bare_fetch(dovecot.imap_port(), BIG_USER)?;
         bare.push(Measured {
             wall: start.elapsed(),
+            cpu: thread_cpu().saturating_sub(cpu_start),
+            server_cpu: work.server.since(server_start),
             max_rss_kib: 0,
         });
         if (count, bytes) != (BIG_MESSAGES, seeded.big_bytes) {
@@ -283,8 +298,9 @@ fn peak_memory(work: &Work, dovecot: &Dovecot, reps: usize, report: &mut Report)
         let run = work.mailvault_run(&input, &store)?;
         run.expect_archived(SMALL_MESSAGES + 1, 0)?;
         mv.push(run.measured);
+        // Without fsync, which changes nothing about memory and takes minutes here.
         let maildir = work.fresh("mbsync")?;
-        mbsync.push(work.mbsync(dovecot, MEMORY_USER, &maildir, true)?);
+        mbsync.push(work.mbsync(dovecot, MEMORY_USER, &maildir, false)?);
         expect_maildir(&maildir, SMALL_MESSAGES + 1)?;
         progress(&format!(
             "peak memory {rep}/{reps}: mailvault {} MiB in {}, mbsync {} MiB in {}",
@@ -294,7 +310,10 @@ fn peak_memory(work: &Work, dovecot: &Dovecot, reps: usize, report: &mut Report)
             secs(mbsync[rep - 1].wall)
         ));
     }
-    report.memory = vec![Row::new("mailvault run", mv), Row::new("mbsync", mbsync)];
+    report.memory = vec![
+        Row::new("mailvault run", mv),
+        Row::new("mbsync, FSync no", mbsync),
+    ];
     Ok(())
 }
 
@@ -306,12 +325,13 @@ fn s3_store() -> Vec<Row> {
     Vec::new()
 }
 
-/// Where the runs write, and the binary under test.
+/// Where the runs write, the binary under test, and the server's CPU meter.
 struct Work {
     mailvault: PathBuf,
     root: PathBuf,
     /// Counter for unique directory names.
     runs: std::cell::Cell<u64>,
+    server: ServerCpu,
 }
 
 /// A `mailvault run` and what it printed.
@@ -341,9 +361,11 @@ impl MailvaultRun {
 
 impl Work {
     /// A new, empty directory for one run's target. Targets are kept until the benchmark
-    /// ends (several GB): deleting thousands of files makes creating files slow for minutes
-    /// after on ext4 without a journal, whose allocator skips recently freed inodes one by
-    /// one, and that would tax whichever contender runs next.
+    /// ends (several GB): on ext4 without a journal, deleting thousands of files makes
+    /// creating files slow for up to six minutes after (the inode allocator skips recently
+    /// freed inodes one by one), which would tax whichever contender runs next. For the same
+    /// reason, start the benchmark a few minutes after deleting many files, such as the
+    /// targets of its previous run.
     fn fresh(&self, what: &str) -> io::Result<PathBuf> {
         let n = self.runs.get() + 1;
         self.runs.set(n);
@@ -509,11 +531,13 @@ SyncState *
             .stdout(stdout)
             .stderr(fs::File::create(&stderr_path)?);
         sync_all();
+        let server_start = self.server.used();
         let status = command.status()?;
+        let server_cpu = self.server.since(server_start);
         let result = fs::read_to_string(&result_path).unwrap_or_default();
         let mut fields = result.split_whitespace().map(str::parse::<u64>);
-        let (Some(Ok(nanos)), Some(Ok(max_rss_kib)), Some(Ok(exit_code))) =
-            (fields.next(), fields.next(), fields.next())
+        let (Some(Ok(nanos)), Some(Ok(cpu_nanos)), Some(Ok(max_rss_kib)), Some(Ok(exit_code))) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
         else {
             return Err(io::Error::other(format!(
                 "measuring {what} failed ({status}): {}",
@@ -528,6 +552,8 @@ SyncState *
         }
         Ok(Measured {
             wall: Duration::from_nanos(nanos),
+            cpu: Duration::from_nanos(cpu_nanos),
+            server_cpu,
             max_rss_kib,
         })
     }
@@ -537,6 +563,10 @@ SyncState *
 #[derive(Clone, Copy)]
 struct Measured {
     wall: Duration,
+    /// User and system CPU time of the contender.
+    cpu: Duration,
+    /// User and system CPU time of the server meanwhile.
+    server_cpu: Duration,
     /// Peak resident set size, 0 when not measured (the bare client runs in this process).
     max_rss_kib: u64,
 }
@@ -582,8 +612,104 @@ fn measure_child(result_path: &OsStr) -> io::Result<()> {
     };
     fs::write(
         result_path,
-        format!("{} {} {exit_code}", wall.as_nanos(), usage.ru_maxrss),
+        format!(
+            "{} {} {} {exit_code}",
+            wall.as_nanos(),
+            (timeval(usage.ru_utime) + timeval(usage.ru_stime)).as_nanos(),
+            usage.ru_maxrss
+        ),
     )
+}
+
+/// The CPU time of a Dovecot instance: its master, the children it still has (auth,
+/// config, log...) and those it has reaped (a login and an imap process per session), from
+/// /proc in clock ticks. Shows what the server spends on each contender, and with the
+/// contender's own CPU time whether the machine's cores were the limit.
+struct ServerCpu {
+    master: u32,
+    tick: Duration,
+}
+
+impl ServerCpu {
+    /// Finds the instance's master: the `dovecot` process started with its config.
+    fn find(dovecot: &Dovecot) -> io::Result<ServerCpu> {
+        let config = dovecot.dir().join("dovecot.conf");
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let tick = Duration::from_secs(1) / u32::try_from(ticks).unwrap_or(100).max(1);
+        for entry in fs::read_dir("/proc")? {
+            let entry = entry?;
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            if args.first().is_some_and(|a| a.ends_with(b"dovecot"))
+                && args.contains(&config.as_os_str().as_encoded_bytes())
+            {
+                return Ok(ServerCpu { master: pid, tick });
+            }
+        }
+        Err(io::Error::other("cannot find the Dovecot master process"))
+    }
+
+    fn used(&self) -> Duration {
+        let mut ticks = 0;
+        let Ok(entries) = fs::read_dir("/proc") else {
+            return Duration::ZERO;
+        };
+        for entry in entries.flatten() {
+            let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // After the command name in parentheses: state, ppid, ... utime, stime, cutime,
+            // cstime as the 12th to 15th fields.
+            let Some((head, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let pid: u32 = head
+                .split(' ')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            let fields: Vec<u64> = rest
+                .split_whitespace()
+                .skip(1)
+                .map(|f| f.parse().unwrap_or(0))
+                .collect();
+            if fields.len() < 14 {
+                continue;
+            }
+            if pid == self.master {
+                ticks += fields[10] + fields[11] + fields[12] + fields[13];
+            } else if fields[0] == u64::from(self.master) {
+                ticks += fields[10] + fields[11];
+            }
+        }
+        self.tick * u32::try_from(ticks).unwrap_or(u32::MAX)
+    }
+
+    /// What was used since `start`, once the server has finished with the session (its
+    /// imap process ends and is reaped shortly after the client leaves).
+    fn since(&self, start: Duration) -> Duration {
+        std::thread::sleep(Duration::from_millis(100));
+        self.used().saturating_sub(start)
+    }
+}
+
+fn timeval(t: libc::timeval) -> Duration {
+    Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+}
+
+/// CPU time of the calling thread so far.
+fn thread_cpu() -> Duration {
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` points to a live local.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    timeval(usage.ru_utime) + timeval(usage.ru_stime)
 }
 
 /// The server's limit: LOGIN, SELECT, `UID FETCH … BODY.PEEK[]` in batches, each body read
@@ -719,6 +845,40 @@ fn expect_maildir(dir: &Path, expected: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Fails early unless the targets of every repetition fit on the disk, since they are all
+/// kept until the end (see [`Work::fresh`]).
+fn check_space(dir: &Path, reps: usize, seeded: &Seeded) -> io::Result<()> {
+    // Each contender's copy of the mail, plus a tenth for file-system overhead and indexes.
+    let per_rep = 3 * seeded.big_bytes + 3 * seeded.many_bytes + 2 * seeded.memory_bytes;
+    let needed = per_rep * reps as u64 / 10 * 11;
+    let path =
+        std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    // SAFETY: an all-zero statvfs is a valid value of this plain C struct.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `stat` points to a live local.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let free = stat.f_bavail as u64 * stat.f_frsize as u64;
+    if free < needed {
+        return Err(io::Error::other(format!(
+            "{reps} repetitions need about {:.1} GB free in {}, there are {:.1} GB",
+            needed as f64 / 1e9,
+            dir.display(),
+            free as f64 / 1e9
+        )));
+    }
+    Ok(())
+}
+
+/// The 1-minute load average, as the kernel prints it.
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// Flushes every file system, so that a timed run does not pay for earlier writes.
 fn sync_all() {
     // SAFETY: sync takes no arguments and cannot fail.
@@ -752,6 +912,21 @@ impl Row {
         median(self.runs.iter().map(|m| m.wall.as_secs_f64()).collect())
     }
 
+    /// Median CPU time in seconds.
+    fn cpu(&self) -> f64 {
+        median(self.runs.iter().map(|m| m.cpu.as_secs_f64()).collect())
+    }
+
+    /// Median CPU time of the server in seconds.
+    fn server_cpu(&self) -> f64 {
+        median(
+            self.runs
+                .iter()
+                .map(|m| m.server_cpu.as_secs_f64())
+                .collect(),
+        )
+    }
+
     fn rss_mib(&self) -> f64 {
         median(self.runs.iter().map(|m| m.max_rss_kib as f64).collect()) / 1024.0
     }
@@ -774,6 +949,10 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 #[derive(Default)]
 struct Report {
+    /// The 1-minute load average before and after: other work on the machine skews every
+    /// figure, and this shows whether there was any.
+    load_before: String,
+    load_after: String,
     first: Vec<Row>,
     rerun: Vec<Row>,
     scaling: Vec<Row>,
@@ -785,153 +964,132 @@ impl Report {
     fn render(&self, reps: usize, seeded: &Seeded) -> String {
         let mut out = String::new();
         let mb = |bytes: u64| bytes as f64 / 1e6;
-        let w = |out: &mut String, line: String| out.push_str(&(line + "\n"));
-        w(
-            &mut out,
-            format!("\nmailvault benchmarks: median of {reps} repetitions, wall time\n"),
-        );
+        let mut w = |line: String| {
+            out.push_str(&line);
+            out.push('\n');
+        };
+        // Name, median wall time, its spread, and the median CPU times of the contender and
+        // of the server.
+        let timing = |row: &Row| {
+            format!(
+                "   {:<36} {:>7.3} s {:>13} {:>6.2} s {:>8.2} s",
+                row.name,
+                row.median(),
+                row.spread(),
+                row.cpu(),
+                row.server_cpu()
+            )
+        };
+        let header = |extra: &str| {
+            format!(
+                "   {:<36} {:>9} {:>13} {:>8} {:>10}{extra}",
+                "", "median", "min–max", "CPU", "server CPU"
+            )
+        };
+        w(format!(
+            "\nmailvault benchmarks: median of {reps} repetitions, wall time; {} CPUs, load \
+             average {} before, {} after\n",
+            std::thread::available_parallelism().map_or(0, usize::from),
+            self.load_before,
+            self.load_after
+        ));
 
-        w(
-            &mut out,
-            format!(
-                "1. First archive: {BIG_MESSAGES} messages, {:.1} MB, into a local directory",
-                mb(seeded.big_bytes)
-            ),
-        );
-        w(
-            &mut out,
-            format!(
-                "   {:<36} {:>9} {:>13} {:>8} {:>7} {:>9} {:>7}",
-                "", "median", "min–max", "msg/s", "MB/s", "/ mbsync", "/ bare"
-            ),
-        );
+        w(format!(
+            "1. First archive: {BIG_MESSAGES} messages, {:.1} MB, into a local directory",
+            mb(seeded.big_bytes)
+        ));
+        w(header(&format!(
+            " {:>8} {:>7} {:>9} {:>7}",
+            "msg/s", "MB/s", "/ mbsync", "/ bare"
+        )));
         let mbsync = self.first[1].median();
         let bare = self.first[3].median();
         for row in &self.first {
             let t = row.median();
-            w(
-                &mut out,
-                format!(
-                    "   {:<36} {:>7.3} s {:>13} {:>8.0} {:>7.1} {:>9.2} {:>7.2}",
-                    row.name,
-                    t,
-                    row.spread(),
-                    BIG_MESSAGES as f64 / t,
-                    mb(seeded.big_bytes) / t,
-                    t / mbsync,
-                    t / bare
-                ),
-            );
+            w(format!(
+                "{} {:>8.0} {:>7.1} {:>9.2} {:>7.2}",
+                timing(row),
+                BIG_MESSAGES as f64 / t,
+                mb(seeded.big_bytes) / t,
+                t / mbsync,
+                t / bare
+            ));
         }
 
-        w(&mut out, "\n2. Re-run with nothing new".into());
+        w("\n2. Re-run with nothing new".into());
+        w(header(""));
         for row in &self.rerun {
-            w(
-                &mut out,
-                format!(
-                    "   {:<36} {:>7.3} s {:>13}",
-                    row.name,
-                    row.median(),
-                    row.spread()
-                ),
-            );
+            w(timing(row));
         }
 
-        w(
-            &mut out,
-            format!(
-                "\n3. {MANY_USERS} mailboxes of {MANY_MESSAGES} messages, {:.1} MB",
-                mb(seeded.many_bytes)
-            ),
-        );
+        w(format!(
+            "\n3. {MANY_USERS} mailboxes of {MANY_MESSAGES} messages, {:.1} MB",
+            mb(seeded.many_bytes)
+        ));
+        w(header(&format!(
+            " {:>8} {:>7} {:>8}",
+            "msg/s", "MB/s", "speedup"
+        )));
         let one = self.scaling[0].median();
         for row in &self.scaling {
             let t = row.median();
-            w(
-                &mut out,
-                format!(
-                    "   {:<36} {:>7.3} s {:>13} {:>8.0} {:>7.1} speedup {:.2}",
-                    row.name,
-                    t,
-                    row.spread(),
-                    (MANY_USERS as u64 * MANY_MESSAGES) as f64 / t,
-                    mb(seeded.many_bytes) / t,
-                    one / t
-                ),
-            );
+            w(format!(
+                "{} {:>8.0} {:>7.1} {:>8.2}",
+                timing(row),
+                (MANY_USERS as u64 * MANY_MESSAGES) as f64 / t,
+                mb(seeded.many_bytes) / t,
+                one / t
+            ));
         }
 
-        w(
-            &mut out,
-            format!(
-                "\n4. Peak memory: one {} MiB message among {SMALL_MESSAGES} small ones, {:.1} MB",
-                LARGE_MESSAGE >> 20,
-                mb(seeded.memory_bytes)
-            ),
-        );
+        w(format!(
+            "\n4. Peak memory: one {} MiB message among {SMALL_MESSAGES} small ones, {:.1} MB",
+            LARGE_MESSAGE >> 20,
+            mb(seeded.memory_bytes)
+        ));
+        w(header(&format!(" {:>13}", "peak RSS")));
         for row in &self.memory {
-            w(
-                &mut out,
-                format!(
-                    "   {:<36} {:>7.1} MiB peak RSS, {:.3} s",
-                    row.name,
-                    row.rss_mib(),
-                    row.median()
-                ),
-            );
+            w(format!("{} {:>9.1} MiB", timing(row), row.rss_mib()));
         }
 
-        w(&mut out, "\n5. S3 store".into());
+        w("\n5. S3 store".into());
         if self.s3.is_empty() {
-            w(&mut out, "   not measured on this branch".into());
+            w("   not measured on this branch".into());
         }
         for row in &self.s3 {
-            w(
-                &mut out,
-                format!("   {:<36} {:>7.3} s", row.name, row.median()),
-            );
+            w(timing(row));
         }
 
-        w(&mut out, "\nTargets".into());
-        let mv = self.first[0].median();
+        w("\nTargets".into());
         let check = |ok: bool| if ok { "met" } else { "NOT met" };
-        w(
-            &mut out,
-            format!(
-                "   (1) first archive ≤ 0.5 × mbsync and ≤ 3 × bare: {:.2} × mbsync, {:.2} × bare: {}",
-                mv / mbsync,
-                mv / bare,
-                check(mv <= 0.5 * mbsync && mv <= 3.0 * bare)
-            ),
+        let mv = self.first[0].median();
+        w(format!(
+            "   (1) first archive ≤ 0.5 × mbsync and ≤ 3 × bare: {:.2} × mbsync, {:.2} × bare: {}",
+            mv / mbsync,
+            mv / bare,
+            check(mv <= 0.5 * mbsync && mv <= 3.0 * bare)
+        ));
+        let (noop, noop_mbsync, start) = (
+            self.rerun[0].median(),
+            self.rerun[1].median(),
+            self.rerun[2].median(),
         );
-        let noop = self.rerun[0].median();
-        let noop_mbsync = self.rerun[1].median();
-        let start = self.rerun[2].median();
-        w(
-            &mut out,
-            format!(
-                "   (2) re-run ≤ mbsync's + process start: {noop:.3} s ≤ {noop_mbsync:.3} + {start:.3} s: {}",
-                check(noop <= noop_mbsync + start)
-            ),
-        );
+        w(format!(
+            "   (2) re-run ≤ mbsync's + process start: {noop:.3} s ≤ {noop_mbsync:.3} + {start:.3} s: {}",
+            check(noop <= noop_mbsync + start)
+        ));
         let four = self.scaling[1].median();
-        w(
-            &mut out,
-            format!(
-                "   (3) maxParallelJobs 4 ≥ 1.6 × faster than 1: {:.2} ×: {}",
-                one / four,
-                check(one / four >= 1.6)
-            ),
-        );
+        w(format!(
+            "   (3) maxParallelJobs 4 ≥ 1.6 × faster than 1: {:.2} ×: {}",
+            one / four,
+            check(one / four >= 1.6)
+        ));
         let limit = 2.0 * (LARGE_MESSAGE >> 20) as f64 + 64.0;
         let rss = self.memory[0].rss_mib();
-        w(
-            &mut out,
-            format!(
-                "   (4) peak RSS < 2 × largest message + 64 MiB: {rss:.1} < {limit:.0} MiB: {}",
-                check(rss < limit)
-            ),
-        );
+        w(format!(
+            "   (4) peak RSS < 2 × largest message + 64 MiB: {rss:.1} < {limit:.0} MiB: {}",
+            check(rss < limit)
+        ));
         out
     }
 }
