@@ -87,6 +87,7 @@ macro_rules! conformance {
 
 conformance!(
     put_get_and_list,
+    ranges_and_deletes,
     list_is_complete_beyond_one_page,
     replace_is_atomic,
     put_immutable_skips_same_size,
@@ -131,6 +132,29 @@ async fn put_get_and_list(backend: Backend) {
     store.put("a/1", bytes("replaced")).await.unwrap();
     assert_eq!(store.get("a/1").await.unwrap(), Some(bytes("replaced")));
     store.sync().await.unwrap();
+}
+
+/// Range reads return what is there (less at the end, nothing past it); deletes are
+/// idempotent.
+async fn ranges_and_deletes(backend: Backend) {
+    let store = backend.store;
+    store.put("packs/p", bytes("0123456789")).await.unwrap();
+    let range = |offset, len| {
+        let store = store.clone();
+        async move { store.get_range("packs/p", offset, len).await.unwrap() }
+    };
+    assert_eq!(range(2, 3).await, Some(bytes("234")));
+    assert_eq!(range(0, 10).await, Some(bytes("0123456789")));
+    assert_eq!(range(8, 5).await, Some(bytes("89")));
+    assert_eq!(range(10, 5).await, Some(Bytes::new()));
+    assert_eq!(range(50, 5).await, Some(Bytes::new()));
+    assert_eq!(range(3, 0).await, Some(Bytes::new()));
+    assert_eq!(store.get_range("packs/none", 0, 4).await.unwrap(), None);
+    assert_eq!(store.get_range("packs/none", 0, 0).await.unwrap(), None);
+    store.delete("packs/p").await.unwrap();
+    assert_eq!(store.get("packs/p").await.unwrap(), None);
+    store.delete("packs/p").await.unwrap();
+    assert!(store.list("packs/").await.unwrap().is_empty());
 }
 
 /// More keys than one ListObjectsV2 page (1000) holds.

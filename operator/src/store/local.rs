@@ -126,6 +126,38 @@ impl ObjectStore for LocalStore {
         .await
     }
 
+    async fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let key = key.to_string();
+        self.run_blocking(move |s| {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut file = match fs::File::open(s.path(&key)) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(s.error("read", &key, e)),
+            };
+            let mut bytes = Vec::new();
+            file.seek(SeekFrom::Start(offset))
+                .and_then(|_| file.take(len).read_to_end(&mut bytes))
+                .map_err(|e| s.error("read", &key, e))?;
+            Ok(Some(Bytes::from(bytes)))
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let key = key.to_string();
+        self.run_blocking(move |s| match fs::remove_file(s.path(&key)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(s.error("delete", &key, e)),
+            _ => Ok(()),
+        })
+        .await
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         let prefix = prefix.to_string();
         self.run_blocking(move |s| {

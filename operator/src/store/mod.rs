@@ -35,7 +35,7 @@ use sha2::{Digest, Sha256};
 
 pub use uidset::UidSet;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{store}: {operation} {key}: {message}")]
     Backend {
@@ -93,6 +93,20 @@ pub trait ObjectStore: Send + Sync {
     async fn put_immutable(&self, key: &str, bytes: Bytes) -> Result<bool, StoreError>;
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
+
+    /// Up to `len` bytes of the object from `offset` on: fewer where the object ends
+    /// sooner (none at or past its end); `None` when there is no such object. One message
+    /// out of a pack costs one ranged read, not the pack.
+    async fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<Bytes>, StoreError>;
+
+    /// Removes an object; removing one that is not there is no error. Only compaction of
+    /// the pack store removes anything, and only what a newer object made redundant.
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
 
     /// Every key that starts with `prefix`, sorted.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;

@@ -398,6 +398,72 @@ impl S3Store {
             .map_err(|e| self.error("CompleteMultipartUpload", key, &e))?;
         Ok(())
     }
+    /// GetObject, whole or a byte range. The SDK retries a request only until the
+    /// response starts; a body that breaks off later (a connection reset; or Garage, which
+    /// ends the body early when the object is replaced while it is read) is fetched again
+    /// here. A range that starts past the end is an empty body, as for a local file.
+    async fn get_object(
+        &self,
+        key: &str,
+        range: Option<String>,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let mut attempt = 1;
+        loop {
+            let response = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(self.object_key(key))
+                .set_range(range.clone())
+                .send()
+                .await;
+            let output = match response {
+                Ok(output) => output,
+                Err(SdkError::ServiceError(e)) if e.err().is_no_such_key() => return Ok(None),
+                Err(SdkError::ServiceError(e))
+                    if range.is_some() && e.raw().status().as_u16() == 416 =>
+                {
+                    return Ok(Some(Bytes::new()))
+                }
+                Err(e) => return Err(self.error("GetObject", key, &e)),
+            };
+            match output.body.collect().await {
+                Ok(body) => return Ok(Some(body.into_bytes())),
+                Err(e) if attempt < MAX_ATTEMPTS => {
+                    tracing::debug!(store = %self.describe, key, error = %causes(&e), "reading an object again");
+                    tokio::time::sleep(INITIAL_BACKOFF * (attempt - 1)).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(StoreError::Backend {
+                        store: self.describe.clone(),
+                        operation: "GetObject",
+                        key: key.to_string(),
+                        message: format!(
+                            "reading the body ({MAX_ATTEMPTS} attempts): {}",
+                            causes(&e)
+                        ),
+                    })
+                }
+            }
+        }
+    }
+
+    /// HeadObject: whether the object exists.
+    async fn has_object(&self, key: &str) -> Result<bool, StoreError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.object_key(key))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) if e.err().is_not_found() => Ok(false),
+            Err(e) => Err(self.error("HeadObject", key, &e)),
+        }
+    }
 }
 
 type HttpResponse = aws_sdk_s3::config::http::HttpResponse;
@@ -503,43 +569,32 @@ impl ObjectStore for S3Store {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
-        // The SDK retries a request only until the response starts. A body that breaks off
-        // later (a connection reset; or Garage, which ends the body early when the object
-        // is replaced while it is read) is fetched again here.
-        let mut attempt = 1;
-        loop {
-            let response = self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(self.object_key(key))
-                .send()
-                .await;
-            let output = match response {
-                Ok(output) => output,
-                Err(SdkError::ServiceError(e)) if e.err().is_no_such_key() => return Ok(None),
-                Err(e) => return Err(self.error("GetObject", key, &e)),
-            };
-            match output.body.collect().await {
-                Ok(body) => return Ok(Some(body.into_bytes())),
-                Err(e) if attempt < MAX_ATTEMPTS => {
-                    tracing::debug!(store = %self.describe, key, error = %causes(&e), "reading an object again");
-                    tokio::time::sleep(INITIAL_BACKOFF * (attempt - 1)).await;
-                    attempt += 1;
-                }
-                Err(e) => {
-                    return Err(StoreError::Backend {
-                        store: self.describe.clone(),
-                        operation: "GetObject",
-                        key: key.to_string(),
-                        message: format!(
-                            "reading the body ({MAX_ATTEMPTS} attempts): {}",
-                            causes(&e)
-                        ),
-                    })
-                }
-            }
+        self.get_object(key, None).await
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<Bytes>, StoreError> {
+        if len == 0 {
+            return Ok(self.has_object(key).await?.then(Bytes::new));
         }
+        let last = offset.saturating_add(len - 1);
+        self.get_object(key, Some(format!("bytes={offset}-{last}")))
+            .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.object_key(key))
+            .send()
+            .await
+            .map_err(|e| self.error("DeleteObject", key, &e))?;
+        Ok(())
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
