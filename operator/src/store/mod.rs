@@ -21,6 +21,7 @@
 //! before a crash but not yet named by the state is picked up by the next run.
 
 pub mod local;
+pub mod pack;
 pub mod s3;
 mod uidset;
 
