@@ -2,8 +2,6 @@
 //! directory and once on S3 (a private Garage). Crashes are a store that fails one kind
 //! of write, as a killed run leaves it; damage is bytes changed behind the store's back.
 
-use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -242,7 +240,8 @@ async fn compaction_keeps_every_entry_while_others_write_and_compact(backend: Ba
         target_size: 64 << 10,
         // Several buckets even for a few hundred entries.
         bucket_entries: 16,
-        garbage_grace: Duration::ZERO,
+        // The default grace: a pack younger than that may be a writer's between its
+        // upload and its delta (with no grace, a compaction removes it under the writer).
         ..PackOptions::default()
     };
     let messages = mail::mailbox(4, "cy@example.org", 300);
@@ -291,7 +290,10 @@ async fn compaction_keeps_every_entry_while_others_write_and_compact(backend: Ba
     assert!(keys_under(&store, "packs/delta/").await.is_empty());
     assert_eq!(keys_under(&store, "packs/manifest/").await.len(), 1);
     let fresh = PackStore::open(store.clone(), None, options).await.unwrap();
+    assert_eq!(fresh.index_memory(), 0, "not loaded before it is needed");
     assert_all_readable(&fresh, &messages).await;
+    // Compacted entries cost 8 bytes each in memory (plus buckets cached on a hit).
+    assert_eq!(fresh.index_memory(), 8 * report.entries as usize);
     assert_eq!(store_all(&fresh, &messages).await, vec![false; 300]);
     let verified = fresh.verify().await.unwrap();
     assert!(verified.damaged.is_empty(), "{:?}", verified.damaged);
@@ -376,60 +378,10 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// A store whose writes under one prefix fail, as if the run were killed right before.
-struct FailingWrites {
-    inner: Arc<dyn ObjectStore>,
-    prefix: &'static str,
-}
-
-#[async_trait::async_trait]
-impl ObjectStore for FailingWrites {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
-        if key.starts_with(self.prefix) {
-            return Err(StoreError::Backend {
-                store: self.describe(),
-                operation: "put",
-                key: key.into(),
-                message: "killed".into(),
-            });
-        }
-        self.inner.put(key, bytes).await
-    }
-    async fn put_immutable(&self, key: &str, bytes: Bytes) -> Result<bool, StoreError> {
-        self.inner.put_immutable(key, bytes).await
-    }
-    async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
-        self.inner.get(key).await
-    }
-    async fn get_range(
-        &self,
-        key: &str,
-        offset: u64,
-        len: u64,
-    ) -> Result<Option<Bytes>, StoreError> {
-        self.inner.get_range(key, offset, len).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.inner.delete(key).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        self.inner.list(prefix).await
-    }
-    async fn sync(&self) -> Result<(), StoreError> {
-        self.inner.sync().await
-    }
-}
-
 async fn a_run_killed_between_pack_and_index_loses_nothing(backend: Backend) {
     let store = backend.store;
     let messages = mail::mailbox(8, "ed@example.org", 30);
-    let killed: Arc<dyn ObjectStore> = Arc::new(FailingWrites {
-        inner: store.clone(),
-        prefix: "packs/delta/",
-    });
+    let killed: Arc<dyn ObjectStore> = Spy::new(&store, Some("packs/delta/"));
     let packs = open(&killed, None).await;
     store_all(&packs, &messages).await;
     let error = packs.flush().await.unwrap_err().to_string();
@@ -537,27 +489,43 @@ async fn an_index_naming_a_missing_pack_is_reported(backend: Backend) {
     assert!(error.contains("missing"), "{error}");
 }
 
-/// Counts the calls that reach the store.
-struct Counting {
+/// A store in front of a real one that notes every call, and fails writes under one
+/// prefix as if the run were killed right before them.
+struct Spy {
     inner: Arc<dyn ObjectStore>,
-    calls: AtomicUsize,
-    seen: std::sync::Mutex<BTreeSet<String>>,
+    fail_puts_under: Option<&'static str>,
+    calls: std::sync::Mutex<Vec<String>>,
 }
 
-impl Counting {
-    fn note(&self, what: String) {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        self.seen.lock().unwrap().insert(what);
+impl Spy {
+    fn new(inner: &Arc<dyn ObjectStore>, fail_puts_under: Option<&'static str>) -> Arc<Spy> {
+        Arc::new(Spy {
+            inner: inner.clone(),
+            fail_puts_under,
+            calls: Default::default(),
+        })
+    }
+
+    fn note(&self, call: String) {
+        self.calls.lock().unwrap().push(call);
     }
 }
 
 #[async_trait::async_trait]
-impl ObjectStore for Counting {
+impl ObjectStore for Spy {
     fn describe(&self) -> String {
         self.inner.describe()
     }
     async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
         self.note(format!("put {key}"));
+        if self.fail_puts_under.is_some_and(|p| key.starts_with(p)) {
+            return Err(StoreError::Backend {
+                store: self.describe(),
+                operation: "put",
+                key: key.into(),
+                message: "killed".into(),
+            });
+        }
         self.inner.put(key, bytes).await
     }
     async fn put_immutable(&self, key: &str, bytes: Bytes) -> Result<bool, StoreError> {
@@ -595,20 +563,15 @@ async fn a_run_with_nothing_to_store_reads_no_index(backend: Backend) {
     let packs = open(&store, None).await;
     store_all(&packs, &mail::mailbox(11, "hal@example.org", 50)).await;
     packs.flush().await.unwrap();
-    let counting = Arc::new(Counting {
-        inner: store.clone(),
-        calls: AtomicUsize::new(0),
-        seen: Default::default(),
-    });
-    let objects: Arc<dyn ObjectStore> = counting.clone();
+    let spy = Spy::new(&store, None);
+    let objects: Arc<dyn ObjectStore> = spy.clone();
     let idle = PackStore::open(objects, None, small_packs()).await.unwrap();
     idle.flush().await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(idle);
     assert_eq!(
-        counting.seen.lock().unwrap().iter().collect::<Vec<_>>(),
+        *spy.calls.lock().unwrap(),
         ["list packs/keys/"],
         "opening costs one listing of key markers; nothing else without a message to store"
     );
-    assert_eq!(counting.calls.load(Ordering::SeqCst), 1);
 }

@@ -165,7 +165,8 @@ pub struct PackOptions {
     /// Entries per bucket of a compacted generation, about.
     pub bucket_entries: u64,
     /// Compaction removes packs that no index names once they are this old: younger ones
-    /// may belong to a writer between its pack and its delta.
+    /// may belong to a writer between its pack and its delta. It must exceed `max_age`
+    /// plus the longest pack upload; zero is only for a store nobody else writes.
     pub garbage_grace: Duration,
 }
 
