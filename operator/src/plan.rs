@@ -6,8 +6,8 @@ use std::time::Duration;
 use crate::engine::{FolderSelector, RunSettings};
 use crate::imap::ServerConfig;
 use crate::resources::{
-    namespace_of, ArchiveProfile, Bundle, DeletionSpec, FilterSpec, FolderSpec, S3StoreSpec,
-    Security, ServerSideEncryption, ServerSpec,
+    namespace_of, ArchiveProfile, Bundle, DeletionSpec, FilterSpec, FolderSpec, MailboxSet,
+    S3StoreSpec, Security, ServerSideEncryption, ServerSpec,
 };
 use crate::secret::Secret;
 use crate::store::s3::{Encryption, S3Config, S3Credentials};
@@ -158,6 +158,39 @@ pub fn store_warnings(location: &StoreLocation) -> Vec<String> {
             "the archive store {endpoint} is reached without TLS: archived mail crosses the network in the clear"
         )],
         _ => Vec::new(),
+    }
+}
+
+/// What a person must know about how `set`'s directory is read, for the run protocol and
+/// the MailboxSet's status, like [`settings_for`]'s warnings about the IMAP connection.
+pub fn directory_warnings(set: &MailboxSet) -> Vec<String> {
+    let Some(directory) = set
+        .spec
+        .master_password
+        .as_ref()
+        .and_then(|m| m.directory.as_ref())
+    else {
+        return Vec::new();
+    };
+    let ldap = &directory.ldap;
+    let plain = ldap.url.to_ascii_lowercase().starts_with("ldap://") && !ldap.start_tls;
+    if plain {
+        let what = if ldap.bind_secret_ref.is_some() {
+            "the bind password and the users' addresses cross"
+        } else {
+            "the users' addresses cross"
+        };
+        vec![format!(
+            "the directory {} is read without encryption (ldap:// without startTls): {what} the network in the clear",
+            ldap.url
+        )]
+    } else if ldap.insecure_skip_tls_verify {
+        vec![format!(
+            "the certificate of the directory {} is not verified (insecureSkipTlsVerify: true)",
+            ldap.url
+        )]
+    } else {
+        Vec::new()
     }
 }
 
