@@ -36,17 +36,19 @@ pub const API_CALLS: &[ApiCall] = &[
     // Statuses are written with server-side apply (profile.rs, mailboxset.rs).
     call(GROUP, "archiveprofiles/status", "patch"),
     call(GROUP, "mailboxsets/status", "patch"),
-    // A run is a Job: watched as owned objects, listed per profile, created, adopted after
-    // a conflict (get), pruned beyond the history limits.
+    // A run is a Job: watched as owned objects (by metadata), listed per profile, created
+    // (a conflict means it exists: adopted), pruned beyond the history limits, and deleted
+    // when none of its pods could run.
     call("batch", "jobs", "create"),
     call("batch", "jobs", "delete"),
-    call("batch", "jobs", "get"),
     call("batch", "jobs", "list"),
     call("batch", "jobs", "watch"),
-    // A finished run's shard summaries are its pods' termination messages.
+    // A finished run's shard summaries are its pods' termination messages; a run's pods
+    // say why they cannot start.
     call("", "pods", "list"),
     // Secrets the resources reference are read (get) and watched, by metadata only, for
-    // changes; a run's plan Secret is created and deleted once the run is recorded.
+    // changes; a run's plan Secrets are created, listed (by metadata) and deleted once the
+    // run is recorded.
     call("", "secrets", "create"),
     call("", "secrets", "delete"),
     call("", "secrets", "get"),
@@ -200,9 +202,17 @@ mod tests {
         let profile = json!({
             "apiVersion": "mailvault.io/v1alpha1", "kind": "ArchiveProfile", "metadata": meta("p"),
             "spec": {"mailboxSetRef": {"name": "staff"}, "server": {"host": "imap.example.org"},
+                     "store": {"local": {"persistentVolumeClaim": {"claimName": "archive"}}},
                      "trigger": {"manual": "now"}, "successfulRunsHistoryLimit": 0,
                      "failedRunsHistoryLimit": 0}
         });
+        // A finished run's plan Secret, deleted once the run is recorded.
+        let mut plan_meta = meta("p-old-plan");
+        plan_meta["labels"] = json!({"mailvault.io/run": "p-old", "mailvault.io/profile": "p",
+                                     "app.kubernetes.io/managed-by": "mailvault"});
+        plan_meta["ownerReferences"] = json!([{"apiVersion": "mailvault.io/v1alpha1",
+            "kind": "ArchiveProfile", "name": "p", "uid": "uid-p"}]);
+        let plan = json!({"apiVersion": "v1", "kind": "Secret", "metadata": plan_meta});
         let set = json!({
             "apiVersion": "mailvault.io/v1alpha1", "kind": "MailboxSet", "metadata": meta("staff"),
             "spec": {"csv": {"secretRef": {"name": "csv"}}}
@@ -232,6 +242,7 @@ mod tests {
                 set,
             ),
             (format!("/api/v1{NS}/secrets/csv"), csv),
+            (format!("/api/v1{NS}/secrets/p-old-plan"), plan),
             (format!("/apis/batch/v1{NS}/jobs/p-old"), job("p-old")),
         ])
     }
@@ -251,7 +262,7 @@ mod tests {
         ));
 
         // Both controllers start: their watches (list, then watch).
-        let controllers = tokio::spawn(run::run(client, ctx.clone()));
+        let controllers = tokio::spawn(run::run(client, ctx.clone(), run::Readiness::new(&[])));
         let want_watches = 4; // profiles, sets, secrets, jobs
         for _ in 0..400 {
             let watches = fake
@@ -268,8 +279,9 @@ mod tests {
         }
         controllers.abort();
 
-        // A profile reconcile that records a finished run, starts (adopts) a manual one and
-        // prunes; twice, so that its events repeat. Then a MailboxSet reconcile.
+        // A profile reconcile that records a finished run (deleting its plan Secret),
+        // starts (adopts) a manual one and prunes; twice, so that its events repeat. Then
+        // a MailboxSet reconcile.
         let objects = fixtures();
         let get = |path: &str| objects[&format!("/apis/mailvault.io/v1alpha1{NS}/{path}")].clone();
         let p: ArchiveProfile = serde_json::from_value(get("archiveprofiles/p")).unwrap();
