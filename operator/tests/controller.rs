@@ -595,7 +595,8 @@ async fn a_deleted_profile_is_left_to_owner_references() {
 }
 
 #[tokio::test]
-async fn a_missing_mailbox_set_fails_the_run_without_a_job() {
+async fn a_run_waits_for_a_mailbox_set_that_does_not_exist_yet() {
+    // Objects applied together arrive in any order: the profile may come first.
     let (ctx, mut api) = setup("2025-01-07T02:00:30Z");
     let p = Arc::new(profile(
         json!({}),
@@ -611,16 +612,27 @@ async fn a_missing_mailbox_set_fails_the_run_without_a_job() {
         api.done().await;
         (patch, event)
     });
-    profile::reconcile(p, ctx).await.unwrap();
+    let action = profile::reconcile(p, ctx).await.unwrap();
     let (patch, event) = server.await.unwrap();
     let status = &patch["status"];
+    let ready = condition(status, "Ready");
     assert_eq!(
-        status["lastRun"]["message"],
-        "MailboxSet mail/staff does not exist"
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("False"), Some("ReferenceMissing"))
     );
-    assert_eq!(condition(status, "LastRunSucceeded")["reason"], "Failed");
-    assert_eq!(condition(status, "Stalled")["status"], "True");
-    assert_eq!(event["reason"], "RunNotStarted");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("MailboxSet mail/staff does not exist"),
+        "{ready:#}"
+    );
+    // The slot is not taken: the run starts once the set is there.
+    assert_eq!(status["lastScheduleTime"], "2025-01-06T02:00:00Z");
+    assert!(status.get("lastRun").is_none());
+    assert_eq!(condition(status, "Stalled")["status"], "False");
+    assert_eq!(event["reason"], "RunWaiting");
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
 }
 
 fn ok_status() -> (u16, Value) {

@@ -207,6 +207,19 @@ fn referenced_secrets(set: &MailboxSet, profile: Option<&ArchiveProfile>) -> Vec
     names
 }
 
+/// The Secrets `set` and `profile` reference that are not in `bundle` (do not exist).
+pub fn missing_secrets(
+    bundle: &Bundle,
+    set: &MailboxSet,
+    profile: Option<&ArchiveProfile>,
+) -> Vec<String> {
+    let namespace = resources::namespace_of(&set.metadata);
+    referenced_secrets(set, profile)
+        .into_iter()
+        .filter(|name| bundle.secret(namespace, name).is_none())
+        .collect()
+}
+
 /// Whether `secret` is referenced by `set` or `profile`; for mapping Secret changes to the
 /// objects that read them.
 pub fn references(set: &MailboxSet, profile: Option<&ArchiveProfile>, secret: &str) -> bool {

@@ -269,6 +269,10 @@ enum Start {
         message: String,
         stalled: Option<&'static str>,
     },
+    /// An object the run needs (the MailboxSet, a Secret) does not exist yet: the run
+    /// waits for it instead of failing, as a pod waits for its Secrets, so that objects
+    /// applied together work in any order.
+    Waiting(String),
 }
 
 impl Start {
@@ -283,6 +287,16 @@ impl Start {
 /// A run none of whose pods has run for this long is failed (`spec.jobTemplate.
 /// pendingDeadlineSeconds` overrides it).
 const PENDING_DEADLINE: Duration = Duration::from_secs(900);
+/// Reasons a run could not start that a person must fix in the spec (or the objects it
+/// names): the profile stays `Stalled` with them until the spec changes.
+const START_FAILURES: [&str; 4] = [
+    "InvalidMailboxSet",
+    "JobRejected",
+    "PlanRejected",
+    "PlanTooLarge",
+];
+/// How often a run waiting for a missing object looks again (the watches also wake it).
+const WAITING_RECHECK: Duration = Duration::from_secs(30);
 /// A plan Secret whose run has no Job after this long is left over from an attempt that
 /// was given up (a trigger changed before a retry): it is deleted. Younger ones may be
 /// about to get their Job (from another replica, or this one's retry).
@@ -439,8 +453,24 @@ pub async fn reconcile(profile: Arc<ArchiveProfile>, ctx: Arc<Context>) -> Resul
         .filter(|m| owned_by(m, &profile))
         .collect();
     let mut starting: Option<String> = None;
+    let mut waiting: Option<String> = None;
+    // A run that could not start for a reason in the spec keeps the profile Stalled until
+    // the spec changes or a run starts.
+    let mut stalled_before: Option<(&'static str, String)> =
+        conditions::get(&status.conditions, STALLED)
+            .filter(|c| c.status == "True" && c.observed_generation == generation)
+            .and_then(|c| {
+                let reason = START_FAILURES.iter().find(|r| **r == c.reason)?;
+                Some((*reason, c.message.clone()))
+            });
 
     if status.active_run.is_none() {
+        // What the decision changes, put back when the run waits for an object.
+        let decided_from = (
+            status.last_manual_trigger.clone(),
+            status.last_schedule_time.clone(),
+            status.missed_runs,
+        );
         let mut with_status = (*profile).clone();
         with_status.status = Some(status.clone());
         let exists = |run: &str, status: &ArchiveProfileStatus| {
@@ -537,6 +567,7 @@ pub async fn reconcile(profile: Arc<ArchiveProfile>, ctx: Arc<Context>) -> Resul
             };
             match outcome {
                 Start::Started(active) => {
+                    stalled_before = None;
                     events.push(RunEvent {
                         warning: false,
                         reason: "RunStarted",
@@ -563,6 +594,21 @@ pub async fn reconcile(profile: Arc<ArchiveProfile>, ctx: Arc<Context>) -> Resul
                     let mut event = record_run(&mut status, &profile, last, &now_s);
                     event.reason = "RunNotStarted";
                     events.push(event);
+                }
+                Start::Waiting(missing) => {
+                    (
+                        status.last_manual_trigger,
+                        status.last_schedule_time,
+                        status.missed_runs,
+                    ) = decided_from;
+                    let message = format!("run {run} waits: {missing}; it starts once it does");
+                    events.push(RunEvent {
+                        warning: true,
+                        reason: "RunWaiting",
+                        action: "Archive",
+                        note: message.clone(),
+                    });
+                    waiting = Some(message);
                 }
             }
         }
@@ -612,12 +658,17 @@ pub async fn reconcile(profile: Arc<ArchiveProfile>, ctx: Arc<Context>) -> Resul
         (Some(s), false) => s.next_after(now).map(rfc3339),
         _ => None,
     };
-    match &not_durable {
-        Some(message) => conditions::set(
+    let not_ready = match (&not_durable, &waiting) {
+        (Some(message), _) => Some(("StoreNotDurable", message)),
+        (None, Some(message)) => Some(("ReferenceMissing", message)),
+        (None, None) => None,
+    };
+    match not_ready {
+        Some((reason, message)) => conditions::set(
             &mut status.conditions,
             READY,
             false,
-            "StoreNotDurable",
+            reason,
             message.clone(),
             &now_s,
             generation,
@@ -639,7 +690,7 @@ pub async fn reconcile(profile: Arc<ArchiveProfile>, ctx: Arc<Context>) -> Resul
             );
         }
     }
-    match &stalled {
+    match stalled.as_ref().or(stalled_before.as_ref()) {
         Some((reason, message)) => conditions::set(
             &mut status.conditions,
             STALLED,
@@ -674,6 +725,10 @@ pub async fn reconcile(profile: Arc<ArchiveProfile>, ctx: Arc<Context>) -> Resul
         .min(MAX_WAIT);
     if status.active_run.is_some() {
         wait = wait.min(pending_deadline / 2 + Duration::from_secs(1));
+    }
+    if waiting.is_some() {
+        // The watches bring the missing object's arrival; this is in case they miss it.
+        wait = wait.min(WAITING_RECHECK);
     }
     Ok(Action::requeue(wait))
 }
@@ -865,13 +920,32 @@ async fn make_plan(
     let set_name = &profile.spec.mailbox_set_ref.name;
     let sets: Api<MailboxSet> = Api::namespaced(ctx.client.clone(), namespace);
     let Some(set) = sets.get_opt(set_name).await? else {
-        return Ok(Err(Start::failed(
-            format!("MailboxSet {namespace}/{set_name} does not exist"),
-            Some("InvalidMailboxSet"),
-        )));
+        return Ok(Err(Start::Waiting(format!(
+            "MailboxSet {namespace}/{set_name} does not exist"
+        ))));
     };
+    let started = std::time::Instant::now();
     let bundle = mailboxset::load_bundle(ctx, namespace, &set, Some(profile)).await?;
+    let missing = mailboxset::missing_secrets(&bundle, &set, Some(profile));
+    if !missing.is_empty() {
+        let names: Vec<String> = missing
+            .iter()
+            .map(|name| format!("Secret {namespace}/{name}"))
+            .collect();
+        let verb = if names.len() == 1 { "does" } else { "do" };
+        return Ok(Err(Start::Waiting(format!(
+            "{} {verb} not exist",
+            names.join(", ")
+        ))));
+    }
     let (outcome, resolved) = mailboxset::resolve(&bundle, &set, Some(profile)).await;
+    tracing::info!(
+        profile = %profile.name_any(),
+        set = %set_name,
+        millis = started.elapsed().as_millis() as u64,
+        "resolved the MailboxSet"
+    );
+    let started = std::time::Instant::now();
     let warnings = crate::plan::directory_warnings(&set);
     let set_status = mailboxset::status(
         set.status.as_ref(),
@@ -952,6 +1026,14 @@ async fn make_plan(
             }
         }
     }
+    tracing::info!(
+        profile = %profile.name_any(),
+        run,
+        mailboxes = count,
+        secrets = parts,
+        millis = started.elapsed().as_millis() as u64,
+        "made the run plan"
+    );
     Ok(Ok((sizes, parts)))
 }
 
