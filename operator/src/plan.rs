@@ -255,6 +255,41 @@ mod tests {
     }
 
     #[test]
+    fn unencrypted_directories_are_warned_about() {
+        let set = |ldap: serde_json::Value| -> MailboxSet {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "mailvault.io/v1alpha1", "kind": "MailboxSet",
+                "metadata": {"name": "s"},
+                "spec": {"masterPassword": {"credentialsSecretRef": {"name": "m"},
+                         "directory": {"ldap": ldap}}}
+            }))
+            .unwrap()
+        };
+        let plain = directory_warnings(&set(serde_json::json!({
+            "url": "LDAP://dc1.example.org", "baseDN": "dc=x", "bindSecretRef": {"name": "b"}})));
+        assert_eq!(plain.len(), 1);
+        assert!(
+            plain[0].contains("the bind password and the users' addresses"),
+            "{plain:?}"
+        );
+        let anonymous = directory_warnings(&set(serde_json::json!({
+            "url": "ldap://dc1.example.org", "baseDN": "dc=x"})));
+        assert!(
+            anonymous[0].contains("read without encryption"),
+            "{anonymous:?}"
+        );
+        for quiet in [
+            serde_json::json!({"url": "ldap://dc1", "baseDN": "dc=x", "startTls": true}),
+            serde_json::json!({"url": "ldaps://dc1", "baseDN": "dc=x"}),
+        ] {
+            assert_eq!(directory_warnings(&set(quiet)), Vec::<String>::new());
+        }
+        let unverified = directory_warnings(&set(serde_json::json!({
+            "url": "ldaps://dc1", "baseDN": "dc=x", "insecureSkipTlsVerify": true})));
+        assert!(unverified[0].contains("not verified"), "{unverified:?}");
+    }
+
+    #[test]
     fn plain_http_stores_are_warned_about() {
         let mut config = S3Config {
             bucket: "b".into(),

@@ -915,7 +915,7 @@ mod tests {
             "Pending",
             serde_json::json!({"waiting": {"reason": "ErrImagePull", "message": "no such image"}}),
         );
-        let (_, why) = idle_since(&job, &[waiting.clone()]).unwrap();
+        let (_, why) = idle_since(&job, std::slice::from_ref(&waiting)).unwrap();
         assert_eq!(why, "pod r-0-abc: ErrImagePull: no such image");
         let running = pod(
             "Running",

@@ -353,6 +353,22 @@ pub async fn reconcile(profile: Arc<ArchiveProfile>, ctx: Arc<Context>) -> Resul
         };
         let summaries = summaries(&pods);
         let sizes = job::shard_sizes(j);
+        if summaries.len() < sizes.len() {
+            let seen: Vec<String> = pods
+                .iter()
+                .map(|p| {
+                    let s = p.status.as_ref();
+                    format!(
+                        "{} {} {}",
+                        p.name_any(),
+                        s.and_then(|s| s.phase.as_deref()).unwrap_or("-"),
+                        s.and_then(|s| s.container_statuses.as_ref())
+                            .map_or(0, |c| c.len())
+                    )
+                })
+                .collect();
+            tracing::warn!(profile = %name, run, shards = sizes.len(), summaries = summaries.len(), pods = ?seen, "shards without a summary");
+        }
         let js = j.status.as_ref();
         let last = summary::aggregate(
             &RunFacts {
