@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use common::{files_below, mailvault, mailvault_s3};
+use mailvault::controller::api::{classify, API_CALLS};
 use mailvault::testkit::dovecot::Dovecot;
 use mailvault::testkit::fakekube::{self, FakeKube, Operator};
 use mailvault::testkit::garage::Garage;
@@ -330,6 +331,15 @@ spec:
     )
 }
 
+/// A CSV MailboxSet and a profile of the same `name`, applied together.
+fn apply_csv_profile(c: &Cluster, name: &str, csv: &str, dovecot: &Dovecot, extra: &str) {
+    c.apply(&format!(
+        "{}{}",
+        csv_set_yaml(name, csv),
+        profile_yaml(name, name, dovecot, extra)
+    ));
+}
+
 /// Delivers `count` messages to `user`'s INBOX; returns them.
 fn deliver(dovecot: &Dovecot, user: &str, seed: u64, count: u64) -> Vec<Vec<u8>> {
     (0..count)
@@ -384,64 +394,14 @@ fn condition<'a>(object: &'a Value, type_: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no condition {type_}: {:#}", object["status"]))
 }
 
-/// The RBAC view of a request line of fakekube's log: group, resource, verb.
-fn classify(line: &str) -> Option<(String, String, String)> {
-    let mut words = line.split_whitespace().skip(1);
-    let method = words.next()?;
-    let target = words.next()?;
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let (group, mut rest) = match *segments.first()? {
-        "api" => ("", segments.get(2..)?),
-        "apis" => (*segments.get(1)?, segments.get(3..)?),
-        _ => return None,
-    };
-    if rest.len() > 2 && rest[0] == "namespaces" {
-        rest = &rest[2..];
-    }
-    let resource = match rest.get(2) {
-        Some(sub) => format!("{}/{sub}", rest.first()?),
-        None => rest.first()?.to_string(),
-    };
-    let watch = query
-        .split('&')
-        .any(|kv| kv == "watch=true" || kv == "watch=1");
-    let verb = match (method, rest.len() > 1) {
-        ("GET", false) if watch => "watch",
-        ("GET", false) => "list",
-        ("GET", true) => "get",
-        ("POST", _) => "create",
-        ("PUT", _) => "update",
-        ("PATCH", _) => "patch",
-        ("DELETE", true) => "delete",
-        ("DELETE", false) => "deletecollection",
-        _ => return None,
-    };
-    Some((group.to_string(), resource, verb.to_string()))
-}
-
-/// Every request the operator sent carries its User-Agent and is granted by the
-/// ClusterRole in `manifests/rbac.yaml` (fakekube does not enforce RBAC: this does).
+/// Every request the operator sent carries its User-Agent and is one of its `API_CALLS`,
+/// which its ClusterRole grants exactly (`operator/tests/manifests.rs`): fakekube does not
+/// enforce RBAC, this does.
 fn check_requests(kube: &FakeKube) {
-    let rbac = std::fs::read_to_string(repository().join("manifests/rbac.yaml")).unwrap();
-    let mut rules = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&rbac) {
-        let doc = Value::deserialize(doc).unwrap();
-        if doc["kind"] == "ClusterRole" {
-            rules = doc["rules"].as_array().unwrap().clone();
-        }
-    }
-    let allowed = |(group, resource, verb): &(String, String, String)| {
-        let has = |list: &Value, item: &str| {
-            list.as_array()
-                .unwrap()
-                .iter()
-                .any(|v| v == item || v == "*")
-        };
-        rules.iter().any(|r| {
-            has(&r["apiGroups"], group) && has(&r["resources"], resource) && has(&r["verbs"], verb)
-        })
-    };
+    let allowed: Vec<(String, String, String)> = API_CALLS
+        .iter()
+        .map(|c| (c.group.into(), c.resource.into(), c.verb.into()))
+        .collect();
     let log = kube.requests_log();
     let operator_lines: Vec<&str> = log
         .lines()
@@ -453,17 +413,64 @@ fn check_requests(kube: &FakeKube) {
         anonymous.is_empty(),
         "requests without User-Agent: {anonymous:#?}"
     );
-    let denied: Vec<_> = operator_lines
+    // A line: time, method, path and query, ...
+    let denied: Vec<&str> = operator_lines
         .iter()
-        .filter_map(|l| classify(l).filter(|c| !allowed(c)).map(|c| (c, *l)))
+        .copied()
+        .filter(|l| {
+            let mut words = l.split_whitespace().skip(1);
+            let (Some(method), Some(target)) = (words.next(), words.next()) else {
+                return true;
+            };
+            classify(method, target).is_some_and(|call| !allowed.contains(&call))
+        })
         .collect();
-    assert!(
-        denied.is_empty(),
-        "not granted by the ClusterRole: {denied:#?}"
-    );
+    assert!(denied.is_empty(), "not in API_CALLS: {denied:#?}");
 }
 
-use serde::Deserialize;
+/// A master-password MailboxSet `name` whose users come from `ldap` (plain ldap://), bound
+/// as the reader of `slapd::SAMPLE_LDIF` or anonymously, with its Secrets.
+fn directory_set_yaml(name: &str, ldap: &Slapd, dovecot: &Dovecot, bind: bool) -> String {
+    let (reference, reader) = match bind {
+        true => (
+            "        bindSecretRef:\n          name: ldap-reader\n",
+            secret_yaml(
+                "ldap-reader",
+                &[
+                    ("bindDN", slapd::READER_DN),
+                    ("password", slapd::READER_PASSWORD),
+                ],
+            ),
+        ),
+        false => ("", String::new()),
+    };
+    format!(
+        "---
+apiVersion: mailvault.io/v1alpha1
+kind: MailboxSet
+metadata:
+  name: {name}
+  namespace: {NS}
+spec:
+  masterPassword:
+    credentialsSecretRef:
+      name: imap-master
+    directory:
+      ldap:
+        url: {}
+        baseDN: {}
+{reference}{}{reader}",
+        ldap.url(),
+        slapd::PEOPLE_DN,
+        secret_yaml(
+            "imap-master",
+            &[
+                ("username", dovecot.master_user()),
+                ("password", dovecot.master_password()),
+            ]
+        ),
+    )
+}
 
 /// The users of `slapd::SAMPLE_LDIF` that have an address: the MailboxSet's mailboxes.
 const DIRECTORY_USERS: [&str; 3] = ["alice", "bob", "dave"];
@@ -482,41 +489,7 @@ fn a_claim_store_runs_manually_again_and_survives_restarts_and_deletion() {
         dovecot.add_user(&address, "unused-user-pw").unwrap();
         delivered.insert(*user, deliver(&dovecot, &address, i as u64, 2 + i as u64));
     }
-    let set = format!(
-        "---
-apiVersion: mailvault.io/v1alpha1
-kind: MailboxSet
-metadata:
-  name: staff
-  namespace: {NS}
-spec:
-  masterPassword:
-    credentialsSecretRef:
-      name: imap-master
-    directory:
-      ldap:
-        url: {}
-        baseDN: {}
-        bindSecretRef:
-          name: ldap-reader
-{}{}",
-        ldap.url(),
-        slapd::PEOPLE_DN,
-        secret_yaml(
-            "imap-master",
-            &[
-                ("username", dovecot.master_user()),
-                ("password", dovecot.master_password())
-            ]
-        ),
-        secret_yaml(
-            "ldap-reader",
-            &[
-                ("bindDN", slapd::READER_DN),
-                ("password", slapd::READER_PASSWORD)
-            ]
-        ),
-    );
+    let set = directory_set_yaml("staff", &ldap, &dovecot, true);
     let extra = format!(
         "{}  successfulRunsHistoryLimit: 2\n  maxParallelJobs: 2\n  trigger:\n    manual: first\n",
         claim_store("staff")
@@ -875,11 +848,7 @@ fn failures_show_on_the_profile() {
         csv.push_str(&format!("user{i:05}@example.org,password-{i}\n"));
     }
     let extra = format!("{}  trigger:\n    manual: go\n", claim_store("big"));
-    c.apply(&format!(
-        "{}{}",
-        csv_set_yaml("big", &csv),
-        profile_yaml("big", "big", &dovecot, &extra)
-    ));
+    apply_csv_profile(&c, "big", &csv, &dovecot, &extra);
     let last = c.wait_run("big", "big-m-go");
     assert_eq!(last["result"], "Failed");
     let message = last["message"].as_str().unwrap();
@@ -945,11 +914,13 @@ spec:
          trigger:\n    manual: go\n",
         claim_store("rejected")
     );
-    c.apply(&format!(
-        "{}{}",
-        csv_set_yaml("rejected", "Login;Password\ngina@example.org;gina-pw\n"),
-        profile_yaml("rejected", "rejected", &dovecot, &extra)
-    ));
+    apply_csv_profile(
+        &c,
+        "rejected",
+        "Login;Password\ngina@example.org;gina-pw\n",
+        &dovecot,
+        &extra,
+    );
     let last = c.wait_run("rejected", "rejected-m-go");
     assert_eq!(last["result"], "Failed");
     let message = last["message"].as_str().unwrap();
@@ -972,11 +943,13 @@ spec:
          pendingDeadlineSeconds: 3\n  trigger:\n    manual: go\n",
         claim_store("stuck")
     );
-    c.apply(&format!(
-        "{}{}",
-        csv_set_yaml("stuck", "Login;Password\ngina@example.org;gina-pw\n"),
-        profile_yaml("stuck", "stuck", &dovecot, &extra)
-    ));
+    apply_csv_profile(
+        &c,
+        "stuck",
+        "Login;Password\ngina@example.org;gina-pw\n",
+        &dovecot,
+        &extra,
+    );
     let last = c.wait_run("stuck", "stuck-m-go");
     assert_eq!(last["result"], "Failed");
     let reason = last["failedMailboxes"][0]["reason"].as_str().unwrap();
@@ -1076,11 +1049,13 @@ fn a_store_that_vanishes_with_the_pod_is_refused_and_nothing_deleted() {
     let extra =
         "  store:\n    local:\n      path: /tmp/archive\n  deletion:\n    mode: AfterArchiving\n  \
                  trigger:\n    manual: go\n";
-    c.apply(&format!(
-        "{}{}",
-        csv_set_yaml("scratch", "Login;Password\nlea@example.org;lea-pw\n"),
-        profile_yaml("scratch", "scratch", &dovecot, extra)
-    ));
+    apply_csv_profile(
+        &c,
+        "scratch",
+        "Login;Password\nlea@example.org;lea-pw\n",
+        &dovecot,
+        extra,
+    );
     let last = c.wait_run("scratch", "scratch-m-go");
     assert_eq!(last["result"], "Failed");
     let profile = c.profile("scratch");
@@ -1204,30 +1179,8 @@ fn directory_of(n: usize) {
          trigger:\n    manual: go\n",
         claim_store("big")
     );
-    let set = format!(
-        "---
-apiVersion: mailvault.io/v1alpha1
-kind: MailboxSet
-metadata:
-  name: big
-  namespace: {NS}
-spec:
-  masterPassword:
-    credentialsSecretRef:
-      name: imap-master
-    directory:
-      ldap:
-        url: {}
-        baseDN: {}
-{}",
-        ldap.url(),
-        slapd::PEOPLE_DN,
-        secret_yaml(
-            "imap-master",
-            &[("username", "archiver"), ("password", "master-pw")]
-        )
-    );
     let dovecot_stub = Dovecot::start().expect("dovecot starts");
+    let set = directory_set_yaml("big", &ldap, &dovecot_stub, false);
     let t = Instant::now();
     c.apply(&format!(
         "{CLAIM}{set}{}",

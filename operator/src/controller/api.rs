@@ -59,6 +59,43 @@ pub const API_CALLS: &[ApiCall] = &[
     call("events.k8s.io", "events", "patch"),
 ];
 
+/// The RBAC view of a request, from its method and its path with the query: the group,
+/// the resource (with its subresource, `archiveprofiles/status`) and the verb (`watch` for
+/// a GET with `watch=true`). `None` for paths outside the resource API (`/version`).
+pub fn classify(method: &str, path_and_query: &str) -> Option<(String, String, String)> {
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, mut rest) = match *segments.first()? {
+        "api" => ("", segments.get(2..)?),
+        "apis" => (*segments.get(1)?, segments.get(3..)?),
+        _ => return None,
+    };
+    if rest.len() > 2 && rest[0] == "namespaces" {
+        rest = &rest[2..];
+    }
+    let resource = match rest.get(2) {
+        Some(sub) => format!("{}/{sub}", rest.first()?),
+        None => rest.first()?.to_string(),
+    };
+    let watch = query
+        .split('&')
+        .any(|kv| kv == "watch=true" || kv == "watch=1");
+    let verb = match (method, rest.len() > 1) {
+        ("GET", false) if watch => "watch",
+        ("GET", false) => "list",
+        ("GET", true) => "get",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => return None,
+    };
+    Some((group.to_string(), resource, verb.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
@@ -79,36 +116,10 @@ mod tests {
 
     type Call = (String, String, String);
 
-    /// The RBAC view of a request: group, resource (with subresource), verb.
     fn classify(method: &Method, uri: &http::Uri) -> Call {
-        let segments: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
-        let (group, mut rest) = match segments[0] {
-            "api" => ("", &segments[2..]),
-            "apis" => (segments[1], &segments[3..]),
-            other => panic!("not an API path: {other}"),
-        };
-        if rest.len() > 2 && rest[0] == "namespaces" {
-            rest = &rest[2..];
-        }
-        let resource = match rest.get(2) {
-            Some(sub) => format!("{}/{sub}", rest[0]),
-            None => rest[0].to_string(),
-        };
-        let watch = uri
-            .query()
-            .is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
-        let verb = match (method.as_str(), rest.len() > 1) {
-            ("GET", false) if watch => "watch",
-            ("GET", false) => "list",
-            ("GET", true) => "get",
-            ("POST", _) => "create",
-            ("PUT", _) => "update",
-            ("PATCH", _) => "patch",
-            ("DELETE", true) => "delete",
-            ("DELETE", false) => "deletecollection",
-            (other, _) => panic!("unexpected method {other}"),
-        };
-        (group.to_string(), resource, verb.to_string())
+        let target = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+        super::classify(method.as_str(), target)
+            .unwrap_or_else(|| panic!("not an API request: {method} {uri}"))
     }
 
     fn status(code: u16, reason: &str) -> Value {
