@@ -344,6 +344,9 @@ async fn run_inner(args: RunArgs) -> Result<u8, Failure> {
         let mut settings = plan::run_settings(&bundle, &profile.object, run_id);
         settings.dry_run_deletion = args.dry_run_deletion;
         settings.warnings.extend(plan::store_warnings(&store));
+        settings
+            .warnings
+            .extend(plan::directory_warnings(&set.object));
         let settings = Arc::new(settings);
         let mut protocol = engine::run(settings, archive.clone(), mailboxes).await;
         let saved = archive

@@ -1,20 +1,24 @@
 //! `mailvault worker`: one index of an operator run's Job. It reads the run plan the
-//! operator mounted from a Secret, archives its shard of the mailboxes with the same engine
+//! operator mounted from its Secrets, archives its shard of the mailboxes with the same engine
 //! as `mailvault run`, saves the shard's full protocol into the archive store and leaves a
 //! compact summary as the container's termination message, where the operator reads it.
 //!
 //! The plan holds passwords, so it only ever travels as a Secret mounted as a file: never
 //! in environment variables, arguments, ConfigMaps or logs.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::Args;
+use flate2::read::GzDecoder;
+use flate2::write::GzEncoder;
+use flate2::Compression;
 use serde::{Deserialize, Serialize};
 
 use crate::controller::summary::ShardSummary;
 use crate::protocol::RunResult;
-use crate::resources::{DeletionSpec, FilterSpec, FolderSpec, ServerSpec, StoreSpec};
+use crate::resources::{DeletionMode, DeletionSpec, FilterSpec, FolderSpec, ServerSpec, StoreSpec};
 use crate::secret::Secret;
 use crate::sources::Mailbox;
 use crate::{cli, engine, plan};
@@ -33,9 +37,15 @@ pub const PLAN_KEY: &str = "plan.json";
 /// Where an S3 store's credentials Secret is mounted in the worker's pod.
 pub const STORE_CREDENTIALS_DIR: &str = "/var/run/mailvault/store-credentials";
 
+/// The key (and file name, next to the plan) of shard `index`'s mailboxes.
+pub fn shard_key(index: u32) -> String {
+    format!("shard-{index}.json.gz")
+}
+
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
-    /// The run plan (JSON), as mounted from the run's plan Secret.
+    /// The run plan (JSON), as mounted from the run's plan Secrets; each shard's
+    /// mailboxes are in a file next to it.
     #[arg(long)]
     pub plan: PathBuf,
     /// Which shard to archive; Kubernetes sets JOB_COMPLETION_INDEX in indexed Jobs.
@@ -46,9 +56,11 @@ pub struct WorkerArgs {
     pub termination_log: PathBuf,
 }
 
-/// Everything one run of a profile needs, split into shards (Job indexes). Written by the
-/// operator into the run's plan Secret. Not `Debug`: it holds passwords.
-#[derive(Serialize, Deserialize)]
+/// What one run of a profile does, for every shard (Job index). Written by the operator
+/// into the run's plan Secrets, with each shard's mailboxes in a file of its own
+/// ([`plan_files`]): a worker reads only its shard, and a plan of any number of mailboxes
+/// is split over as many Secrets as it needs.
+#[derive(Serialize, Deserialize, Clone, Debug)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RunPlan {
     pub namespace: String,
@@ -69,89 +81,112 @@ pub struct RunPlan {
     /// through the operator's memory beyond a reference.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<StoreSpec>,
-    /// Each distinct password once (a master password would otherwise be repeated for
-    /// every mailbox, and a Secret holds at most 1 MiB).
-    pub passwords: Vec<String>,
-    /// The mailboxes of each shard, by index.
-    pub shards: Vec<Vec<PlanMailbox>>,
+    /// Whether the store outlives the pod (S3, a claim, a volume the profile mounts). The
+    /// operator refuses other stores; a plan without this is refused when it asks to
+    /// delete mail, so that nothing is deleted whose only copy could vanish.
+    #[serde(default)]
+    pub store_durable: bool,
+    /// What the operator found while planning that a person must see (an unencrypted
+    /// directory), for every shard's protocol.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// How many shards the run has.
+    pub shards: u32,
 }
 
-/// A mailbox in a plan; `password` indexes [`RunPlan::passwords`].
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+/// A mailbox in a shard file. Not `Debug`: it holds the password.
+#[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PlanMailbox {
-    pub login: String,
+struct PlanMailbox {
+    login: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub authorization_identity: Option<String>,
+    authorization_identity: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub email: Option<String>,
-    pub user: String,
-    pub password: usize,
+    email: Option<String>,
+    user: String,
+    password: String,
+}
+
+/// The files of a run plan, as keys of its Secrets and files of the mounted directory:
+/// the plan itself ([`PLAN_KEY`]) and each shard's mailboxes as gzip-compressed JSON
+/// ([`shard_key`]). Compressed, because a master password or a domain repeated for
+/// every mailbox shrinks to almost nothing: 100,000 directory users fit a few Secrets.
+pub fn plan_files(plan: &RunPlan, shards: Vec<Vec<Mailbox>>) -> Vec<(String, Vec<u8>)> {
+    let mut files = vec![(
+        PLAN_KEY.to_string(),
+        serde_json::to_vec(plan).expect("plans serialize"),
+    )];
+    for (index, shard) in shards.into_iter().enumerate() {
+        let mailboxes: Vec<PlanMailbox> = shard
+            .into_iter()
+            .map(|m| PlanMailbox {
+                password: m.password.expose().to_string(),
+                login: m.login,
+                authorization_identity: m.authorization_identity,
+                email: m.email,
+                user: m.user,
+            })
+            .collect();
+        let json = serde_json::to_vec(&mailboxes).expect("mailboxes serialize");
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        gz.write_all(&json).expect("writing to memory");
+        files.push((
+            shard_key(index as u32),
+            gz.finish().expect("writing to memory"),
+        ));
+    }
+    files
 }
 
 impl RunPlan {
-    /// The plan's shards from mailboxes already split by index.
-    pub fn set_shards(&mut self, shards: Vec<Vec<Mailbox>>) {
-        self.passwords.clear();
-        self.shards = shards
-            .into_iter()
-            .map(|shard| {
-                shard
-                    .into_iter()
-                    .map(|m| {
-                        let value = m.password.expose();
-                        let password = match self.passwords.iter().position(|p| p == value) {
-                            Some(i) => i,
-                            None => {
-                                self.passwords.push(value.to_string());
-                                self.passwords.len() - 1
-                            }
-                        };
-                        PlanMailbox {
-                            login: m.login,
-                            authorization_identity: m.authorization_identity,
-                            email: m.email,
-                            user: m.user,
-                            password,
-                        }
-                    })
-                    .collect()
-            })
-            .collect();
-    }
-
-    /// The mailboxes of shard `index`.
-    pub fn shard(&self, index: u32) -> Result<Vec<Mailbox>, String> {
-        let shard = self.shards.get(index as usize).ok_or_else(|| {
-            format!(
-                "the plan has {} shards, there is no index {index}",
-                self.shards.len()
-            )
-        })?;
-        shard
-            .iter()
-            .map(|m| {
-                let password = self
-                    .passwords
-                    .get(m.password)
-                    .ok_or_else(|| format!("mailbox {}: no password {}", m.user, m.password))?;
-                Ok(Mailbox {
-                    login: m.login.clone(),
-                    authorization_identity: m.authorization_identity.clone(),
-                    password: Secret::new(password.clone()),
-                    email: m.email.clone(),
-                    user: m.user.clone(),
-                })
-            })
-            .collect()
-    }
-
     /// Checks what the worker relies on before it connects anywhere.
     fn check(&self) -> Result<(), String> {
         crate::engine::FolderSelector::new(&self.folders)
             .map(|_| ())
-            .map_err(|e| format!("folder patterns: {e}"))
+            .map_err(|e| format!("folder patterns: {e}"))?;
+        if self.deletion.mode == DeletionMode::AfterArchiving && !self.store_durable {
+            return Err(
+                "the plan asks to delete archived mail from the server, but its store \
+                        does not outlive the pod; nothing was archived or deleted"
+                    .to_string(),
+            );
+        }
+        Ok(())
     }
+}
+
+/// The mailboxes of shard `index`, from its file in `dir` (where the plan is).
+fn read_shard(dir: &Path, plan: &RunPlan, index: u32) -> Result<Vec<Mailbox>, String> {
+    if index >= plan.shards {
+        return Err(format!(
+            "the plan has {} shards, there is no index {index}",
+            plan.shards
+        ));
+    }
+    let path = dir.join(shard_key(index));
+    let file = std::fs::File::open(&path)
+        .map_err(|e| format!("reading shard {index}'s mailboxes {}: {e}", path.display()))?;
+    // The error names the place, never a value: a value could be a password.
+    let mailboxes: Vec<PlanMailbox> =
+        serde_json::from_reader(GzDecoder::new(file)).map_err(|e| {
+            format!(
+                "shard {index}'s mailboxes {} are invalid at line {} column {} ({:?})",
+                path.display(),
+                e.line(),
+                e.column(),
+                e.classify()
+            )
+        })?;
+    Ok(mailboxes
+        .into_iter()
+        .map(|m| Mailbox {
+            login: m.login,
+            authorization_identity: m.authorization_identity,
+            password: Secret::new(m.password),
+            email: m.email,
+            user: m.user,
+        })
+        .collect())
 }
 
 /// The store key of one shard's protocol: `runs/<namespace>/<profile>/<run>-<index>.json`.
@@ -179,7 +214,8 @@ async fn work(args: &WorkerArgs) -> (ShardSummary, u8) {
         Ok(plan) => plan,
         Err(message) => return not_run(EXIT_INVALID_PLAN, message),
     };
-    let mailboxes = match plan.check().and_then(|()| plan.shard(index)) {
+    let dir = args.plan.parent().unwrap_or(Path::new("."));
+    let mailboxes = match plan.check().and_then(|()| read_shard(dir, &plan, index)) {
         Ok(mailboxes) => mailboxes,
         Err(message) => return not_run(EXIT_INVALID_PLAN, message),
     };
@@ -188,7 +224,7 @@ async fn work(args: &WorkerArgs) -> (ShardSummary, u8) {
             Ok(archive) => archive,
             Err(e) => return not_run(EXIT_FAILED, format!("opening the store: {e}")),
         };
-    let settings = plan::settings_for(
+    let mut settings = plan::settings_for(
         plan.namespace.clone(),
         plan.profile.clone(),
         plan.run.clone(),
@@ -200,6 +236,7 @@ async fn work(args: &WorkerArgs) -> (ShardSummary, u8) {
         },
         plan.server_ca_pem.clone().map(String::into_bytes),
     );
+    settings.warnings.extend(plan.warnings.iter().cloned());
     tracing::info!(run = %plan.run, index, mailboxes = mailboxes.len(), "archiving shard");
     let protocol = engine::run(Arc::new(settings), archive.clone(), mailboxes).await;
     println!("{}", protocol.to_text());
@@ -262,7 +299,7 @@ mod tests {
         }
     }
 
-    fn plan() -> RunPlan {
+    fn plan(shards: u32) -> RunPlan {
         RunPlan {
             namespace: "mail".into(),
             profile: "p".into(),
@@ -273,25 +310,51 @@ mod tests {
             deletion: DeletionSpec::default(),
             server_ca_pem: None,
             store: None,
-            passwords: vec![],
-            shards: vec![],
+            store_durable: true,
+            warnings: vec![],
+            shards,
+        }
+    }
+
+    fn write(dir: &Path, files: Vec<(String, Vec<u8>)>) {
+        for (key, bytes) in files {
+            std::fs::write(dir.join(key), bytes).unwrap();
         }
     }
 
     #[test]
-    fn passwords_are_stored_once_and_shards_round_trip() {
-        let mut p = plan();
-        p.set_shards(vec![
-            vec![mailbox("a", "pw"), mailbox("b", "pw")],
-            vec![mailbox("c", "other")],
-        ]);
-        assert_eq!(p.passwords, ["pw", "other"]);
-        let json = serde_json::to_string(&p).unwrap();
-        let back: RunPlan = serde_json::from_str(&json).unwrap();
-        let shard = back.shard(1).unwrap();
+    fn shards_round_trip_through_their_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = plan(2);
+        let files = plan_files(
+            &p,
+            vec![
+                vec![mailbox("a", "pw"), mailbox("b", "pw")],
+                vec![mailbox("c", "other")],
+            ],
+        );
+        let keys: Vec<&str> = files.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["plan.json", "shard-0.json.gz", "shard-1.json.gz"]);
+        // Compressed: no password is readable in the files as they lie in the Secret.
+        assert!(!files[1].1.windows(2).any(|w| w == b"pw"));
+        write(dir.path(), files);
+        let shard = read_shard(dir.path(), &p, 1).unwrap();
         assert_eq!(shard[0].user, "c");
         assert_eq!(shard[0].password.expose(), "other");
-        assert!(back.shard(2).unwrap_err().contains("no index 2"));
+        assert_eq!(read_shard(dir.path(), &p, 0).unwrap().len(), 2);
+        assert!(read_shard(dir.path(), &p, 2)
+            .unwrap_err()
+            .contains("no index 2"));
+    }
+
+    #[test]
+    fn many_mailboxes_compress_well() {
+        // 10,000 directory users with one master password: what a Secret must hold.
+        let shard: Vec<Mailbox> = (0..10_000)
+            .map(|i| mailbox(&format!("user{i:05}"), "master-password"))
+            .collect();
+        let files = plan_files(&plan(1), vec![shard]);
+        assert!(files[1].1.len() < 120 * 1024, "{} bytes", files[1].1.len());
     }
 
     #[test]
@@ -304,5 +367,23 @@ mod tests {
         };
         assert!(!e.contains("hunter2"), "{e}");
         assert!(e.contains("line 1"), "{e}");
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        gz.write_all(br#"[{"login": "a", "password": "hunter2", "bogus": 1}]"#)
+            .unwrap();
+        std::fs::write(dir.path().join(shard_key(0)), gz.finish().unwrap()).unwrap();
+        let e = read_shard(dir.path(), &plan(1), 0).unwrap_err();
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn deletion_needs_a_durable_store() {
+        let mut p = plan(1);
+        p.deletion.mode = DeletionMode::AfterArchiving;
+        assert_eq!(p.check(), Ok(()));
+        p.store_durable = false;
+        assert!(p.check().unwrap_err().contains("does not outlive the pod"));
+        p.deletion.mode = DeletionMode::Never;
+        assert_eq!(p.check(), Ok(()));
     }
 }

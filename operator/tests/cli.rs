@@ -387,6 +387,14 @@ async fn run_keeps_the_sync_in_the_archive_and_refuses_a_suspicious_one() {
     let output = mailvault(&args);
     let (stdout, stderr) = texts(&output, &secrets);
     assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
+    // The directory is read over plain ldap://: the protocol says so.
+    assert!(
+        stdout.contains(&format!(
+            "the directory {} is read without encryption",
+            slapd.url()
+        )),
+        "{stdout}"
+    );
     let archive = mailvault::cli::open_store(&StoreLocation::Local(store.clone()))
         .await
         .unwrap();

@@ -98,6 +98,7 @@ fn profile(extra_spec: Value, status: Value) -> ArchiveProfile {
         "server": {"host": "imap.example.org"},
         "maxParallelJobs": 4,
         "schedule": {"cron": "0 2 * * *"},
+        "store": {"local": {"persistentVolumeClaim": {"claimName": "archive"}}},
     });
     spec.as_object_mut()
         .unwrap()
@@ -114,6 +115,8 @@ fn profile(extra_spec: Value, status: Value) -> ArchiveProfile {
 }
 
 const JOBS: &str = "/apis/batch/v1/namespaces/mail/jobs";
+const SECRETS: &str = "/api/v1/namespaces/mail/secrets";
+const SET: &str = "/apis/mailvault.io/v1alpha1/namespaces/mail/mailboxsets/staff";
 const STATUS: &str = "/apis/mailvault.io/v1alpha1/namespaces/mail/archiveprofiles/nightly/status";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/mail/events";
 
@@ -147,6 +150,7 @@ async fn new_profile_gets_a_status_and_waits_for_its_slot() {
     let this = serde_json::to_value(&*p).unwrap();
     let server = tokio::spawn(async move {
         api.expect(Method::GET, JOBS, |_| list(vec![])).await;
+        api.expect(Method::GET, SECRETS, |_| list(vec![])).await;
         let patch = api
             .expect(Method::PATCH, STATUS, patched(this.clone()))
             .await;
@@ -186,7 +190,7 @@ fn b64(s: &str) -> String {
 }
 
 #[tokio::test]
-async fn a_due_run_creates_its_job_and_plan_secret() {
+async fn a_due_run_creates_its_plan_secret_then_its_job() {
     let (ctx, mut api) = setup("2025-01-07T02:00:30Z");
     let p = Arc::new(profile(
         json!({}),
@@ -195,12 +199,8 @@ async fn a_due_run_creates_its_job_and_plan_secret() {
     let this = serde_json::to_value(&*p).unwrap();
     let server = tokio::spawn(async move {
         api.expect(Method::GET, JOBS, |_| list(vec![])).await;
-        api.expect(
-            Method::GET,
-            "/apis/mailvault.io/v1alpha1/namespaces/mail/mailboxsets/staff",
-            |_| (200, mailbox_set()),
-        )
-        .await;
+        api.expect(Method::GET, SECRETS, |_| list(vec![])).await;
+        api.expect(Method::GET, SET, |_| (200, mailbox_set())).await;
         api.expect(
             Method::GET,
             "/api/v1/namespaces/mail/secrets/master",
@@ -222,16 +222,15 @@ async fn a_due_run_creates_its_job_and_plan_secret() {
                 patched(mailbox_set()),
             )
             .await;
+        // The plan first: a pod never waits for a Secret that is not there yet.
+        let plan = api
+            .expect(Method::POST, SECRETS, |b| (201, b.clone()))
+            .await;
         let job = api
             .expect(Method::POST, JOBS, |body| {
                 let mut job = body.clone();
                 job["metadata"]["uid"] = json!("job-uid");
                 (201, job)
-            })
-            .await;
-        let plan = api
-            .expect(Method::POST, "/api/v1/namespaces/mail/secrets", |b| {
-                (201, b.clone())
             })
             .await;
         let patch = api
@@ -263,15 +262,38 @@ async fn a_due_run_creates_its_job_and_plan_secret() {
     // The password travels only in the plan Secret.
     assert!(!job.to_string().contains("s3cret-master"));
 
+    assert_eq!(
+        job["spec"]["template"]["spec"]["volumes"][0]["projected"]["sources"],
+        json!([{"secret": {"name": "nightly-202501070200-plan"}}])
+    );
     assert_eq!(plan["metadata"]["name"], "nightly-202501070200-plan");
-    assert_eq!(plan["metadata"]["ownerReferences"][0]["uid"], "job-uid");
-    use base64::Engine;
-    let plan_json = base64::engine::general_purpose::STANDARD
-        .decode(plan["data"]["plan.json"].as_str().unwrap())
+    assert_eq!(plan["metadata"]["ownerReferences"][0]["uid"], "profile-uid");
+    assert_eq!(
+        plan["metadata"]["labels"]["mailvault.io/run"],
+        "nightly-202501070200"
+    );
+    assert_eq!(
+        plan["metadata"]["annotations"]["mailvault.io/shard-sizes"],
+        "1,1"
+    );
+    let data = |key: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(plan["data"][key].as_str().unwrap())
+            .unwrap()
+    };
+    let plan_json: Value = serde_json::from_slice(&data("plan.json")).unwrap();
+    assert_eq!(plan_json["shards"], 2);
+    assert_eq!(plan_json["storeDurable"], true);
+    assert!(!plan_json.to_string().contains("s3cret-master"));
+    let mut shard = String::new();
+    use std::io::Read;
+    flate2::read::GzDecoder::new(&data("shard-1.json.gz")[..])
+        .read_to_string(&mut shard)
         .unwrap();
-    let plan_json: Value = serde_json::from_slice(&plan_json).unwrap();
-    assert_eq!(plan_json["shards"].as_array().unwrap().len(), 2);
-    assert_eq!(plan_json["passwords"], json!(["s3cret-master"]));
+    let shard: Value = serde_json::from_str(&shard).unwrap();
+    assert_eq!(shard[0]["user"], "bob");
+    assert_eq!(shard[0]["password"], "s3cret-master");
 
     let status = &patch["status"];
     assert_eq!(status["activeRun"]["name"], "nightly-202501070200");
@@ -281,6 +303,18 @@ async fn a_due_run_creates_its_job_and_plan_secret() {
     assert_eq!(condition(status, "Ready")["status"], "True");
     assert!(!patch.to_string().contains("s3cret-master"));
     assert_eq!(event["reason"], "RunStarted");
+}
+
+/// A plan Secret of `run` owned by the profile, as a metadata list returns it.
+fn plan_secret(run: &str, name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Secret",
+           "metadata": {"name": name, "namespace": "mail",
+                        "creationTimestamp": "2025-01-07T02:00:30Z",
+                        "labels": {"mailvault.io/run": run, "mailvault.io/profile": "nightly",
+                                   "app.kubernetes.io/managed-by": "mailvault"},
+                        "ownerReferences": [{"apiVersion": "mailvault.io/v1alpha1",
+                                             "kind": "ArchiveProfile", "name": "nightly",
+                                             "uid": "profile-uid"}]}})
 }
 
 fn job(name: &str, sizes: &str, status: Value) -> Value {
@@ -314,6 +348,7 @@ async fn a_running_job_shows_as_active_run_and_ready_stays_true() {
             )])
         })
         .await;
+        api.expect(Method::GET, SECRETS, |_| list(vec![])).await;
         let patch = api
             .expect(Method::PATCH, STATUS, patched(this.clone()))
             .await;
@@ -387,16 +422,24 @@ async fn a_finished_job_is_aggregated_recorded_and_old_runs_pruned() {
             ])
         })
         .await;
-        api.expect(
-            Method::DELETE,
-            &format!("/api/v1/namespaces/mail/secrets/{run}-plan"),
-            |_| {
-                (
-                    200,
-                    json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
-                )
-            },
-        )
+        api.expect(Method::GET, SECRETS, |_| {
+            list(vec![
+                plan_secret(run, "nightly-202501070200-plan"),
+                // Another profile's, and a user's Secret with the same labels: kept.
+                {
+                    let mut s = plan_secret(run, "nightly-202501070200-plan-1");
+                    s["metadata"]["ownerReferences"][0]["uid"] = json!("other-uid");
+                    s
+                },
+            ])
+        })
+        .await;
+        api.expect(Method::DELETE, &format!("{SECRETS}/{run}-plan"), |_| {
+            (
+                200,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+            )
+        })
         .await;
         api.expect(
             Method::DELETE,
@@ -427,7 +470,7 @@ async fn a_finished_job_is_aggregated_recorded_and_old_runs_pruned() {
     assert_eq!(last["totals"]["mailboxesFailed"], 1);
     assert_eq!(last["failedMailboxes"][0]["mailbox"], "carol@example.org");
     assert_eq!(last["completionTime"], "2025-01-07T02:20:00Z");
-    assert_eq!(last["protocolRef"], "mailvault-archive/runs/mail/nightly/");
+    assert_eq!(last["protocolRef"], "pvc:archive/runs/mail/nightly/");
     assert_eq!(status["runs"][0]["name"], run);
     assert_eq!(status["runs"][1]["name"], "nightly-202501060200");
     assert!(status.get("activeRun").is_none());
@@ -451,15 +494,12 @@ async fn an_invalid_csv_fails_the_run_visibly_without_a_job() {
     let this = serde_json::to_value(&*p).unwrap();
     let server = tokio::spawn(async move {
         api.expect(Method::GET, JOBS, |_| list(vec![])).await;
-        api.expect(
-            Method::GET,
-            "/apis/mailvault.io/v1alpha1/namespaces/mail/mailboxsets/staff",
-            |_| {
-                let mut set = mailbox_set();
-                set["spec"] = json!({"csv": {"secretRef": {"name": "mailboxes"}}});
-                (200, set)
-            },
-        )
+        api.expect(Method::GET, SECRETS, |_| list(vec![])).await;
+        api.expect(Method::GET, SET, |_| {
+            let mut set = mailbox_set();
+            set["spec"] = json!({"csv": {"secretRef": {"name": "mailboxes"}}});
+            (200, set)
+        })
         .await;
         api.expect(
             Method::GET,
@@ -527,6 +567,7 @@ async fn a_manual_trigger_starts_a_run_named_after_it_and_adopts_an_existing_job
             list(vec![job("nightly-m-ticket-42", "1", json!({"active": 1}))])
         })
         .await;
+        api.expect(Method::GET, SECRETS, |_| list(vec![])).await;
         let patch = api
             .expect(Method::PATCH, STATUS, patched(this.clone()))
             .await;
@@ -554,7 +595,8 @@ async fn a_deleted_profile_is_left_to_owner_references() {
 }
 
 #[tokio::test]
-async fn a_missing_mailbox_set_fails_the_run_without_a_job() {
+async fn a_run_waits_for_a_mailbox_set_that_does_not_exist_yet() {
+    // Objects applied together arrive in any order: the profile may come first.
     let (ctx, mut api) = setup("2025-01-07T02:00:30Z");
     let p = Arc::new(profile(
         json!({}),
@@ -563,11 +605,214 @@ async fn a_missing_mailbox_set_fails_the_run_without_a_job() {
     let this = serde_json::to_value(&*p).unwrap();
     let server = tokio::spawn(async move {
         api.expect(Method::GET, JOBS, |_| list(vec![])).await;
+        api.expect(Method::GET, SECRETS, |_| list(vec![])).await;
+        api.expect(Method::GET, SET, |_| not_found()).await;
+        let patch = api.expect(Method::PATCH, STATUS, patched(this)).await;
+        let event = api.expect(Method::POST, EVENTS, echo).await;
+        api.done().await;
+        (patch, event)
+    });
+    let action = profile::reconcile(p, ctx).await.unwrap();
+    let (patch, event) = server.await.unwrap();
+    let status = &patch["status"];
+    let ready = condition(status, "Ready");
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("False"), Some("ReferenceMissing"))
+    );
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("MailboxSet mail/staff does not exist"),
+        "{ready:#}"
+    );
+    // The slot is not taken: the run starts once the set is there.
+    assert_eq!(status["lastScheduleTime"], "2025-01-06T02:00:00Z");
+    assert!(status.get("lastRun").is_none());
+    assert_eq!(condition(status, "Stalled")["status"], "False");
+    assert_eq!(event["reason"], "RunWaiting");
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+}
+
+fn ok_status() -> (u16, Value) {
+    (
+        200,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+    )
+}
+
+#[tokio::test]
+async fn a_retry_uses_the_plan_an_earlier_attempt_made() {
+    // The plan Secrets were made, then creating the Job failed (the API server was away):
+    // the retry creates the Job from them, without reading the MailboxSet or directory.
+    let (ctx, mut api) = setup("2025-01-07T02:01:30Z");
+    let p = Arc::new(profile(
+        json!({}),
+        json!({"lastScheduleTime": "2025-01-06T02:00:00Z"}),
+    ));
+    let run = "nightly-202501070200";
+    let this = serde_json::to_value(&*p).unwrap();
+    let server = tokio::spawn(async move {
+        api.expect(Method::GET, JOBS, |_| list(vec![])).await;
+        api.expect(Method::GET, SECRETS, |_| {
+            let mut first = plan_secret(run, &format!("{run}-plan"));
+            first["metadata"]["annotations"] = json!({"mailvault.io/plan-parts": "2",
+                "mailvault.io/shard-sizes": "3,2", "mailvault.io/profile-generation": "2"});
+            list(vec![first, plan_secret(run, &format!("{run}-plan-1"))])
+        })
+        .await;
+        let job = api.expect(Method::POST, JOBS, |b| (201, b.clone())).await;
+        let patch = api.expect(Method::PATCH, STATUS, patched(this)).await;
+        api.expect(Method::POST, EVENTS, echo).await;
+        api.done().await;
+        (job, patch)
+    });
+    profile::reconcile(p, ctx).await.unwrap();
+    let (job, patch) = server.await.unwrap();
+    assert_eq!(
+        job["metadata"]["annotations"]["mailvault.io/shard-sizes"],
+        "3,2"
+    );
+    assert_eq!(
+        job["spec"]["template"]["spec"]["volumes"][0]["projected"]["sources"],
+        json!([{"secret": {"name": format!("{run}-plan")}},
+               {"secret": {"name": format!("{run}-plan-1")}}])
+    );
+    assert_eq!(patch["status"]["activeRun"]["mailboxes"], 5);
+}
+
+#[tokio::test]
+async fn a_job_the_api_server_refuses_fails_the_run_visibly_once() {
+    let (ctx, mut api) = setup("2025-01-07T02:00:30Z");
+    let p = Arc::new(profile(
+        json!({}),
+        json!({"lastScheduleTime": "2025-01-06T02:00:00Z"}),
+    ));
+    let run = "nightly-202501070200";
+    let this = serde_json::to_value(&*p).unwrap();
+    let server = tokio::spawn(async move {
+        api.expect(Method::GET, JOBS, |_| list(vec![])).await;
+        api.expect(Method::GET, SECRETS, |_| list(vec![])).await;
+        api.expect(Method::GET, SET, |_| (200, mailbox_set())).await;
+        api.expect(Method::GET, &format!("{SECRETS}/master"), |_| {
+            (
+                200,
+                secret(
+                    "master",
+                    json!({"username": b64("m"), "password": b64("pw")}),
+                ),
+            )
+        })
+        .await;
         api.expect(
-            Method::GET,
-            "/apis/mailvault.io/v1alpha1/namespaces/mail/mailboxsets/staff",
-            |_| not_found(),
+            Method::PATCH,
+            &format!("{SET}/status"),
+            patched(mailbox_set()),
         )
+        .await;
+        api.expect(Method::POST, SECRETS, |b| (201, b.clone()))
+            .await;
+        api.expect(Method::POST, JOBS, |_| {
+            (422, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                         "reason": "Invalid", "code": 422,
+                         "message": "Job.batch \"x\" is invalid: spec.template.spec.containers[0].volumeMounts[4].name: Not found: \"data\""}))
+        })
+        .await;
+        // Its plan goes at once: the run is over.
+        api.expect(Method::DELETE, &format!("{SECRETS}/{run}-plan"), |_| {
+            ok_status()
+        })
+        .await;
+        let patch = api.expect(Method::PATCH, STATUS, patched(this)).await;
+        let event = api.expect(Method::POST, EVENTS, echo).await;
+        api.done().await;
+        (patch, event)
+    });
+    let action = profile::reconcile(p, ctx).await.unwrap();
+    let (patch, event) = server.await.unwrap();
+    let status = &patch["status"];
+    let message = status["lastRun"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("refused the run's Job") && message.contains("volumeMounts[4].name"),
+        "{message}"
+    );
+    assert_eq!(status["lastRun"]["name"], run);
+    assert_eq!(condition(status, "Stalled")["reason"], "JobRejected");
+    assert_eq!(event["reason"], "RunNotStarted");
+    // The slot is taken: no retry until the next slot or a fix of the spec.
+    assert_eq!(status["lastScheduleTime"], "2025-01-07T02:00:00Z");
+    assert_ne!(action, Action::requeue(Duration::from_secs(5)));
+}
+
+#[tokio::test]
+async fn a_store_that_vanishes_with_the_pod_is_refused_without_a_job() {
+    let (ctx, mut api) = setup("2025-01-07T02:00:30Z");
+    let p = Arc::new(profile(
+        json!({"store": {"local": {"path": "/tmp/archive"}},
+               "deletion": {"mode": "AfterArchiving"}}),
+        json!({"lastScheduleTime": "2025-01-06T02:00:00Z"}),
+    ));
+    let this = serde_json::to_value(&*p).unwrap();
+    let server = tokio::spawn(async move {
+        api.expect(Method::GET, JOBS, |_| list(vec![])).await;
+        api.expect(Method::GET, SECRETS, |_| list(vec![])).await;
+        let patch = api.expect(Method::PATCH, STATUS, patched(this)).await;
+        let event = api.expect(Method::POST, EVENTS, echo).await;
+        api.done().await;
+        (patch, event)
+    });
+    profile::reconcile(p, ctx).await.unwrap();
+    let (patch, event) = server.await.unwrap();
+    let status = &patch["status"];
+    let ready = condition(status, "Ready");
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("False"), Some("StoreNotDurable"))
+    );
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.contains("/tmp/archive") && message.contains("persistentVolumeClaim"),
+        "{message}"
+    );
+    assert_eq!(condition(status, "Stalled")["reason"], "StoreNotDurable");
+    assert_eq!(status["lastRun"]["result"], "Failed");
+    assert_eq!(event["reason"], "RunNotStarted");
+}
+
+#[tokio::test]
+async fn a_run_none_of_whose_pods_can_start_is_failed_and_stopped() {
+    let (ctx, mut api) = setup("2025-01-07T02:20:00Z");
+    let run = "nightly-202501070200";
+    let p = Arc::new(profile(
+        json!({"jobTemplate": {"pendingDeadlineSeconds": 600}}),
+        json!({"lastScheduleTime": "2025-01-07T02:00:00Z",
+               "activeRun": {"name": run, "mailboxes": 3, "mailboxesDone": 0, "mailboxesFailed": 0}}),
+    ));
+    let this = serde_json::to_value(&*p).unwrap();
+    let server = tokio::spawn(async move {
+        api.expect(Method::GET, JOBS, |_| {
+            list(vec![job(run, "2,1", json!({"active": 2, "ready": 0}))])
+        })
+        .await;
+        api.expect(Method::GET, "/api/v1/namespaces/mail/pods", |_| {
+            list(vec![json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": format!("{run}-0-abcde"), "namespace": "mail",
+                             "annotations": {"batch.kubernetes.io/job-completion-index": "0"}},
+                "status": {"phase": "Pending", "containerStatuses": [{"name": "worker", "image": "i",
+                    "imageID": "", "ready": false, "restartCount": 0,
+                    "state": {"waiting": {"reason": "ErrImagePull", "message": "pull access denied"}}}]}})])
+        })
+        .await;
+        api.expect(Method::DELETE, &format!("{JOBS}/{run}"), |_| ok_status())
+            .await;
+        api.expect(Method::GET, SECRETS, |_| {
+            list(vec![plan_secret(run, &format!("{run}-plan"))])
+        })
+        .await;
+        api.expect(Method::DELETE, &format!("{SECRETS}/{run}-plan"), |_| {
+            ok_status()
+        })
         .await;
         let patch = api.expect(Method::PATCH, STATUS, patched(this)).await;
         let event = api.expect(Method::POST, EVENTS, echo).await;
@@ -577,11 +822,52 @@ async fn a_missing_mailbox_set_fails_the_run_without_a_job() {
     profile::reconcile(p, ctx).await.unwrap();
     let (patch, event) = server.await.unwrap();
     let status = &patch["status"];
-    assert_eq!(
-        status["lastRun"]["message"],
-        "MailboxSet mail/staff does not exist"
+    assert!(status.get("activeRun").is_none(), "{status:#}");
+    assert_eq!(status["lastRun"]["name"], run);
+    assert_eq!(status["lastRun"]["result"], "Failed");
+    assert_eq!(status["lastRun"]["totals"]["mailboxesFailed"], 3);
+    let reason = status["lastRun"]["failedMailboxes"][0]["reason"]
+        .as_str()
+        .unwrap();
+    assert!(
+        reason.contains("ErrImagePull: pull access denied") && reason.contains("1169 s"),
+        "{reason}"
     );
-    assert_eq!(condition(status, "LastRunSucceeded")["reason"], "Failed");
-    assert_eq!(condition(status, "Stalled")["status"], "True");
-    assert_eq!(event["reason"], "RunNotStarted");
+    assert_eq!(event["reason"], "RunFailed");
+}
+
+#[tokio::test]
+async fn a_manual_trigger_value_used_before_says_so() {
+    let (ctx, mut api) = setup("2025-01-08T12:00:00Z");
+    let p = Arc::new(profile(
+        json!({"trigger": {"manual": "a"}}),
+        json!({"lastManualTrigger": "b", "lastScheduleTime": "2025-01-08T02:00:00Z",
+               "runs": [{"name": "nightly-m-b", "result": "Succeeded", "totals": totals(1, 0, 1)},
+                        {"name": "nightly-m-a", "result": "Succeeded", "totals": totals(1, 0, 1)}]}),
+    ));
+    let this = serde_json::to_value(&*p).unwrap();
+    let server = tokio::spawn(async move {
+        api.expect(Method::GET, JOBS, |_| {
+            let done = json!({"conditions": [{"type": "Complete", "status": "True"}]});
+            let mut a = job("nightly-m-a", "1", done.clone());
+            a["metadata"]["creationTimestamp"] = json!("2025-01-07T00:00:00Z");
+            list(vec![a, job("nightly-m-b", "1", done)])
+        })
+        .await;
+        api.expect(Method::GET, SECRETS, |_| list(vec![])).await;
+        let patch = api.expect(Method::PATCH, STATUS, patched(this)).await;
+        let event = api.expect(Method::POST, EVENTS, echo).await;
+        api.done().await;
+        (patch, event)
+    });
+    profile::reconcile(p, ctx).await.unwrap();
+    let (patch, event) = server.await.unwrap();
+    assert_eq!(patch["status"]["lastManualTrigger"], "a");
+    assert!(patch["status"].get("activeRun").is_none());
+    assert_eq!(event["reason"], "TriggerAlreadyUsed");
+    assert_eq!(event["type"], "Warning");
+    assert!(
+        event["note"].as_str().unwrap().contains("set a new value"),
+        "{event:#}"
+    );
 }

@@ -336,6 +336,7 @@ fn the_image_runs_the_one_binary_as_the_pods_user() {
         &profile,
         "p-1",
         &[1],
+        1,
         "img",
     ))
     .unwrap();

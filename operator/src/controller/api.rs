@@ -36,17 +36,19 @@ pub const API_CALLS: &[ApiCall] = &[
     // Statuses are written with server-side apply (profile.rs, mailboxset.rs).
     call(GROUP, "archiveprofiles/status", "patch"),
     call(GROUP, "mailboxsets/status", "patch"),
-    // A run is a Job: watched as owned objects, listed per profile, created, adopted after
-    // a conflict (get), pruned beyond the history limits.
+    // A run is a Job: watched as owned objects (by metadata), listed per profile, created
+    // (a conflict means it exists: adopted), pruned beyond the history limits, and deleted
+    // when none of its pods could run.
     call("batch", "jobs", "create"),
     call("batch", "jobs", "delete"),
-    call("batch", "jobs", "get"),
     call("batch", "jobs", "list"),
     call("batch", "jobs", "watch"),
-    // A finished run's shard summaries are its pods' termination messages.
+    // A finished run's shard summaries are its pods' termination messages; a run's pods
+    // say why they cannot start.
     call("", "pods", "list"),
     // Secrets the resources reference are read (get) and watched, by metadata only, for
-    // changes; a run's plan Secret is created and deleted once the run is recorded.
+    // changes; a run's plan Secrets are created, listed (by metadata) and deleted once the
+    // run is recorded.
     call("", "secrets", "create"),
     call("", "secrets", "delete"),
     call("", "secrets", "get"),
@@ -56,6 +58,43 @@ pub const API_CALLS: &[ApiCall] = &[
     call("events.k8s.io", "events", "create"),
     call("events.k8s.io", "events", "patch"),
 ];
+
+/// The RBAC view of a request, from its method and its path with the query: the group,
+/// the resource (with its subresource, `archiveprofiles/status`) and the verb (`watch` for
+/// a GET with `watch=true`). `None` for paths outside the resource API (`/version`).
+pub fn classify(method: &str, path_and_query: &str) -> Option<(String, String, String)> {
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, mut rest) = match *segments.first()? {
+        "api" => ("", segments.get(2..)?),
+        "apis" => (*segments.get(1)?, segments.get(3..)?),
+        _ => return None,
+    };
+    if rest.len() > 2 && rest[0] == "namespaces" {
+        rest = &rest[2..];
+    }
+    let resource = match rest.get(2) {
+        Some(sub) => format!("{}/{sub}", rest.first()?),
+        None => rest.first()?.to_string(),
+    };
+    let watch = query
+        .split('&')
+        .any(|kv| kv == "watch=true" || kv == "watch=1");
+    let verb = match (method, rest.len() > 1) {
+        ("GET", false) if watch => "watch",
+        ("GET", false) => "list",
+        ("GET", true) => "get",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => return None,
+    };
+    Some((group.to_string(), resource, verb.to_string()))
+}
 
 #[cfg(test)]
 mod tests {
@@ -77,36 +116,10 @@ mod tests {
 
     type Call = (String, String, String);
 
-    /// The RBAC view of a request: group, resource (with subresource), verb.
     fn classify(method: &Method, uri: &http::Uri) -> Call {
-        let segments: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
-        let (group, mut rest) = match segments[0] {
-            "api" => ("", &segments[2..]),
-            "apis" => (segments[1], &segments[3..]),
-            other => panic!("not an API path: {other}"),
-        };
-        if rest.len() > 2 && rest[0] == "namespaces" {
-            rest = &rest[2..];
-        }
-        let resource = match rest.get(2) {
-            Some(sub) => format!("{}/{sub}", rest[0]),
-            None => rest[0].to_string(),
-        };
-        let watch = uri
-            .query()
-            .is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
-        let verb = match (method.as_str(), rest.len() > 1) {
-            ("GET", false) if watch => "watch",
-            ("GET", false) => "list",
-            ("GET", true) => "get",
-            ("POST", _) => "create",
-            ("PUT", _) => "update",
-            ("PATCH", _) => "patch",
-            ("DELETE", true) => "delete",
-            ("DELETE", false) => "deletecollection",
-            (other, _) => panic!("unexpected method {other}"),
-        };
-        (group.to_string(), resource, verb.to_string())
+        let target = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+        super::classify(method.as_str(), target)
+            .unwrap_or_else(|| panic!("not an API request: {method} {uri}"))
     }
 
     fn status(code: u16, reason: &str) -> Value {
@@ -200,9 +213,17 @@ mod tests {
         let profile = json!({
             "apiVersion": "mailvault.io/v1alpha1", "kind": "ArchiveProfile", "metadata": meta("p"),
             "spec": {"mailboxSetRef": {"name": "staff"}, "server": {"host": "imap.example.org"},
+                     "store": {"local": {"persistentVolumeClaim": {"claimName": "archive"}}},
                      "trigger": {"manual": "now"}, "successfulRunsHistoryLimit": 0,
                      "failedRunsHistoryLimit": 0}
         });
+        // A finished run's plan Secret, deleted once the run is recorded.
+        let mut plan_meta = meta("p-old-plan");
+        plan_meta["labels"] = json!({"mailvault.io/run": "p-old", "mailvault.io/profile": "p",
+                                     "app.kubernetes.io/managed-by": "mailvault"});
+        plan_meta["ownerReferences"] = json!([{"apiVersion": "mailvault.io/v1alpha1",
+            "kind": "ArchiveProfile", "name": "p", "uid": "uid-p"}]);
+        let plan = json!({"apiVersion": "v1", "kind": "Secret", "metadata": plan_meta});
         let set = json!({
             "apiVersion": "mailvault.io/v1alpha1", "kind": "MailboxSet", "metadata": meta("staff"),
             "spec": {"csv": {"secretRef": {"name": "csv"}}}
@@ -232,6 +253,7 @@ mod tests {
                 set,
             ),
             (format!("/api/v1{NS}/secrets/csv"), csv),
+            (format!("/api/v1{NS}/secrets/p-old-plan"), plan),
             (format!("/apis/batch/v1{NS}/jobs/p-old"), job("p-old")),
         ])
     }
@@ -251,7 +273,7 @@ mod tests {
         ));
 
         // Both controllers start: their watches (list, then watch).
-        let controllers = tokio::spawn(run::run(client, ctx.clone()));
+        let controllers = tokio::spawn(run::run(client, ctx.clone(), run::Readiness::new(&[])));
         let want_watches = 4; // profiles, sets, secrets, jobs
         for _ in 0..400 {
             let watches = fake
@@ -268,8 +290,9 @@ mod tests {
         }
         controllers.abort();
 
-        // A profile reconcile that records a finished run, starts (adopts) a manual one and
-        // prunes; twice, so that its events repeat. Then a MailboxSet reconcile.
+        // A profile reconcile that records a finished run (deleting its plan Secret),
+        // starts (adopts) a manual one and prunes; twice, so that its events repeat. Then
+        // a MailboxSet reconcile.
         let objects = fixtures();
         let get = |path: &str| objects[&format!("/apis/mailvault.io/v1alpha1{NS}/{path}")].clone();
         let p: ArchiveProfile = serde_json::from_value(get("archiveprofiles/p")).unwrap();

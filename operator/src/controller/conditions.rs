@@ -1,6 +1,7 @@
 //! Status conditions as the Kubernetes API conventions describe them: one per type, and
 //! `lastTransitionTime` changes only when `status` does, so that "since when" stays true.
 
+use super::context::{bounded, MAX_STATUS_MESSAGE};
 use crate::resources::Condition;
 
 pub const READY: &str = "Ready";
@@ -9,7 +10,7 @@ pub const LAST_RUN_SUCCEEDED: &str = "LastRunSucceeded";
 pub const DIRECTORY_SYNCED: &str = "DirectorySynced";
 
 /// Sets the condition `type_` in `conditions`, keeping its transition time unless the
-/// status changes.
+/// status changes. Long messages are cut to [`MAX_STATUS_MESSAGE`].
 pub fn set(
     conditions: &mut Vec<Condition>,
     type_: &str,
@@ -24,7 +25,7 @@ pub fn set(
         type_: type_.to_string(),
         status: status.to_string(),
         reason: reason.to_string(),
-        message: message.into(),
+        message: bounded(message.into(), MAX_STATUS_MESSAGE),
         last_transition_time: now.to_string(),
         observed_generation: generation,
     };

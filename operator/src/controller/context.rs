@@ -73,19 +73,35 @@ pub struct RunEvent {
 
 /// Event notes are capped at 1 kB by the API server.
 fn truncate_note(note: String) -> String {
-    if note.len() <= 1000 {
-        return note;
+    bounded(note, 1000)
+}
+
+/// Most bytes of a message in a status (a condition's, `lastRun.message`): a status is
+/// capped in size with its object and sent to every watcher, and a person reads the first
+/// lines anyway.
+pub const MAX_STATUS_MESSAGE: usize = 1024;
+
+/// `text` cut to at most `max` bytes (on a character boundary), ending in `...` if cut.
+pub fn bounded(text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
     }
-    let mut cut = 997;
-    while !note.is_char_boundary(cut) {
+    let mut cut = max.saturating_sub(3);
+    while !text.is_char_boundary(cut) {
         cut -= 1;
     }
-    format!("{}...", &note[..cut])
+    format!("{}...", &text[..cut])
 }
 
 /// RFC 3339 to the second, as Kubernetes writes times.
 pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// A Kubernetes timestamp as a chrono time.
+pub fn from_k8s(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond().max(0) as u32)
+        .unwrap_or_default()
 }
 
 pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
@@ -136,5 +152,9 @@ mod tests {
     #[test]
     fn notes_are_capped() {
         assert_eq!(truncate_note("é".repeat(800)).len(), 999);
+        assert_eq!(bounded("short".into(), 10), "short");
+        let cut = bounded("x".repeat(5000), MAX_STATUS_MESSAGE);
+        assert_eq!(cut.len(), MAX_STATUS_MESSAGE);
+        assert!(cut.ends_with("..."));
     }
 }

@@ -4,13 +4,13 @@
 //! rolling update) are safe without leader election: run names are deterministic, a Job
 //! that exists is adopted instead of created twice, and statuses are applied whole.
 
+use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use clap::Args;
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response};
@@ -29,6 +29,10 @@ use super::metrics::Metrics;
 use super::profile;
 use crate::resources::{ArchiveProfile, MailboxSet};
 
+/// How the operator names itself in every API request, so that audit logs tell its
+/// requests from everyone else's.
+pub const USER_AGENT: &str = concat!("mailvault-operator/", env!("CARGO_PKG_VERSION"));
+
 #[derive(Args, Debug)]
 pub struct OperatorArgs {
     /// Address of /metrics, /healthz and /readyz.
@@ -42,8 +46,7 @@ pub struct OperatorArgs {
 
 /// Runs the operator until SIGTERM or Ctrl-C; returns the exit code.
 pub async fn main(args: OperatorArgs) -> u8 {
-    // KUBECONFIG, ~/.kube/config or the in-cluster service account, as kubectl does.
-    let client = match Client::try_default().await {
+    let client = match client().await {
         Ok(client) => client,
         Err(e) => {
             eprintln!("error: connecting to Kubernetes: {e}");
@@ -51,56 +54,144 @@ pub async fn main(args: OperatorArgs) -> u8 {
         }
     };
     let metrics = Arc::new(Metrics::default());
-    let ready = Arc::new(AtomicBool::new(false));
-    let server = tokio::spawn(serve(args.listen, metrics.clone(), ready.clone()));
+    let readiness = Readiness::new(&WATCHES);
+    let server = tokio::spawn(serve(args.listen, metrics.clone(), readiness.clone()));
     let ctx = Arc::new(Context::new(
         client.clone(),
         Arc::new(chrono::Utc::now),
         args.worker_image,
         metrics,
     ));
-    ready.store(true, Ordering::SeqCst);
-    run(client, ctx).await;
+    run(client, ctx, readiness).await;
     server.abort();
     0
 }
 
+/// A client configured like kubectl (`KUBECONFIG`, `~/.kube/config` or the in-cluster
+/// service account) that sends [`USER_AGENT`].
+async fn client() -> Result<Client, String> {
+    let mut config = kube::Config::infer().await.map_err(|e| e.to_string())?;
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(USER_AGENT),
+    ));
+    Client::try_from(config).map_err(|e| e.to_string())
+}
+
+/// Every watch the controllers keep; the operator is ready once each has listed its
+/// objects.
+const WATCHES: [&str; 6] = [
+    "archiveprofiles",
+    "mailboxsets",
+    "jobs",
+    "mailboxsets (for profiles)",
+    "secrets (for profiles)",
+    "secrets (for mailboxsets)",
+];
+
+/// Which watches have not yet delivered their first complete list. `/readyz` fails until
+/// none is left: before that, the controllers would act on a partial view (and the
+/// metrics would miss profiles).
+#[derive(Clone)]
+pub struct Readiness(Arc<Mutex<BTreeSet<&'static str>>>);
+
+impl Readiness {
+    pub fn new(pending: &[&'static str]) -> Self {
+        Readiness(Arc::new(Mutex::new(pending.iter().copied().collect())))
+    }
+
+    fn listed(&self, watch: &'static str) {
+        self.0.lock().expect("readiness lock").remove(watch);
+    }
+
+    pub fn ready(&self) -> bool {
+        self.0.lock().expect("readiness lock").is_empty()
+    }
+
+    /// `events`, noting when `watch` has listed everything (after the cache, if any, took
+    /// the list in).
+    fn track<K, S>(&self, watch: &'static str, events: S) -> impl Stream<Item = S::Item>
+    where
+        S: Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    {
+        let readiness = self.clone();
+        events.inspect(move |event| {
+            if let Ok(watcher::Event::InitDone) = event {
+                readiness.listed(watch);
+            }
+        })
+    }
+}
+
 /// Both controllers until shutdown; every request they send is in [`super::api::API_CALLS`].
-pub(super) async fn run(client: Client, ctx: Arc<Context>) {
+pub(super) async fn run(client: Client, ctx: Arc<Context>, readiness: Readiness) {
     let profiles: Api<ArchiveProfile> = Api::all(client.clone());
     let sets: Api<MailboxSet> = Api::all(client.clone());
-    // Secrets by metadata only: the operator keeps no Secret contents in memory.
+    // Secrets and Jobs by metadata only: the operator keeps no Secret contents in memory,
+    // and the API server sends none.
     let secrets: Api<PartialObjectMeta<Secret>> = Api::all(client.clone());
-    let jobs: Api<Job> = Api::all(client.clone());
+    let jobs: Api<PartialObjectMeta<Job>> = Api::all(client.clone());
+    let secret_events = |watch| {
+        readiness
+            .track(
+                watch,
+                watcher(secrets.clone(), watcher::Config::default()).default_backoff(),
+            )
+            .touched_objects()
+    };
 
     // Only spec changes (generation) trigger a reconcile of the main objects: the status
-    // the operator writes itself must not.
+    // the operator writes itself must not. The caches see every change, status included:
+    // the metrics show what the statuses say.
     let (set_reader, set_writer) = reflector::store();
-    let set_stream = watcher(sets.clone(), watcher::Config::default())
-        .default_backoff()
-        .reflect(set_writer)
+    let set_stream = readiness
+        .track(
+            "mailboxsets",
+            watcher(sets.clone(), watcher::Config::default())
+                .default_backoff()
+                .reflect(set_writer),
+        )
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
     let (profile_reader, profile_writer) = reflector::store();
-    let profile_stream = watcher(profiles, watcher::Config::default())
-        .default_backoff()
-        .reflect(profile_writer)
+    let profile_stream = readiness
+        .track(
+            "archiveprofiles",
+            watcher(profiles, watcher::Config::default())
+                .default_backoff()
+                .reflect(profile_writer),
+        )
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
+    ctx.metrics
+        .watch(profile_reader.clone(), set_reader.clone());
 
     let profiles_for_set = profile_reader.clone();
     let profiles_for_secret = profile_reader.clone();
     let sets_for_secret = set_reader.clone();
-    let profile_controller = Controller::for_stream(profile_stream, profile_reader)
-        .owns(
-            jobs,
-            watcher::Config::default().labels(&format!(
-                "{}={}",
-                super::job::LABEL_MANAGED_BY,
-                super::job::MANAGED_BY
-            )),
+    let job_events = readiness
+        .track(
+            "jobs",
+            watcher(
+                jobs,
+                watcher::Config::default().labels(&format!(
+                    "{}={}",
+                    super::job::LABEL_MANAGED_BY,
+                    super::job::MANAGED_BY
+                )),
+            )
+            .default_backoff(),
         )
-        .watches(sets, watcher::Config::default(), move |set: MailboxSet| {
+        .touched_objects();
+    let set_events = readiness
+        .track(
+            "mailboxsets (for profiles)",
+            watcher(sets, watcher::Config::default()).default_backoff(),
+        )
+        .touched_objects();
+    let profile_controller = Controller::for_stream(profile_stream, profile_reader)
+        .owns_stream(job_events)
+        .watches_stream(set_events, move |set: MailboxSet| {
             profiles_for_set
                 .state()
                 .into_iter()
@@ -111,9 +202,8 @@ pub(super) async fn run(client: Client, ctx: Arc<Context>) {
                 .map(|p| ObjectRef::from_obj(&*p))
                 .collect::<Vec<_>>()
         })
-        .watches(
-            secrets.clone(),
-            watcher::Config::default(),
+        .watches_stream(
+            secret_events("secrets (for profiles)"),
             move |secret: PartialObjectMeta<Secret>| {
                 let name = secret.name_any();
                 let sets = sets_for_secret.state();
@@ -141,14 +231,24 @@ pub(super) async fn run(client: Client, ctx: Arc<Context>) {
             },
         )
         .shutdown_on_signal()
-        .run(profile::reconcile, profile_error_policy, ctx.clone())
+        .run(
+            |p, ctx: Arc<Context>| async move {
+                let key = object_key(&*p);
+                let result = profile::reconcile(p, ctx.clone()).await;
+                if result.is_ok() {
+                    ctx.metrics.reconcile_succeeded("ArchiveProfile", key);
+                }
+                result
+            },
+            profile_error_policy,
+            ctx.clone(),
+        )
         .for_each(|_| futures::future::ready(()));
 
     let sets_for_secret = set_reader.clone();
     let set_controller = Controller::for_stream(set_stream, set_reader)
-        .watches(
-            secrets,
-            watcher::Config::default(),
+        .watches_stream(
+            secret_events("secrets (for mailboxsets)"),
             move |secret: PartialObjectMeta<Secret>| {
                 let name = secret.name_any();
                 sets_for_secret
@@ -163,9 +263,29 @@ pub(super) async fn run(client: Client, ctx: Arc<Context>) {
             },
         )
         .shutdown_on_signal()
-        .run(mailboxset::reconcile, set_error_policy, ctx)
+        .run(
+            |s, ctx: Arc<Context>| async move {
+                let key = object_key(&*s);
+                let result = mailboxset::reconcile(s, ctx.clone()).await;
+                if result.is_ok() {
+                    ctx.metrics.reconcile_succeeded("MailboxSet", key);
+                }
+                result
+            },
+            set_error_policy,
+            ctx,
+        )
         .for_each(|_| futures::future::ready(()));
     futures::join!(profile_controller, set_controller);
+}
+
+/// `namespace/name`, the key of an object's failure streak.
+fn object_key<K: kube::Resource>(object: &K) -> String {
+    format!(
+        "{}/{}",
+        object.meta().namespace.as_deref().unwrap_or(""),
+        object.meta().name.as_deref().unwrap_or("")
+    )
 }
 
 fn policy<K: kube::Resource<DynamicType = ()>>(
@@ -174,11 +294,7 @@ fn policy<K: kube::Resource<DynamicType = ()>>(
     error: &Error,
     ctx: &Context,
 ) -> Action {
-    let key = format!(
-        "{}/{}",
-        object.meta().namespace.as_deref().unwrap_or(""),
-        object.meta().name.as_deref().unwrap_or("")
-    );
+    let key = object_key(object);
     let failures = ctx
         .metrics
         .reconcile_failed(controller, key.clone(), error.metric_label());
@@ -194,9 +310,9 @@ fn set_error_policy(s: Arc<MailboxSet>, error: &Error, ctx: Arc<Context>) -> Act
     policy("MailboxSet", &*s, error, &ctx)
 }
 
-/// A minimal HTTP/1 server: `/metrics`, `/healthz` (the process serves), `/readyz` (the
-/// controllers run).
-async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
+/// A minimal HTTP/1 server: `/metrics`, `/healthz` (the process serves), `/readyz` (every
+/// watch has listed its objects).
+async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, readiness: Readiness) {
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -209,10 +325,10 @@ async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) 
             continue;
         };
         let metrics = metrics.clone();
-        let ready = ready.clone();
+        let readiness = readiness.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let response = respond(req.uri().path(), &metrics, ready.load(Ordering::SeqCst));
+                let response = respond(req.uri().path(), &metrics, readiness.ready());
                 async move { Ok::<_, Infallible>(response) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
@@ -226,7 +342,11 @@ async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) 
 /// The response to a GET of `path`.
 pub fn respond(path: &str, metrics: &Metrics, ready: bool) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match path {
-        "/metrics" => (200, "text/plain; version=0.0.4", metrics.render()),
+        "/metrics" => (
+            200,
+            "text/plain; version=0.0.4",
+            metrics.render(chrono::Utc::now()),
+        ),
         "/healthz" => (200, "text/plain", "ok\n".to_string()),
         "/readyz" if ready => (200, "text/plain", "ok\n".to_string()),
         "/readyz" => (503, "text/plain", "starting\n".to_string()),
@@ -242,6 +362,17 @@ pub fn respond(path: &str, metrics: &Metrics, ready: bool) -> Response<Full<Byte
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ready_once_every_watch_listed() {
+        let r = Readiness::new(&["a", "b"]);
+        assert!(!r.ready());
+        r.listed("a");
+        r.listed("a");
+        assert!(!r.ready());
+        r.listed("b");
+        assert!(r.ready());
+    }
 
     #[test]
     fn endpoints() {

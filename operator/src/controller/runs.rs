@@ -7,9 +7,10 @@ use crate::resources::{ActiveRun, RunSummary};
 /// Mailboxes per Job index (shard) to aim for: small shards report progress often and
 /// retry little when one pod fails, many shards cost a pod each.
 const MAILBOXES_PER_SHARD: usize = 10;
-/// Most shards of one run (Kubernetes caps indexed Jobs with per-index backoff at 100 000
-/// completions; the plan Secret and the shard sizes annotation stay small below this).
-const MAX_SHARDS: usize = 1000;
+/// Most shards of one run. Each shard is a pod (or more, with retries) and an entry of
+/// the shard sizes annotation: beyond 2,000 mailboxes shards grow with the set instead,
+/// so that 100,000 mailboxes make 200 pods of 500 mailboxes, not 10,000 pods.
+const MAX_SHARDS: usize = 200;
 
 /// How many shards `mailboxes` mailboxes are split into: enough that every parallel pod
 /// has one, about [`MAILBOXES_PER_SHARD`] each, at most [`MAX_SHARDS`].

@@ -47,7 +47,7 @@ impl Schedule {
     }
 
     /// The last slot at or before `t`.
-    fn latest_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    pub fn latest_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.cron
             .find_previous_occurrence(&t.with_timezone(&self.zone), true)
             .ok()

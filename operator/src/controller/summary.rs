@@ -116,6 +116,9 @@ pub struct RunFacts<'a> {
     pub shard_sizes: &'a [u64],
     /// Where the shards' protocols are.
     pub protocol_ref: Option<String>,
+    /// Why shards without a summary reported nothing, when the operator knows (a run it
+    /// stopped because none of its pods could run).
+    pub missing_reason: Option<String>,
 }
 
 /// The run's record from its shards' summaries. A shard without a summary (its pod was
@@ -129,9 +132,12 @@ pub fn aggregate(facts: &RunFacts<'_>, summaries: &BTreeMap<u32, ShardSummary>) 
     for (index, size) in facts.shard_sizes.iter().enumerate() {
         let index = index as u32;
         let mut missing = *size;
-        let mut reason = "the worker reported no result (its pod was deleted, evicted or \
-                          killed, or could not start)"
-            .to_string();
+        let mut reason = match &facts.missing_reason {
+            Some(reason) => reason.clone(),
+            None => "the worker reported no result (its pod was deleted, evicted or killed, \
+                     or could not start)"
+                .to_string(),
+        };
         if let Some(s) = summaries.get(&index) {
             missing = size.saturating_sub(s.totals.mailboxes);
             if let Some(error) = &s.error {
@@ -168,6 +174,10 @@ pub fn aggregate(facts: &RunFacts<'_>, summaries: &BTreeMap<u32, ShardSummary>) 
     };
     let listed = failed_mailboxes.len() as u64 + omitted;
     failed_mailboxes.truncate(MAX_FAILED_MAILBOXES);
+    // The status keeps the start of each reason; the protocols have them whole.
+    for failed in &mut failed_mailboxes {
+        failed.reason = truncate(&failed.reason, MAX_REASON_CHARS * 2);
+    }
     let left_out = listed - failed_mailboxes.len() as u64;
     LastRun {
         name: facts.name.to_string(),
@@ -267,6 +277,7 @@ mod tests {
             completion_time: Some("2025-01-01T02:10:00Z".into()),
             shard_sizes: sizes,
             protocol_ref: Some("/srv/runs/mail/p/p-202501010200-*.json".into()),
+            missing_reason: None,
         }
     }
 

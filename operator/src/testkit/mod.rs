@@ -2,6 +2,8 @@
 //! Built only with the `testkit` feature; nothing here is part of the product.
 
 pub mod dovecot;
+#[cfg(unix)]
+pub mod fakekube;
 pub mod garage;
 pub mod mail;
 pub mod proxy;
