@@ -16,7 +16,8 @@ use serde_json::Value;
 use yamlfiles::{assert_object, documents, relative, root, yaml_files};
 
 const NAMESPACE: &str = "mailvault-system";
-const IMAGE: &str = "ghcr.io/mailvault/mailvault:latest";
+/// The image as the manifests name it; kustomization.yaml adds the release's tag.
+const IMAGE: &str = "ghcr.io/mailvault/mailvault";
 
 /// A kustomization's files: the kustomization itself, its configurations, and the objects
 /// of its resources, following directories (other kustomizations) as kustomize does.
@@ -400,6 +401,12 @@ fn kubectl_kustomize_builds_it_and_images_override_both() {
     .unwrap();
     let built = kubectl_kustomize(&dir.path().join("manifests"));
     assert_eq!(names(&built), names(&build().objects));
+    // As installed: this version's release, for the operator and its workers.
+    let pinned = format!("{IMAGE}:{}", env!("CARGO_PKG_VERSION"));
+    let deployment = built.iter().find(|o| o["kind"] == "Deployment").unwrap();
+    let c = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["image"], pinned.as_str());
+    assert_eq!(env(c, "MAILVAULT_WORKER_IMAGE")["value"], pinned.as_str());
 
     let overlaid = kubectl_kustomize(&overlay);
     let deployment = overlaid.iter().find(|o| o["kind"] == "Deployment").unwrap();
@@ -843,4 +850,92 @@ fn the_readme_lists_the_operators_api_calls() {
         .map(|c| (c.group.into(), c.resource.into(), c.verb.into()))
         .collect();
     assert_eq!(listed, needed, "README.md's table differs from API_CALLS");
+}
+
+/// One version: the crate's is the image tag the manifests install and has a changelog
+/// section; the release workflow refuses a tag that is not it.
+#[test]
+fn the_manifests_pin_the_crates_version() {
+    let version = env!("CARGO_PKG_VERSION");
+    let k = documents(&root().join("manifests/kustomization.yaml")).remove(0);
+    let images = k["images"]
+        .as_array()
+        .expect("kustomization.yaml pins the image");
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0]["name"], IMAGE);
+    assert!(
+        images[0]["newName"].is_null(),
+        "the image is the project's own"
+    );
+    assert_eq!(
+        images[0]["newTag"].as_str(),
+        Some(version),
+        "manifests/kustomization.yaml must pin the crate's version"
+    );
+    let changelog = std::fs::read_to_string(root().join("CHANGELOG.md")).unwrap();
+    assert!(
+        changelog.contains(&format!("\n## [{version}]")),
+        "CHANGELOG.md has no section for {version}"
+    );
+    let release = std::fs::read_to_string(root().join(".github/workflows/release.yaml")).unwrap();
+    for check in [
+        r#"[[ "v$version" == "$GITHUB_REF_NAME" ]]"#,
+        r#"grep -q "newTag: \"$version\"" manifests/kustomization.yaml"#,
+        r#"grep -q "^## \[$version\]" CHANGELOG.md"#,
+    ] {
+        assert!(release.contains(check), "release.yaml lacks {check}");
+    }
+}
+
+/// The release builds both architectures and refuses an image above 40 MB; the e2e suite
+/// runs on the oldest Kubernetes the README promises.
+#[test]
+fn the_release_and_e2e_workflows_keep_the_readmes_promises() {
+    let release = documents(&root().join(".github/workflows/release.yaml")).remove(0);
+    let on = &release["on"];
+    assert!(
+        on["push"]["tags"][0].as_str().unwrap().starts_with("v"),
+        "{on}"
+    );
+    let job = &release["jobs"]["release"];
+    let max: u64 = job["env"]["MAX_IMAGE_BYTES"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(max <= 40_000_000, "{max}");
+    let steps = job["steps"].as_array().unwrap();
+    let image = steps
+        .iter()
+        .find(|s| s["name"] == "Image (amd64, arm64)")
+        .expect("the image step");
+    assert_eq!(image["with"]["platforms"], "linux/amd64,linux/arm64");
+    assert_eq!(image["with"]["push"], true);
+    let runs: String = steps.iter().filter_map(|s| s["run"].as_str()).collect();
+    for needed in [
+        "MAX_IMAGE_BYTES",
+        "kubectl kustomize release-overlay",
+        "gh release create",
+    ] {
+        assert!(runs.contains(needed), "release.yaml does not run {needed}");
+    }
+
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let minimum = readme
+        .split("Kubernetes ")
+        .skip(1)
+        .find_map(|rest| rest.split_once(" or later").map(|(v, _)| v))
+        .filter(|v| v.chars().all(|c| c.is_ascii_digit() || c == '.'))
+        .expect("the README states the oldest Kubernetes (\"Kubernetes 1.N or later\")");
+    let e2e = documents(&root().join(".github/workflows/e2e.yaml")).remove(0);
+    let node = e2e["jobs"]["kind"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|s| s["env"]["KIND_NODE_IMAGE"].as_str())
+        .expect("e2e.yaml names the kind node image");
+    assert!(
+        node.starts_with(&format!("kindest/node:v{minimum}.")) && node.contains("@sha256:"),
+        "e2e runs on {node}, the README promises Kubernetes {minimum}"
+    );
 }
