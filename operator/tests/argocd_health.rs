@@ -25,58 +25,60 @@ const HEALTH_STATUSES: [&str; 6] = [
     "Unknown",
 ];
 
-/// Runs a health script the way Argo CD does: `obj` and Lua's base and table libraries, no
-/// string or math library, no methods on strings. Before it, the test defines `OBJ`,
-/// `SCRIPT` and `CHUNKNAME`. Prints the status, a newline and the message.
-const DRIVER: &str = r#"
-local write = io.write
+/// Runs a script the way Argo CD does: `obj`, Lua's base and table libraries and the
+/// globals in `EXTRA`, no string or math library, no methods on strings; the script's value
+/// is then `result`, and the string methods are back. Before it, the test defines `OBJ`,
+/// `SCRIPT`, `CHUNKNAME` and `EXTRA`; after it comes what prints the result.
+const SANDBOX: &str = r#"
 local env = { obj = OBJ, table = table }
+local given = { obj = true, table = true }
+for name, value in pairs(EXTRA) do
+  env[name] = value
+  given[name] = true
+end
 local base = {
   "assert", "error", "getmetatable", "ipairs", "next", "pairs", "pcall", "print",
   "rawequal", "rawget", "rawset", "select", "setmetatable", "tonumber", "tostring",
   "type", "unpack", "xpcall",
 }
-local given = { obj = true, table = true }
 for _, name in ipairs(base) do
   env[name] = _G[name]
   given[name] = true
 end
 getmetatable("").__index = nil
 local chunk = assert(load(SCRIPT, CHUNKNAME, "t", env))
-local hs = chunk()
+local result = chunk()
 for name in pairs(env) do
   if not given[name] then
     error("the script set the global " .. tostring(name))
   end
 end
-if type(hs) ~= "table" then
-  error("the script returned a " .. type(hs) .. ", not a table")
-end
-if type(hs.status) ~= "string" or type(hs.message) ~= "string" then
-  error("hs.status and hs.message must be strings")
-end
-write(hs.status, "\n", hs.message)
+getmetatable("").__index = string
 "#;
 
-/// Runs an action or discovery script the way Argo CD does: `obj`, Lua's base and table
-/// libraries, and a safe `os` with only `date` and `time`. Before it, the test defines
-/// `OBJ`, `SCRIPT` and `CHUNKNAME`. Prints what the script returns as JSON (keys sorted;
-/// an empty table as `{}`).
-const ACTION_DRIVER: &str = r#"
-local env = { obj = OBJ, table = table, os = { date = os.date, time = os.time } }
-local base = {
-  "assert", "error", "getmetatable", "ipairs", "next", "pairs", "pcall", "print",
-  "rawequal", "rawget", "rawset", "select", "setmetatable", "tonumber", "tostring",
-  "type", "unpack", "xpcall",
-}
-local given = { obj = true, table = true, os = true }
-for _, name in ipairs(base) do
-  env[name] = _G[name]
-  given[name] = true
+/// A health script: nothing more than the base and table libraries. Prints the status, a
+/// newline and the message.
+const HEALTH: (&str, &str) = (
+    "{}",
+    r#"
+if type(result) ~= "table" then
+  error("the script returned a " .. type(result) .. ", not a table")
 end
-local json_string = function(s)
-  return '"' .. s:gsub('[%c"\\]', function(c)
-    return string.format("\\u%04x", c:byte())
+if type(result.status) ~= "string" or type(result.message) ~= "string" then
+  error("hs.status and hs.message must be strings")
+end
+io.write(result.status, "\n", result.message)
+"#,
+);
+
+/// An action or discovery script: also a safe `os` with only `date` and `time`. Prints what
+/// the script returns as JSON (keys sorted; an empty table as `{}`).
+const ACTION: (&str, &str) = (
+    "{ os = { date = os.date, time = os.time } }",
+    r#"
+local function json_string(s)
+  return '"' .. s:gsub('[%c"\\\\]', function(c)
+    return string.format("\\\\u%04x", c:byte())
   end) .. '"'
 end
 local function encode(v)
@@ -108,17 +110,9 @@ local function encode(v)
   end
   error("cannot encode a " .. t)
 end
-getmetatable("").__index = nil
-local chunk = assert(load(SCRIPT, CHUNKNAME, "t", env))
-local result = chunk()
-for name in pairs(env) do
-  if not given[name] then
-    error("the script set the global " .. tostring(name))
-  end
-end
-getmetatable("").__index = string
 io.write(encode(result))
-"#;
+"#,
+);
 
 fn argocd_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/argocd")
@@ -258,20 +252,28 @@ fn lua_string(s: &str, out: &mut String) {
     out.push('"');
 }
 
-/// Runs `script` on `obj` in the health sandbox and returns what it printed.
+/// Runs `script` on `obj` as a health script and returns what it printed.
 fn run_lua(chunk_name: &str, script: &str, obj: &Value) -> Result<String, String> {
-    run_driver(DRIVER, chunk_name, script, obj)
+    run_driver(HEALTH, chunk_name, script, obj)
 }
 
-/// Runs `script` on `obj` under `driver` and returns what it printed.
-fn run_driver(driver: &str, chunk_name: &str, script: &str, obj: &Value) -> Result<String, String> {
+/// Runs `script` on `obj` in the [`SANDBOX`] with a kind's extra globals and printer.
+fn run_driver(
+    (extra, print): (&str, &str),
+    chunk_name: &str,
+    script: &str,
+    obj: &Value,
+) -> Result<String, String> {
     let mut program = String::from("local OBJ = ");
     lua_literal(obj, &mut program);
     program.push_str("\nlocal SCRIPT = ");
     lua_string(script, &mut program);
     program.push_str("\nlocal CHUNKNAME = ");
     lua_string(&format!("={chunk_name}"), &mut program);
-    program.push_str(driver);
+    program.push_str("\nlocal EXTRA = ");
+    program.push_str(extra);
+    program.push_str(SANDBOX);
+    program.push_str(print);
 
     let mut file = tempfile::Builder::new()
         .suffix(".lua")
@@ -480,7 +482,7 @@ fn fixture(path: &str) -> Value {
 
 /// Runs an action script as Argo CD would and returns what it made of `obj`.
 fn run_action(chunk_name: &str, script: &str, obj: &Value) -> serde_json::Value {
-    let printed = run_driver(ACTION_DRIVER, chunk_name, script, obj)
+    let printed = run_driver(ACTION, chunk_name, script, obj)
         .unwrap_or_else(|e| panic!("{chunk_name} failed: {e}"));
     serde_json::from_str(&printed).unwrap_or_else(|e| panic!("{chunk_name}: {e}: {printed}"))
 }

@@ -390,15 +390,10 @@ fn kubectl_kustomize_builds_it_and_images_override_both() {
         eprintln!("skipped: kubectl is not installed; the structure is checked by the other tests");
         return;
     }
-    let dir = copy_for_kustomize();
-    let overlay = dir.path().join("overlay");
-    std::fs::create_dir(&overlay).unwrap();
-    std::fs::write(
-        overlay.join("kustomization.yaml"),
+    let (dir, overlay) = overlay(
         "resources: [../manifests]\nimages:\n  - name: ghcr.io/mailvault/mailvault\n    \
          newName: registry.example.org/mailvault\n    newTag: \"1.2.3\"\n",
-    )
-    .unwrap();
+    );
     let built = kubectl_kustomize(&dir.path().join("manifests"));
     assert_eq!(names(&built), names(&build().objects));
     // As installed: this version's release, for the operator and its workers.
@@ -423,9 +418,10 @@ fn kubectl_kustomize_builds_it_and_images_override_both() {
     );
 }
 
-/// A copy of the repository parts a kustomize build reads, in a temporary directory where
-/// a test can put an overlay beside manifests/ (kustomize refuses absolute paths).
-fn copy_for_kustomize() -> tempfile::TempDir {
+/// A copy of the repository parts a kustomize build reads, in a temporary directory, with
+/// an overlay beside manifests/ (kustomize refuses absolute paths): the directory and the
+/// overlay's path.
+fn overlay(kustomization: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     for part in ["manifests", "crds"] {
         let out = Command::new("cp")
@@ -436,7 +432,10 @@ fn copy_for_kustomize() -> tempfile::TempDir {
             .unwrap();
         assert!(out.status.success());
     }
-    dir
+    let overlay = dir.path().join("overlay");
+    std::fs::create_dir(&overlay).unwrap();
+    std::fs::write(overlay.join("kustomization.yaml"), kustomization).unwrap();
+    (dir, overlay)
 }
 
 fn kubectl_kustomize(dir: &Path) -> Vec<Value> {
@@ -471,14 +470,8 @@ fn kubectl_kustomize_renders_the_monitoring_component() {
         eprintln!("skipped: kubectl is not installed; the component's files are checked by the other tests");
         return;
     }
-    let dir = copy_for_kustomize();
-    let overlay = dir.path().join("overlay");
-    std::fs::create_dir(&overlay).unwrap();
-    std::fs::write(
-        overlay.join("kustomization.yaml"),
-        "resources: [../manifests]\ncomponents: [../manifests/components/monitoring]\n",
-    )
-    .unwrap();
+    let (_dir, overlay) =
+        overlay("resources: [../manifests]\ncomponents: [../manifests/components/monitoring]\n");
     let rendered = kubectl_kustomize(&overlay);
     let mut expected = names(&build().objects);
     let parts = component(&root().join("manifests/components/monitoring"));
