@@ -3,6 +3,7 @@
 //! Exit codes: 0 everything succeeded; 1 something failed at run time (a mailbox, the
 //! store, damaged objects); 2 the input is invalid, and then nothing was touched.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -151,11 +152,20 @@ pub struct ExportArgs {
     /// The archive user to export.
     #[arg(long)]
     pub user: String,
-    /// Output directory; must be new or empty.
+    /// Output directory, new or empty; `-` streams to standard output instead: a tar of
+    /// the `.eml` files, or with `--format mbox` one mbox of every folder.
     #[arg(long)]
     pub out: PathBuf,
     #[arg(long, value_enum, default_value = "eml")]
     pub format: Format,
+    /// Only this folder, levels separated by `/` (as `mailvault list` shows them).
+    #[arg(long)]
+    pub folder: Option<String>,
+    /// With `--out -`: write nothing before standard input ends. `kubectl run -i` attaches
+    /// to a pod only after its program started, and loses what came before; with `<
+    /// /dev/null` on kubectl's side, the input ends once kubectl is attached.
+    #[arg(long)]
+    pub wait_for_attach: bool,
 }
 
 #[derive(Args, Debug)]
@@ -522,26 +532,70 @@ fn print_protocols(protocols: &[RunProtocol], output: Output) {
 }
 
 async fn export_cmd(args: ExportArgs) -> u8 {
+    let to_stdout = args.out.as_os_str() == "-";
     let result = async {
+        if args.wait_for_attach && !to_stdout {
+            return Err(invalid("--wait-for-attach is for --out - only"));
+        }
+        if to_stdout && std::io::stdout().is_terminal() {
+            return Err(invalid(
+                "--out - writes an archive to standard output, which is a terminal; \
+                 redirect it to a file or a pipe",
+            ));
+        }
         let archive = open_existing(&parse_store(&args.store, &args.s3)?).await?;
-        export::export(&archive, &args.user, &args.out, args.format)
+        let request = export::Request {
+            user: &args.user,
+            format: args.format,
+            folder: args.folder.as_deref(),
+        };
+        let failed = |e: export::ExportError| match e {
+            export::ExportError::NoSuchUser { .. }
+            | export::ExportError::NoSuchFolder { .. }
+            | export::ExportError::NotEmpty(_) => invalid(e.to_string()),
+            other => Failure(1, other.to_string()),
+        };
+        if !to_stdout {
+            let destination = export::Destination::Directory(&args.out);
+            return export::export_to(&archive, &request, destination)
+                .await
+                .map_err(failed);
+        }
+        if args.wait_for_attach {
+            std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())
+                .map_err(|e| Failure(1, format!("reading standard input: {e}")))?;
+        }
+        let mut stdout = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+        export::export_to(&archive, &request, export::Destination::Stream(&mut stdout))
             .await
-            .map_err(|e| match e {
-                export::ExportError::NoSuchUser { .. } | export::ExportError::NotEmpty(_) => {
-                    invalid(e.to_string())
-                }
-                other => Failure(1, other.to_string()),
-            })
+            .map_err(failed)
     }
     .await;
     match result {
         Ok(summary) => {
-            println!(
+            for r in &summary.renamed {
+                eprintln!(
+                    "note: folder {:?} of {} exported as {} (its own name is another \
+                     folder's, or looks like a message or mbox file)",
+                    r.folder, r.mailbox, r.path
+                );
+            }
+            // On standard output only the archive; the summary goes to stderr then.
+            let line = format!(
                 "exported {} messages in {} folders to {}",
                 summary.messages,
                 summary.folders,
-                args.out.display()
+                if to_stdout {
+                    "standard output".to_string()
+                } else {
+                    args.out.display().to_string()
+                }
             );
+            if to_stdout {
+                eprintln!("{line}");
+            } else {
+                println!("{line}");
+            }
             0
         }
         Err(Failure(code, message)) => {

@@ -36,12 +36,19 @@ pub struct RunProtocol {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Totals {
+    /// Mailboxes in the run.
     pub mailboxes: u64,
+    /// Of those, mailboxes that failed.
     pub mailboxes_failed: u64,
+    /// Messages newly archived.
     pub archived: u64,
+    /// Messages found already in the archive (not downloaded again).
     pub already_archived: u64,
+    /// Messages that could not be archived.
     pub failed: u64,
+    /// Messages deleted from the server after archiving (`deletion.mode: AfterArchiving`).
     pub deleted: u64,
+    /// Bytes of the newly archived messages.
     pub bytes: u64,
     /// Messages left out by the profile's filter (too old, too young, too large).
     pub skipped: u64,

@@ -368,6 +368,7 @@ async fn a_running_job_shows_as_active_run_and_ready_stays_true() {
         ),
         (Some(8), Some(3), Some(2))
     );
+    assert_eq!(active["progress"], "5/8 mailboxes, 2 failed");
     let ready = condition(&patch["status"], "Ready");
     assert_eq!(ready["status"], "True");
     assert_eq!(ready["lastTransitionTime"], "2025-01-06T10:05:00Z");

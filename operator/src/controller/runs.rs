@@ -53,12 +53,30 @@ pub fn active_run(
     failed_indexes: &str,
 ) -> ActiveRun {
     let size = |i: u32| shard_sizes.get(i as usize).copied().unwrap_or(0);
+    let mailboxes = shard_sizes.iter().sum();
+    let mailboxes_done = parse_indexes(completed_indexes).into_iter().map(size).sum();
+    let mailboxes_failed = parse_indexes(failed_indexes).into_iter().map(size).sum();
     ActiveRun {
         name: name.to_string(),
         start_time,
-        mailboxes: shard_sizes.iter().sum(),
-        mailboxes_done: parse_indexes(completed_indexes).into_iter().map(size).sum(),
-        mailboxes_failed: parse_indexes(failed_indexes).into_iter().map(size).sum(),
+        mailboxes,
+        mailboxes_done,
+        mailboxes_failed,
+        progress: progress(mailboxes, mailboxes_done, mailboxes_failed),
+    }
+}
+
+/// `status.activeRun.progress`: `120/400 mailboxes`, and `, 3 failed` when some did.
+fn progress(mailboxes: u64, done: u64, failed: u64) -> String {
+    let unit = if mailboxes == 1 {
+        "mailbox"
+    } else {
+        "mailboxes"
+    };
+    let finished = done.saturating_add(failed);
+    match failed {
+        0 => format!("{finished}/{mailboxes} {unit}"),
+        _ => format!("{finished}/{mailboxes} {unit}, {failed} failed"),
     }
 }
 
@@ -161,6 +179,20 @@ mod tests {
             (a.mailboxes, a.mailboxes_done, a.mailboxes_failed),
             (10, 7, 3)
         );
+        assert_eq!(a.progress, "10/10 mailboxes, 3 failed");
+    }
+
+    #[test]
+    fn progress_counts_finished_shards_of_all() {
+        let started = active_run("r", None, &[10, 10, 10, 10], "", "");
+        assert_eq!(started.progress, "0/40 mailboxes");
+        let running = active_run("r", None, &[10, 10, 10, 10], "0,2", "");
+        assert_eq!(running.progress, "20/40 mailboxes");
+        let one = active_run("r", None, &[1], "", "");
+        assert_eq!(one.progress, "0/1 mailbox");
+        // An index the Job reports that the run never had (a stale annotation) counts 0.
+        let stale = active_run("r", None, &[5], "0,7", "9");
+        assert_eq!(stale.progress, "5/5 mailboxes");
     }
 
     fn summary(name: &str, result: RunResult) -> RunSummary {
