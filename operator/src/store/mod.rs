@@ -94,6 +94,12 @@ pub trait ObjectStore: Send + Sync {
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
 
+    /// [`get`](ObjectStore::get), but from the storage medium itself rather than a cache
+    /// of it (the page cache of a local disk): a read that proves the object is durable.
+    async fn read_back(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        self.get(key).await
+    }
+
     /// Every key that starts with `prefix`, sorted.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
 
@@ -110,6 +116,9 @@ pub trait ObjectStore: Send + Sync {
 
 /// Operations of a store that may run on the calling (blocking) thread.
 pub trait BlockingObjects {
+    /// [`ObjectStore::put`], blocking.
+    fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError>;
+
     /// [`ObjectStore::put_immutable`], blocking.
     fn put_immutable(&self, key: &str, bytes: &[u8]) -> Result<bool, StoreError>;
 }
