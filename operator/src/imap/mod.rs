@@ -93,16 +93,50 @@ type Result<T> = std::result::Result<T, ImapError>;
 pub struct Folder {
     /// The name as the server spells it (modified UTF-7), for EXAMINE.
     pub raw: String,
-    /// UTF-8 path segments (split at the server's hierarchy delimiter).
+    /// UTF-8 path segments (split at the server's hierarchy delimiter). A `/` inside a
+    /// level's name, possible on servers with another delimiter, is shown as that
+    /// delimiter, which no level's name can contain: `a/b` on a server with `.` between
+    /// levels is the level `a.b`, never the folder `b` inside `a`.
     pub segments: Vec<String>,
     /// Special use (RFC 6154), if the server says.
     pub special_use: Option<SpecialUse>,
+    /// Whether [`Folder::path`] tells this folder from every other: the server sent its
+    /// name in the one valid encoding, and the name needed no escaping. Otherwise (a name
+    /// that is not modified UTF-7, a `/` inside a level), the archive keys the folder by
+    /// `raw`.
+    pub named_by_path: bool,
 }
 
 impl Folder {
     /// The UTF-8 path with `/` between levels, as users write it in include/exclude patterns.
     pub fn path(&self) -> String {
         self.segments.join("/")
+    }
+
+    /// A folder as listed: `raw` the server's name, `delimiter` its hierarchy delimiter.
+    pub fn from_listing(
+        raw: String,
+        delimiter: Option<&str>,
+        special_use: Option<SpecialUse>,
+    ) -> Folder {
+        let decoded = utf7::decode(&raw);
+        let canonical = decoded.as_deref().is_some_and(|d| utf7::encode(d) == raw);
+        let name = decoded.unwrap_or_else(|| raw.clone());
+        let (segments, escaped): (Vec<String>, bool) = match delimiter {
+            Some(d) if !d.is_empty() => {
+                let segments: Vec<String> = name.split(d).map(|s| s.replace('/', d)).collect();
+                let escaped = d != "/" && name.contains('/');
+                (segments, escaped)
+            }
+            // A flat server: every name is one level, and the path is the name.
+            _ => (vec![name], false),
+        };
+        Folder {
+            raw,
+            segments,
+            special_use,
+            named_by_path: canonical && !escaped,
+        }
     }
 }
 
@@ -313,16 +347,7 @@ impl Session {
                 _ => None,
             });
             let raw = unescape_quoted(name.name());
-            let decoded = utf7::decode(&raw).unwrap_or_else(|| raw.clone());
-            let segments = match name.delimiter() {
-                Some(d) if !d.is_empty() => decoded.split(d).map(str::to_string).collect(),
-                _ => vec![decoded],
-            };
-            folders.push(Folder {
-                raw,
-                segments,
-                special_use,
-            });
+            folders.push(Folder::from_listing(raw, name.delimiter(), special_use));
         }
         folders.sort_by(|a, b| a.segments.cmp(&b.segments));
         Ok(folders)
@@ -659,6 +684,32 @@ pub fn uid_set(uids: &[u32]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn folder_paths_are_distinct_and_plain_names_keep_theirs() {
+        let dotted = |raw: &str| Folder::from_listing(raw.into(), Some("."), None);
+        // A `/` inside a name on a `.` server is not a level.
+        let slash = dotted("a/b");
+        let nested = dotted("a.b");
+        assert_eq!(slash.segments, ["a.b"]);
+        assert_eq!(nested.segments, ["a", "b"]);
+        assert_ne!(slash.path(), nested.path());
+        assert!(!slash.named_by_path && nested.named_by_path);
+        // Names in no valid (or not the one) encoding are keyed by the server's name.
+        assert!(!dotted("R&D").named_by_path);
+        assert!(dotted("R&-D").named_by_path);
+        assert_eq!(dotted("R&D").path(), dotted("R&-D").path());
+        assert!(!dotted("&APY-&AN8-").named_by_path);
+        let plain = Folder::from_listing("Archiv/Gr&APYA3w-e".into(), Some("/"), None);
+        assert_eq!(plain.path(), "Archiv/Größe");
+        assert!(plain.named_by_path);
+        let flat = Folder::from_listing("x/y".into(), None, None);
+        assert_eq!(flat.segments, ["x/y"]);
+        assert!(
+            flat.named_by_path,
+            "on a flat server every name is one level"
+        );
+    }
 
     #[test]
     fn uid_sets_are_compressed() {
