@@ -223,20 +223,26 @@ async fn ensure_mailbox_creates_records_once(backend: Backend) {
 }
 
 fn folder_key(user: &str, mailbox: &str, folder: &str) -> FolderKey {
-    FolderKey {
-        user: user.into(),
-        mailbox: mailbox.into(),
-        folder: folder.into(),
-    }
+    FolderKey::new(user, mailbox, folder)
+}
+
+/// The server and login the tests' entries and states belong to.
+const SOURCE: &str = "imap.example.org:993 someone";
+
+/// A hash-shaped name for the `n`th made-up message.
+fn hash(n: u8) -> String {
+    format!("{n:02x}").repeat(32)
 }
 
 fn entry(folder: &str, uid: u32, sha256: &str, size: u64) -> IndexEntry {
     IndexEntry {
         folder: folder.into(),
+        source: Some(SOURCE.into()),
         uid_validity: 7,
         uid,
         sha256: sha256.into(),
         size,
+        server_size: None,
         internal_date: None,
         flags: vec![],
         message_id: None,
@@ -246,6 +252,7 @@ fn entry(folder: &str, uid: u32, sha256: &str, size: u64) -> IndexEntry {
         date: None,
         direction: Direction::Incoming,
         archived_at: "2025-01-06T10:00:00Z".into(),
+        alias: false,
     }
 }
 
@@ -256,7 +263,7 @@ async fn archive_folder(archive: &Archive, key: &FolderKey, messages: &[Vec<u8>]
         .ensure_mailbox(&key.user, &key.mailbox)
         .await
         .unwrap();
-    let mut state = archive.load_state(key).await.unwrap();
+    let mut state = archive.load_state(key, SOURCE).await.unwrap().state;
     state.uid_validity = 7;
     let first_uid = state.archived.len() as u32 + 1;
     let mut entries = Vec::new();
@@ -281,12 +288,16 @@ async fn load_state_picks_up_uncommitted_segments(backend: Backend) {
     let committed = archive
         .append_index(
             &key,
-            &[entry("INBOX", 1, "aa", 1), entry("INBOX", 2, "bb", 1)],
+            &[
+                entry("INBOX", 1, &hash(0xaa), 1),
+                entry("INBOX", 2, &hash(0xbb), 1),
+            ],
         )
         .await
         .unwrap();
     let mut state = FolderState {
         folder: "INBOX".into(),
+        source: Some(SOURCE.into()),
         uid_validity: 7,
         segments: vec![committed.clone()],
         ..FolderState::default()
@@ -296,10 +307,10 @@ async fn load_state_picks_up_uncommitted_segments(backend: Backend) {
     archive.save_state(&key, &state).await.unwrap();
     // A crash after this segment was written, before the state naming it was saved.
     let orphan = archive
-        .append_index(&key, &[entry("INBOX", 3, "cc", 1)])
+        .append_index(&key, &[entry("INBOX", 3, &hash(0xcc), 1)])
         .await
         .unwrap();
-    let loaded = archive.load_state(&key).await.unwrap();
+    let loaded = archive.load_state(&key, SOURCE).await.unwrap().state;
     assert_eq!(loaded.archived.iter().collect::<Vec<_>>(), [1, 2, 3]);
     assert_eq!(loaded.uid_validity, 7);
     assert_eq!(
@@ -635,7 +646,7 @@ async fn s3_server_stopped_mid_run_fails_then_continues() {
     // The interrupted batch is simply done again, then the rest.
     archive_folder(&archive, &key, &messages[10..20]).await;
     archive_folder(&archive, &key, &messages[20..]).await;
-    let state = archive.load_state(&key).await.unwrap();
+    let state = archive.load_state(&key, SOURCE).await.unwrap().state;
     assert_eq!(state.archived.len(), 30);
     let report = archive.verify().await.unwrap();
     assert_eq!((report.messages, report.entries), (30, 30));

@@ -418,46 +418,56 @@ impl Session {
         Ok(expunged)
     }
 
-    /// The UIDs of every message in the open folder, ascending.
-    pub async fn uids(&mut self) -> Result<Vec<u32>> {
-        let during = "listing message UIDs";
-        let set = within(self.timeout, during, self.inner.uid_search("ALL"))
-            .await?
-            .map_err(|e| command_error(during, e))?;
-        let mut uids: Vec<u32> = set.into_iter().collect();
-        uids.sort_unstable();
-        Ok(uids)
+    /// UID, size, internal date and flags of every message in the open folder, by ascending
+    /// UID: one command, whose answer tells which messages are there and, by size and date,
+    /// whether each is still the one archived at its UID.
+    pub async fn messages(&mut self) -> Result<Vec<MessageMeta>> {
+        self.fetch_meta("1:*", None).await
     }
 
-    /// Size, internal date and flags of the given messages.
+    /// UID, size, internal date and flags of the given messages, by ascending UID.
     pub async fn metadata(&mut self, uids: &[u32]) -> Result<Vec<MessageMeta>> {
         let mut out = Vec::with_capacity(uids.len());
         for chunk in uids.chunks(2000) {
-            let set = uid_set(chunk);
             let wanted: HashSet<u32> = chunk.iter().copied().collect();
-            let during = "reading message sizes and dates";
-            let stream = within(
-                self.timeout,
-                during,
-                self.inner
-                    .uid_fetch(&set, "(UID RFC822.SIZE INTERNALDATE FLAGS)"),
-            )
-            .await?
-            .map_err(|e| command_error(during, e))?;
-            let mut stream = Box::pin(stream);
-            while let Some(item) = next_within(self.timeout, during, &mut stream).await? {
-                let Some(uid) = item.uid.filter(|u| wanted.contains(u)) else {
-                    continue;
-                };
-                out.push(MessageMeta {
-                    uid,
-                    size: u64::from(item.size.unwrap_or(0)),
-                    internal_date: item.internal_date(),
-                    flags: item.flags().map(|f| flag_name(&f)).collect(),
-                });
-            }
+            out.extend(self.fetch_meta(&uid_set(chunk), Some(&wanted)).await?);
         }
         Ok(out)
+    }
+
+    async fn fetch_meta(
+        &mut self,
+        set: &str,
+        wanted: Option<&HashSet<u32>>,
+    ) -> Result<Vec<MessageMeta>> {
+        let during = "reading message sizes and dates";
+        let stream = within(
+            self.timeout,
+            during,
+            self.inner
+                .uid_fetch(set, "(UID RFC822.SIZE INTERNALDATE FLAGS)"),
+        )
+        .await?
+        .map_err(|e| command_error(during, e))?;
+        let mut stream = Box::pin(stream);
+        let mut out = std::collections::BTreeMap::new();
+        while let Some(item) = next_within(self.timeout, during, &mut stream).await? {
+            let Some(uid) = item.uid.filter(|u| wanted.is_none_or(|w| w.contains(u))) else {
+                continue;
+            };
+            let meta = MessageMeta {
+                uid,
+                size: u64::from(item.size.unwrap_or(0)),
+                internal_date: item.internal_date(),
+                flags: item.flags().map(|f| flag_name(&f)).collect(),
+            };
+            // An unsolicited FETCH (another client changed flags) may come along with
+            // flags only; the answer with the size wins.
+            if item.size.is_some() || !out.contains_key(&uid) {
+                out.insert(uid, meta);
+            }
+        }
+        Ok(out.into_values().collect())
     }
 
     /// Downloads the given messages in one pipelined command; the server streams them back
