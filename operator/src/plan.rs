@@ -161,9 +161,12 @@ pub fn store_warnings(location: &StoreLocation) -> Vec<String> {
     }
 }
 
-/// A run's name for local runs: the profile and the start time, to the second.
+/// A run's name for local runs: the profile, the start time to the second, and a random
+/// suffix, so that two runs in the same second (or on two machines) never share a name,
+/// and the second's protocol never replaces the first's.
 pub fn local_run_id(profile: &str, now: chrono::DateTime<chrono::Utc>) -> String {
-    format!("{profile}-{}", now.format("%Y%m%d%H%M%S"))
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{profile}-{}-{}", now.format("%Y%m%d%H%M%S"), &suffix[..8])
 }
 
 #[cfg(test)]
@@ -219,6 +222,15 @@ mod tests {
             panic!("not S3");
         };
         assert_eq!(config.credentials, None, "the default credential chain");
+    }
+
+    #[test]
+    fn local_runs_in_the_same_second_have_distinct_names() {
+        let now = chrono::Utc::now();
+        let first = local_run_id("demo", now);
+        let second = local_run_id("demo", now);
+        assert_ne!(first, second);
+        assert!(first.starts_with(&format!("demo-{}-", now.format("%Y%m%d%H%M%S"))));
     }
 
     #[test]
