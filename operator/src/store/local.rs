@@ -11,15 +11,15 @@
 //! in the background before the sync was asked for.
 //!
 //! Each process writes its temporary files into a directory of its own under `tmp/`,
-//! locked (`flock`) while the process lives. Opening the store removes the directories
-//! whose lock is free: those of runs that were killed. A concurrent writer's files are
-//! never touched, since its lock is held.
+//! locked (`flock`) while the process lives. Before its first write, a process removes the
+//! directories whose lock is free: those of runs that were killed. A concurrent writer's
+//! files are never touched, since its lock is held.
 
 use std::fs;
 use std::io::Write;
 use std::os::fd::{AsRawFd, IntoRawFd};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -39,44 +39,69 @@ pub struct LocalStore {
 
 struct Inner {
     root: PathBuf,
-    /// This process's directory for temporary files, `tmp/<random>/`.
-    tmp: PathBuf,
-    /// Holds the lock on `tmp/<random>/lock` while the store is open.
-    _lock: Option<fs::File>,
+    /// This process's directory for temporary files, `tmp/<random>/`, and the lock held on
+    /// it; claimed at the first write, so that an archive on a read-only medium can still
+    /// be listed, exported and verified.
+    tmp: Mutex<Option<Claimed>>,
     /// The root, open since the store was: `syncfs` on it reports every write-back error
     /// of the file system since then.
     root_fd: fs::File,
 }
 
+struct Claimed {
+    dir: PathBuf,
+    _lock: Option<fs::File>,
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.tmp);
+        let claimed = self.tmp.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if let Some(claimed) = claimed {
+            let _ = fs::remove_dir_all(&claimed.dir);
+        }
     }
 }
 
 impl LocalStore {
-    /// Opens (creating if needed) the archive directory, and removes the temporary files
-    /// that killed runs left behind.
+    /// Opens (creating if needed) the archive directory.
     pub fn open(root: impl Into<PathBuf>) -> Result<LocalStore, StoreError> {
         let root = root.into();
-        let error = |operation, key: &str, e: std::io::Error| StoreError::Backend {
+        let error = |operation, e: std::io::Error| StoreError::Backend {
             store: root.display().to_string(),
             operation,
-            key: key.to_string(),
+            key: String::new(),
             message: e.to_string(),
         };
-        let tmp_root = root.join("tmp");
-        fs::create_dir_all(&tmp_root).map_err(|e| error("create", "tmp/", e))?;
-        let root_fd = fs::File::open(&root).map_err(|e| error("open", "", e))?;
-        let (tmp, lock) = claim_tmp(&tmp_root).map_err(|e| error("create", "tmp/", e))?;
+        fs::create_dir_all(&root).map_err(|e| error("create", e))?;
+        let root_fd = fs::File::open(&root).map_err(|e| error("open", e))?;
         Ok(LocalStore {
             inner: Arc::new(Inner {
                 root,
-                tmp,
-                _lock: lock,
+                tmp: Mutex::new(None),
                 root_fd,
             }),
         })
+    }
+
+    /// This process's directory for temporary files, created (after removing what killed
+    /// runs left behind) at the first call.
+    fn tmp_dir(&self) -> std::io::Result<PathBuf> {
+        let mut tmp = self
+            .inner
+            .tmp
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(claimed) = tmp.as_ref() {
+            return Ok(claimed.dir.clone());
+        }
+        let tmp_root = self.inner.root.join("tmp");
+        fs::create_dir_all(&tmp_root)?;
+        let (dir, lock) = claim_tmp(&tmp_root)?;
+        *tmp = Some(Claimed {
+            dir: dir.clone(),
+            _lock: lock,
+        });
+        Ok(dir)
     }
 
     fn error(&self, operation: &'static str, key: &str, e: impl ToString) -> StoreError {
@@ -96,8 +121,8 @@ impl LocalStore {
     fn write_atomic(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
         let target = self.path(key);
         let tmp = self
-            .inner
-            .tmp
+            .tmp_dir()
+            .map_err(|e| self.error("create", "tmp/", e))?
             .join(uuid::Uuid::new_v4().simple().to_string());
         let result = (|| {
             let mut file = fs::File::create(&tmp)?;
@@ -342,7 +367,8 @@ impl ObjectStore for LocalStore {
             // while it is open.
             let rc = unsafe { libc::syncfs(s.inner.root_fd.as_raw_fd()) };
             if rc != 0 {
-                return Err(s.error("sync", "", std::io::Error::last_os_error()));
+                let e = std::io::Error::last_os_error();
+                return Err(s.error("sync", "(the file system)", e));
             }
             Ok(())
         })
@@ -389,7 +415,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("archive");
         let live = LocalStore::open(&root).unwrap();
-        let live_dir = live.inner.tmp.clone();
+        let live_dir = live.tmp_dir().unwrap();
         fs::write(live_dir.join("in-flight"), b"half a message").unwrap();
         // A killed run: its directory, its lock file, nobody holding the lock.
         let dead = root.join("tmp").join("0123456789abcdef");
@@ -410,11 +436,10 @@ mod tests {
         fs::write(root.join("tmp").join("new-loose"), b"x").unwrap();
 
         let second = LocalStore::open(&root).unwrap();
+        let second_dir = second.tmp_dir().unwrap();
         let mut expected = vec![
             live_dir.file_name().unwrap().to_string_lossy().into_owned(),
-            second
-                .inner
-                .tmp
+            second_dir
                 .file_name()
                 .unwrap()
                 .to_string_lossy()
@@ -430,6 +455,15 @@ mod tests {
         drop(live);
         drop(second);
         assert_eq!(tmp_dirs(&root), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn reading_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        assert_eq!(store.list("").await.unwrap(), Vec::<String>::new());
+        assert_eq!(store.get("users/x").await.unwrap(), None);
+        assert!(!dir.path().join("tmp").exists());
     }
 
     #[tokio::test]
