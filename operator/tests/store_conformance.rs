@@ -96,6 +96,9 @@ conformance!(
     verify_finds_damaged_and_missing_messages,
     export_is_byte_identical,
     large_message_round_trips,
+    a_state_of_another_source_is_set_aside,
+    aliases_are_identities_not_listings,
+    an_index_names_messages_only_by_hashes,
 );
 
 fn bytes(text: &str) -> Bytes {
@@ -325,6 +328,113 @@ async fn load_state_picks_up_uncommitted_segments(backend: Backend) {
         .map(|e| e.uid)
         .collect();
     assert_eq!(uids.len(), 3);
+}
+
+/// Another server's or login's state names other messages under the same UIDs: loaded for
+/// this source, it is set aside, and of the segments it did not account for only this
+/// source's entries count.
+async fn a_state_of_another_source_is_set_aside(backend: Backend) {
+    let archive = Archive::new(backend.store);
+    let key = folder_key("erin", "erin@example.org", "INBOX");
+    let theirs = archive
+        .append_index(&key, &[entry("INBOX", 1, &hash(1), 1)])
+        .await
+        .unwrap();
+    let mut state = FolderState {
+        folder: "INBOX".into(),
+        source: Some("other.example.org:993 erin".into()),
+        uid_validity: 7,
+        segments: vec![theirs.clone()],
+        ..FolderState::default()
+    };
+    state.archived.insert(1);
+    archive.save_state(&key, &state).await.unwrap();
+    // A segment of ours written after that state (a crash before our state was saved).
+    let ours = archive
+        .append_index(&key, &[entry("INBOX", 2, &hash(2), 1)])
+        .await
+        .unwrap();
+    let loaded = archive.load_state(&key, SOURCE).await.unwrap();
+    assert_eq!(
+        loaded.replaced.as_deref(),
+        Some("other.example.org:993 erin")
+    );
+    assert_eq!(loaded.state.source.as_deref(), Some(SOURCE));
+    assert_eq!(loaded.state.archived.to_string(), "2");
+    assert_eq!(
+        loaded.state.segments.iter().collect::<BTreeSet<_>>(),
+        [&theirs, &ours].into_iter().collect()
+    );
+    // The other source's own view is unchanged.
+    let theirs = archive
+        .load_state(&key, "other.example.org:993 erin")
+        .await
+        .unwrap();
+    assert_eq!(theirs.replaced, None);
+    assert_eq!(theirs.state.archived.to_string(), "1");
+    // A state written before sources were recorded is nobody's.
+    state.source = None;
+    archive.save_state(&key, &state).await.unwrap();
+    let legacy = archive.load_state(&key, SOURCE).await.unwrap();
+    assert!(legacy.replaced.unwrap().contains("earlier version"));
+}
+
+/// An alias records where a message the folder lists is now; it is no message of its own.
+async fn aliases_are_identities_not_listings(backend: Backend) {
+    let archive = Archive::new(backend.store);
+    let key = folder_key("fay", "fay@example.org", "INBOX");
+    let alias = IndexEntry {
+        uid: 11,
+        uid_validity: 8,
+        alias: true,
+        ..entry("INBOX", 11, &hash(3), 1)
+    };
+    archive
+        .append_index(&key, &[entry("INBOX", 1, &hash(3), 1), alias])
+        .await
+        .unwrap();
+    let listed: Vec<u32> = archive
+        .folder_entries(&key)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.uid)
+        .collect();
+    assert_eq!(listed, [1]);
+    let identities = archive.folder_identities(&key).await.unwrap();
+    assert_eq!(identities.len(), 2);
+    assert!(identities[1].alias);
+}
+
+/// A hash read from an index becomes a path only if it is a SHA-256.
+async fn an_index_names_messages_only_by_hashes(backend: Backend) {
+    let store = backend.store;
+    let archive = Archive::new(store.clone());
+    let key = folder_key("gus", "gus@example.org", "INBOX");
+    store
+        .put("secret", Bytes::from_static(b"not a message"))
+        .await
+        .unwrap();
+    archive
+        .append_index(&key, &[entry("INBOX", 1, "../../secret", 13)])
+        .await
+        .unwrap();
+    let error = archive.folder_entries(&key).await.unwrap_err().to_string();
+    assert!(
+        error.contains("is damaged") && error.contains("\"../../secret\" is not a SHA-256"),
+        "{error}"
+    );
+    for bad in [
+        "../secret",
+        "",
+        "AB",
+        &"A".repeat(64),
+        &format!("{}/", "a".repeat(63)),
+    ] {
+        let error = archive.get_message(bad).await.unwrap_err().to_string();
+        assert!(error.contains("not a SHA-256"), "{bad:?}: {error}");
+    }
+    assert!(archive.get_message(&hash(9)).await.unwrap().is_none());
 }
 
 async fn messages_are_stored_once_across_users(backend: Backend) {
