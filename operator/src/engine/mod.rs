@@ -287,6 +287,9 @@ async fn delete_pass(
             ..FolderProtocol::default()
         };
         let result = archive_folder(session, job, &deleted.suspects, &mut again, protocol).await;
+        // What was counted as archived before is not counted twice.
+        again.already_archived = 0;
+        again.skipped = 0;
         protocol.add_folder(again);
         match result {
             Ok(()) => {}
@@ -483,7 +486,7 @@ async fn archive_folder(
     };
     // Record the check of every UID now proven: those that matched, and those just
     // archived (their entries carry the sizes and dates listed).
-    if let Some((mut state, committed)) = committed {
+    if let Some((mut state, committed)) = committed.filter(|(_, c)| !(unchanged && c.is_empty())) {
         let mut proven = verified;
         proven.extend(&committed);
         let check = Checked {
