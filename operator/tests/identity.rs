@@ -92,6 +92,14 @@ fn csv_profile(dovecot: &Dovecot, csv: &str, extra: &str, suffix: &str) -> Strin
         .replace("name: ca\n", &format!("name: ca{suffix}\n"))
 }
 
+/// Archives `user`'s mailbox into `dir/archive` once, deleting nothing; returns the store.
+fn archive_without_deleting(dovecot: &Dovecot, user: &str, dir: &Path, expected: u64) -> PathBuf {
+    let store = dir.join("archive");
+    let keep = write_yaml(dir, &master_yaml(dovecot, Connection::Plain, &[user], ""));
+    assert_eq!(run_json(&keep, &store)["totals"]["archived"], expected);
+    store
+}
+
 fn run_json(input: &Path, store: &Path) -> serde_json::Value {
     let outcome = run(input, store);
     serde_json::from_str(&outcome.stdout).unwrap_or_else(|e| {
@@ -273,12 +281,7 @@ fn a_message_whose_size_or_date_differs_from_its_entry_is_kept_and_archived_agai
             .unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("archive");
-    let keep = write_yaml(
-        dir.path(),
-        &master_yaml(&dovecot, Connection::Plain, &[user], ""),
-    );
-    assert_eq!(run_json(&keep, &store)["totals"]["archived"], 4);
+    let store = archive_without_deleting(&dovecot, user, dir.path(), 4);
 
     // The archive's record of UID 2 says another size, of UID 3 another date: as if the
     // messages there were not the ones archived.
@@ -349,12 +352,7 @@ fn a_server_restored_from_a_backup_is_archived_not_skipped() {
         .and_then(|line| line.rsplit('\t').next()?.trim().parse().ok())
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("archive");
-    let keep = write_yaml(
-        dir.path(),
-        &master_yaml(&dovecot, Connection::Plain, &[user], ""),
-    );
-    assert_eq!(run_json(&keep, &store)["totals"]["archived"], 4);
+    let store = archive_without_deleting(&dovecot, user, dir.path(), 4);
 
     // The folder comes back from a backup: same UIDVALIDITY, UIDs 1 to 4 again, other
     // messages (one of them newer, so also another date).
