@@ -107,7 +107,7 @@ pub(super) async fn delete_archived(
     }
     // Flags, sizes and dates as they are now, not as they were when archived.
     let candidates: Vec<MessageMeta> = session
-        .messages()
+        .messages(true)
         .await?
         .into_iter()
         .filter(|m| state.archived.contains(m.uid) && deletable(m, rules, job.now))

@@ -375,7 +375,7 @@ async fn archive_folder(
     let messages = if status.exists == 0 {
         Vec::new()
     } else {
-        session.messages().await?
+        session.messages(false).await?
     };
     let archived: UidSet = messages
         .iter()
@@ -533,6 +533,7 @@ async fn download(
                 .expect("the budget is never closed");
             let downloaded = Downloaded {
                 uid: message.uid,
+                flags: message.flags,
                 bytes,
                 _budget: permit,
             };
@@ -561,6 +562,7 @@ async fn download(
 /// of bytes in between until it is stored.
 struct Downloaded {
     uid: u32,
+    flags: Vec<String>,
     bytes: Bytes,
     _budget: OwnedSemaphorePermit,
 }
@@ -631,8 +633,11 @@ async fn write_folder(
     // thread, and their results taken in order.
     let mut stored = futures::stream::poll_fn(|cx| rx.poll_recv(cx))
         .ready_chunks(STORE_BATCH_MESSAGES)
-        .map(|arrived: Vec<Downloaded>| {
-            let uids: Vec<u32> = arrived.iter().map(|m| m.uid).collect();
+        .map(|mut arrived: Vec<Downloaded>| {
+            let uids: Vec<(u32, Vec<String>)> = arrived
+                .iter_mut()
+                .map(|m| (m.uid, std::mem::take(&mut m.flags)))
+                .collect();
             let bodies = arrived.iter().map(|m| m.bytes.clone()).collect();
             let archive = archive.clone();
             async move {
@@ -646,7 +651,7 @@ async fn write_folder(
     let result = async {
         while let Some(batch) = stored.next().await {
             let (batch_uids, prepared) = batch?;
-            for (uid, prepared) in batch_uids.into_iter().zip(prepared) {
+            for ((uid, flags), prepared) in batch_uids.into_iter().zip(prepared) {
                 pending.uids.push(uid);
                 let meta = metas.get(&uid);
                 // A message the folder already lists (found again after a new UIDVALIDITY,
@@ -666,7 +671,7 @@ async fn write_folder(
                     size: prepared.size,
                     server_size: meta.map(|m| m.size).filter(|&s| s != prepared.size),
                     internal_date: meta.and_then(|m| m.internal_date).map(|d| d.to_rfc3339()),
-                    flags: meta.map(|m| m.flags.clone()).unwrap_or_default(),
+                    flags,
                     message_id: headers.message_id,
                     from: headers.from,
                     to: headers.to,
