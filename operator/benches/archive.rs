@@ -9,9 +9,9 @@
 //!
 //! `MAILVAULT_BENCH_SECTIONS` picks sections (`first`, `rerun`, `scaling`, `memory`, `s3`,
 //! `deletion`; all by default). `MAILVAULT_BENCH_BASELINE` names another `mailvault` binary
-//! (an earlier build) that the re-run and deletion sections measure in turns with this one,
-//! so that a change is compared under the same load rather than against figures of another
-//! day.
+//! (an earlier build) that the first-archive, re-run and deletion sections measure in turns
+//! with this one, so that a change is compared under the same load rather than against
+//! figures of another day.
 //!
 //! Every figure is the median of several repetitions, each from a fresh target directory.
 //! The contenders take turns within a repetition, so that drift of the machine (page cache,
@@ -148,7 +148,7 @@ fn bench(reps: usize, sections: &Sections) -> io::Result<()> {
         server: ServerCpu::find(&dovecot)?,
     };
     let seeded = seed(&dovecot, sections)?;
-    check_space(&work.root, reps, &seeded)?;
+    check_space(&work.root, reps, &seeded, work.baseline.is_some())?;
     sync_all();
     progress(&format!(
         "seeded in {:.1} s; {reps} repetitions (MAILVAULT_BENCH_REPS)",
@@ -260,6 +260,7 @@ fn first_archive(
 ) -> io::Result<(PathBuf, PathBuf)> {
     let input = work.mailvault_input(dovecot, &[BIG_USER], 4, "")?;
     let mut mv = Vec::new();
+    let mut old = Vec::new();
     let mut mbsync_fsync = Vec::new();
     let mut mbsync_nofsync = Vec::new();
     let mut bare = Vec::new();
@@ -271,6 +272,12 @@ fn first_archive(
         run.expect_archived(BIG_MESSAGES, 0)?;
         mv.push(run.measured);
         last_store = Some(store);
+        if let Some(baseline) = &work.baseline {
+            let store = work.fresh("store")?;
+            let run = work.mailvault_run(baseline, &input, &store)?;
+            run.expect_archived(BIG_MESSAGES, 0)?;
+            old.push(run.measured);
+        }
 
         let maildir = work.fresh("mbsync")?;
         mbsync_fsync.push(work.mbsync(dovecot, BIG_USER, &maildir, true)?);
@@ -311,6 +318,9 @@ fn first_archive(
         Row::new("mbsync, FSync no", mbsync_nofsync),
         Row::new("bare fetch client", bare),
     ];
+    if !old.is_empty() {
+        report.first.push(Row::new("baseline mailvault run", old));
+    }
 
     Ok((
         last_store.expect("reps > 0"),
@@ -1080,9 +1090,10 @@ fn expect_maildir(dir: &Path, expected: u64) -> io::Result<()> {
 
 /// Fails early unless the targets of every repetition fit on the disk, since they are all
 /// kept until the end (see [`Work::fresh`]).
-fn check_space(dir: &Path, reps: usize, seeded: &Seeded) -> io::Result<()> {
+fn check_space(dir: &Path, reps: usize, seeded: &Seeded, baseline: bool) -> io::Result<()> {
     // Each contender's copy of the mail, plus a tenth for file-system overhead and indexes.
-    let per_rep = 3 * seeded.big_bytes + 3 * seeded.many_bytes + 2 * seeded.memory_bytes;
+    let big_copies = if baseline { 4 } else { 3 };
+    let per_rep = big_copies * seeded.big_bytes + 3 * seeded.many_bytes + 2 * seeded.memory_bytes;
     let needed = per_rep * reps as u64 / 10 * 11;
     let path =
         std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
