@@ -194,9 +194,12 @@ pub fn directory_warnings(set: &MailboxSet) -> Vec<String> {
     }
 }
 
-/// A run's name for local runs: the profile and the start time, to the second.
+/// A run's name for local runs: the profile, the start time to the second, and a random
+/// suffix, so that two runs in the same second (or on two machines) never share a name,
+/// and the second's protocol never replaces the first's.
 pub fn local_run_id(profile: &str, now: chrono::DateTime<chrono::Utc>) -> String {
-    format!("{profile}-{}", now.format("%Y%m%d%H%M%S"))
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{profile}-{}-{}", now.format("%Y%m%d%H%M%S"), &suffix[..8])
 }
 
 #[cfg(test)]
@@ -287,6 +290,15 @@ mod tests {
         let unverified = directory_warnings(&set(serde_json::json!({
             "url": "ldaps://dc1", "baseDN": "dc=x", "insecureSkipTlsVerify": true})));
         assert!(unverified[0].contains("not verified"), "{unverified:?}");
+    }
+
+    #[test]
+    fn local_runs_in_the_same_second_have_distinct_names() {
+        let now = chrono::Utc::now();
+        let first = local_run_id("demo", now);
+        let second = local_run_id("demo", now);
+        assert_ne!(first, second);
+        assert!(first.starts_with(&format!("demo-{}-", now.format("%Y%m%d%H%M%S"))));
     }
 
     #[test]

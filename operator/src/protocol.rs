@@ -132,14 +132,24 @@ impl MailboxProtocol {
         }
     }
 
-    /// Adds a folder's counts to the mailbox's.
+    /// Adds a folder's counts to the mailbox's (and to the folder's, when it is listed
+    /// already: archived again after the deletion pass).
     pub fn add_folder(&mut self, folder: FolderProtocol) {
         self.archived += folder.archived;
         self.already_archived += folder.already_archived;
         self.failed += folder.failed;
         self.skipped += folder.skipped;
         self.bytes += folder.bytes;
-        self.folders.push(folder);
+        match self.folders.iter_mut().find(|f| f.name == folder.name) {
+            Some(listed) => {
+                listed.archived += folder.archived;
+                listed.already_archived += folder.already_archived;
+                listed.failed += folder.failed;
+                listed.skipped += folder.skipped;
+                listed.bytes += folder.bytes;
+            }
+            None => self.folders.push(folder),
+        }
     }
 
     /// Adds a folder's deletion counts (the deletion pass runs after every folder was

@@ -87,6 +87,10 @@ pub struct DovecotOptions {
     /// The master user's password; a random one when `None` (the demo needs a fixed one
     /// that its example YAML can name).
     pub master_password: Option<String>,
+    /// The hierarchy delimiter clients see; `/` when `None`. With another one, folder
+    /// names may contain `/` (the mail is then stored in Dovecot's index layout, which
+    /// keeps names in its index rather than in directory names).
+    pub separator: Option<char>,
 }
 
 /// A running private Dovecot; see the module docs. Dropping it stops the
@@ -110,6 +114,7 @@ pub struct Dovecot {
     /// Unique greeting, so readiness checks cannot mistake another server
     /// that grabbed the port for this one.
     greeting: String,
+    separator: char,
     server: Option<Server>,
 }
 
@@ -178,6 +183,7 @@ impl Dovecot {
             ca_pem: String::new(),
             master_password: String::new(),
             greeting: format!("mailvault test server {} ready.", random_hex(8)?),
+            separator: opts.separator.unwrap_or('/'),
             server: None,
         };
         dovecot.prepare_dir(opts.master_password.as_deref())?;
@@ -275,7 +281,8 @@ impl Dovecot {
         Ok(())
     }
 
-    /// Creates a folder (path uses '/' as separator, UTF-8, may contain
+    /// Creates a folder (path uses the separator, '/' unless
+    /// [`DovecotOptions::separator`] says otherwise; UTF-8, may contain
     /// non-ASCII like "Archiv/Größe", spaces, and dots like "Projects.2024")
     /// for a user, and subscribes it. An existing folder is only subscribed.
     /// Dovecot stores the name in modified UTF-7, as clients see it in LIST.
@@ -578,8 +585,7 @@ mail_uid = {uid}
 mail_gid = {gid}
 first_valid_uid = {uid}
 first_valid_gid = {gid}
-# LAYOUT=fs: '/' makes directories, so folder names may contain dots.
-mail_location = maildir:~/Maildir:LAYOUT=fs
+{layout}
 # Benchmarks open many parallel sessions per user (default limit: 10).
 mail_max_userip_connections = 100
 disable_plaintext_auth = no
@@ -614,7 +620,7 @@ service imap-login {{
 
 namespace inbox {{
   inbox = yes
-  separator = /
+  separator = {separator}
 {special_use}}}
 
 # SASL PLAIN with authzid=<user> and authcid={MASTER_USER} logs in as <user>.
@@ -635,6 +641,14 @@ userdb {{
 ",
             run = self.run_dir.path().display(),
             greeting = self.greeting,
+            separator = self.separator,
+            layout = if self.separator == '/' {
+                "# LAYOUT=fs: '/' makes directories, so folder names may contain dots.\n\
+                 mail_location = maildir:~/Maildir:LAYOUT=fs"
+            } else {
+                "# LAYOUT=index: names live in the index, so they may contain '/'.\n\
+                 mail_location = maildir:~/Maildir:LAYOUT=index"
+            },
             delay = auth_failure_delay_ms.div_ceil(1000),
             imap = self.imap_port,
             imaps = self.imaps_port,
@@ -762,15 +776,22 @@ userdb {{
         command.output()
     }
 
-    /// Creates the folder if needed; returns its Maildir directory.
+    /// Creates the folder if needed; returns its Maildir directory (asked for after
+    /// creating: in the index layout a folder's directory is named at creation).
     fn ensure_folder(&self, user: &str, folder: &str) -> io::Result<PathBuf> {
         check_folder(folder)?;
-        let out = self.doveadm(&["mailbox", "path", "-u", user, folder])?;
-        let maildir = PathBuf::from(out.trim_end_matches('\n'));
-        if !maildir.join("cur").is_dir() {
-            self.create_folder(user, folder)?;
+        let path = || -> io::Result<PathBuf> {
+            let out = self.doveadm(&["mailbox", "path", "-u", user, folder])?;
+            Ok(PathBuf::from(out.trim_end_matches('\n')))
+        };
+        let maildir = path().ok().filter(|m| m.join("cur").is_dir());
+        match maildir {
+            Some(maildir) => Ok(maildir),
+            None => {
+                self.create_folder(user, folder)?;
+                path()
+            }
         }
-        Ok(maildir)
     }
 
     /// Delivers one message file; returns its base name (the message's GUID).
