@@ -168,12 +168,15 @@ pub async fn export_to(
     let mut layout = Layout::default();
     let mut summary = ExportSummary::default();
     for (label, folder) in folders {
+        // An entry written twice (a segment of a killed run, then the retry) is one
+        // message; two messages at one UID (a server restored from a backup, two sources)
+        // are two.
         let mut seen = HashSet::new();
         let entries: Vec<IndexEntry> = archive
             .folder_entries(&folder)
             .await?
             .into_iter()
-            .filter(|e| seen.insert((e.uid_validity, e.uid)))
+            .filter(|e| seen.insert((e.uid_validity, e.uid, e.sha256.clone())))
             .collect();
         if entries.is_empty() {
             continue;

@@ -411,6 +411,35 @@ fn a_server_restored_from_a_backup_is_archived_not_skipped() {
         "{}",
         listed.stdout
     );
+    // And exported: two messages at one UID are two messages.
+    let out = dir.path().join("export");
+    let exported = mailvault(&[
+        "export",
+        "--store",
+        store.to_str().unwrap(),
+        "--user",
+        "dora",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        exported.stdout.contains("exported 8 messages"),
+        "{} {}",
+        exported.stdout,
+        exported.stderr
+    );
+    let mut files: Vec<Vec<u8>> = std::fs::read_dir(out.join(user).join("Projects"))
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    files.sort();
+    let mut expected: Vec<Vec<u8>> = restored
+        .iter()
+        .cloned()
+        .chain((0..4).map(|n| fixed("first", n)))
+        .collect();
+    expected.sort();
+    assert_eq!(files, expected);
 }
 
 /// On a server with `.` between levels, a folder named `a/b` and the folder `b` inside
