@@ -743,3 +743,61 @@ fn two_runs_in_one_second_keep_both_protocols() {
         saved.iter().map(|s| &s.0).collect::<Vec<_>>()
     );
 }
+
+/// An archive written before sources were recorded: its folder states and entries name no
+/// source. The first run after the upgrade adopts them, checking every archived UID by
+/// size and date, instead of fetching the whole mailbox again.
+#[test]
+fn an_archive_of_an_earlier_version_is_adopted_without_archiving_again() {
+    let user = "emil@example.org";
+    let dovecot = server(&[user]);
+    for n in 0..3 {
+        dovecot
+            .deliver(user, "INBOX", &fixed("first", n), OLD, &["\\Seen"])
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = archive_without_deleting(&dovecot, user, dir.path(), 3);
+    // What an earlier version wrote: no source, no last check, no server size.
+    let mut rewritten = 0;
+    for (path, bytes) in files_below(&store.join("users")) {
+        let path = store.join("users").join(path);
+        let strip = |mut v: serde_json::Value| {
+            let object = v.as_object_mut().unwrap();
+            for key in ["source", "checked", "serverSize"] {
+                object.remove(key);
+            }
+            v
+        };
+        let text = String::from_utf8(bytes).unwrap();
+        if path.ends_with("state.json") {
+            let state = strip(serde_json::from_str(&text).unwrap());
+            std::fs::write(&path, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
+            rewritten += 1;
+        } else if path.extension().is_some_and(|e| e == "jsonl") {
+            let lines: Vec<String> = text
+                .lines()
+                .map(|l| strip(serde_json::from_str(l).unwrap()).to_string())
+                .collect();
+            std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+            rewritten += 1;
+        }
+    }
+    assert!(rewritten >= 2, "no state or segment found");
+    dovecot
+        .deliver(user, "INBOX", &fixed("later", 9), OLD, &["\\Seen"])
+        .unwrap();
+    let again = write_yaml(
+        dir.path(),
+        &master_yaml(&dovecot, Connection::Plain, &[user], ""),
+    );
+    let p = run_json(&again, &store);
+    assert_eq!(p["result"], "Succeeded", "{p:#}");
+    assert_eq!(p["totals"]["archived"], 1, "{p:#}");
+    assert_eq!(p["totals"]["alreadyArchived"], 3, "{p:#}");
+    assert!(p["mailboxes"][0].get("warnings").is_none(), "{p:#}");
+    // And the adopted folder is this source's from now on: nothing new, nothing to say.
+    let p = run_json(&again, &store);
+    assert_eq!(p["totals"]["archived"], 0, "{p:#}");
+    assert_eq!(p["totals"]["alreadyArchived"], 4, "{p:#}");
+}

@@ -372,11 +372,23 @@ async fn a_state_of_another_source_is_set_aside(backend: Backend) {
         .unwrap();
     assert_eq!(theirs.replaced, None);
     assert_eq!(theirs.state.archived.to_string(), "1");
-    // A state written before sources were recorded is nobody's.
+    // A state written before sources were recorded is adopted by the first source that
+    // loads it, its source-less entries with it (each still checked by size and date
+    // before its UID counts), and is then that source's alone.
     state.source = None;
     archive.save_state(&key, &state).await.unwrap();
     let legacy = archive.load_state(&key, SOURCE).await.unwrap();
-    assert!(legacy.replaced.unwrap().contains("earlier version"));
+    assert_eq!(legacy.replaced, None);
+    assert_eq!(legacy.state.source.as_deref(), Some(SOURCE));
+    assert!(legacy.state.legacy_entries);
+    assert_eq!(legacy.state.archived.to_string(), "1:2");
+    archive.save_state(&key, &legacy.state).await.unwrap();
+    let other = archive
+        .load_state(&key, "other.example.org:993 erin")
+        .await
+        .unwrap();
+    assert_eq!(other.replaced.as_deref(), Some(SOURCE));
+    assert!(!other.state.legacy_entries);
 }
 
 /// An alias records where a message the folder lists is now; it is no message of its own.

@@ -118,8 +118,13 @@ pub(super) async fn delete_archived(
     // Whatever is still in flight reaches the medium before it is read back from there.
     archive.sync().await?;
     let entries = archive.folder_identities(&job.key).await?;
-    let latest =
-        identity::latest_entries(&entries, job.source, state.uid_validity, &job.key.folder);
+    let latest = identity::latest_entries(
+        &entries,
+        job.source,
+        state.legacy_entries,
+        state.uid_validity,
+        &job.key.folder,
+    );
     let mut doubts: Vec<(u32, Doubt)> = Vec::new();
     let mut to_read = Vec::new();
     for meta in &candidates {

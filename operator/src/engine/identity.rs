@@ -48,19 +48,24 @@ pub fn same_message(entry: &IndexEntry, meta: &MessageMeta) -> bool {
 }
 
 /// The last entry written for each UID by `source` under `uid_validity` in `folder`: what
-/// the archive last saw at that UID.
+/// the archive last saw at that UID. With `legacy`, entries that record no source (written
+/// before sources were recorded, into a state this source has since adopted) count as
+/// `source`'s too.
 pub fn latest_entries<'a>(
     entries: &'a [IndexEntry],
     source: &str,
+    legacy: bool,
     uid_validity: u32,
     folder: &str,
 ) -> HashMap<u32, &'a IndexEntry> {
     entries
         .iter()
         .filter(|e| {
-            e.source.as_deref() == Some(source)
-                && e.uid_validity == uid_validity
-                && e.folder == folder
+            let ours = match e.source.as_deref() {
+                Some(s) => s == source,
+                None => legacy,
+            };
+            ours && e.uid_validity == uid_validity && e.folder == folder
         })
         .map(|e| (e.uid, e))
         .collect()
@@ -201,9 +206,12 @@ mod tests {
                 ..entry(4, 400, DATE, "")
             },
         ];
-        let latest = latest_entries(&entries, "a", 7, "INBOX");
+        let latest = latest_entries(&entries, "a", false, 7, "INBOX");
         assert_eq!(latest.len(), 2);
         assert_eq!(latest[&2].size, 250);
+        let adopted = latest_entries(&entries, "a", true, 7, "INBOX");
+        assert_eq!(adopted.len(), 3);
+        assert_eq!(adopted[&4].size, 400);
         let listing = vec![
             meta(1, 100, DATE),
             meta(2, 200, DATE),
@@ -215,8 +223,8 @@ mod tests {
         let checked = check(&listing, &archived, &latest);
         assert_eq!(checked.verified.to_string(), "1");
         assert_eq!(checked.changed, [2, 3, 4]);
-        assert!(latest_entries(&entries, "a", 8, "INBOX").is_empty());
-        assert!(latest_entries(&entries, "a", 7, "Sent").is_empty());
+        assert!(latest_entries(&entries, "a", true, 8, "INBOX").is_empty());
+        assert!(latest_entries(&entries, "a", true, 7, "Sent").is_empty());
     }
 
     #[test]

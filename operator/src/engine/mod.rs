@@ -393,7 +393,13 @@ async fn archive_folder(
         archived
     } else {
         let all = archive.folder_identities(&job.key).await?;
-        let latest = identity::latest_entries(&all, job.source, state.uid_validity, &name);
+        let latest = identity::latest_entries(
+            &all,
+            job.source,
+            state.legacy_entries,
+            state.uid_validity,
+            &name,
+        );
         let mut checked = identity::check(&messages, &archived, &latest);
         for uid in recheck.iter().filter(|&uid| checked.verified.contains(uid)) {
             checked.changed.push(uid);

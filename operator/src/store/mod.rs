@@ -205,6 +205,11 @@ pub struct FolderState {
     /// The last identity check, so that a run with nothing new need not read the index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checked: Option<Checked>,
+    /// The state was written before sources were recorded and `source` adopted it: its
+    /// index entries without a source are `source`'s, each still checked by size and date
+    /// before its UID counts as archived.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub legacy_entries: bool,
 }
 
 /// The server's size and INTERNALDATE at some UIDs, as a digest, as they were when they
@@ -474,11 +479,22 @@ impl Archive {
         let (mut state, replaced) = match stored {
             None => (fresh(Vec::new()), None),
             Some(s) if s.source.as_deref() == Some(source) && s.folder == key.folder => (s, None),
+            // Written by an earlier version, which recorded no source: adopted rather than
+            // archived again from scratch. Nothing is taken on trust by that: every UID it
+            // names is checked against its entry's size and date before it counts.
+            Some(s) if s.source.is_none() && s.folder == key.folder => (
+                FolderState {
+                    source: Some(source.to_string()),
+                    checked: None,
+                    legacy_entries: true,
+                    ..s
+                },
+                None,
+            ),
             Some(s) => {
-                let whose = match (&s.source, s.folder == key.folder) {
-                    (_, false) => format!("folder {:?}", s.folder),
-                    (Some(other), true) => other.clone(),
-                    (None, true) => "unknown (an earlier version did not record it)".into(),
+                let whose = match &s.source {
+                    Some(other) if s.folder == key.folder => other.clone(),
+                    _ => format!("folder {:?}", s.folder),
                 };
                 // Its segments stay accounted for: they are another source's entries.
                 (fresh(s.segments), Some(whose))
@@ -492,7 +508,11 @@ impl Archive {
                 continue;
             }
             for entry in self.read_segment(&segment).await? {
-                if entry.source.as_deref() != Some(source) || entry.folder != key.folder {
+                let ours = match entry.source.as_deref() {
+                    Some(s) => s == source,
+                    None => state.legacy_entries,
+                };
+                if !ours || entry.folder != key.folder {
                     continue;
                 }
                 if state.archived.is_empty() && state.uid_validity == 0 {
