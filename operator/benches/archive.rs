@@ -33,9 +33,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mailvault::imap::uid_set;
-use mailvault::testkit::dovecot::Dovecot;
-use mailvault::testkit::garage::Garage;
-use mailvault::testkit::mail;
+use mailvault_testkit::dovecot::Dovecot;
+use mailvault_testkit::garage::Garage;
+use mailvault_testkit::mail;
 
 const PASSWORD: &str = "bench-password";
 /// 2025-01-06, as INTERNALDATE of every seeded message.

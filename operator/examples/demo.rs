@@ -9,8 +9,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use mailvault::cli::{self, Cli};
-use mailvault::testkit::dovecot::{Dovecot, DovecotOptions};
-use mailvault::testkit::mail;
+use mailvault_testkit::dovecot::{Dovecot, DovecotOptions};
+use mailvault_testkit::mail;
 
 /// Must match examples/local/profile.yaml and mailboxset.yaml.
 const IMAP_PORT: u16 = 10143;

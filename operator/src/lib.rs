@@ -14,7 +14,5 @@ pub mod resources;
 pub mod secret;
 pub mod sources;
 pub mod store;
-#[cfg(feature = "testkit")]
-pub mod testkit;
 pub mod tls;
 pub mod worker;

@@ -7,9 +7,7 @@ use std::process::{Command, Output};
 
 use mailvault::resources::SyncRecord;
 use mailvault::store::StoreLocation;
-use mailvault::testkit::slapd::{
-    Slapd, PEOPLE_DN, READER_DN, READER_PASSWORD, SAMPLE_LDIF, SUFFIX,
-};
+use mailvault_testkit::slapd::{Slapd, PEOPLE_DN, READER_DN, READER_PASSWORD, SAMPLE_LDIF, SUFFIX};
 use serde_json::{json, Value};
 
 const MASTER_PASSWORD: &str = "master-pw-5d1e";

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use mailvault::secret::Secret;
 use mailvault::store::s3::{S3Config, S3Credentials, S3Store};
 use mailvault::store::{Archive, Direction, FolderKey, IndexEntry, ObjectStore, PreparedMessage};
-use mailvault::testkit::garage::Garage;
-use mailvault::testkit::mail;
+use mailvault_testkit::garage::Garage;
+use mailvault_testkit::mail;
 
 /// The binary with a clean environment: no AWS configuration of this machine leaks in.
 fn mailvault(home: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {

@@ -10,7 +10,7 @@ use mailvault::resources::{load_paths, Bundle, Flavor, LdapSpec, SyncRecord};
 use mailvault::secret::Secret;
 use mailvault::sources::directory::{fetch_users, Bind, DirectoryError, DirectoryUser};
 use mailvault::sources::{self, Resolved, SourceError};
-use mailvault::testkit::slapd::{
+use mailvault_testkit::slapd::{
     Slapd, PEOPLE_DN as PEOPLE, READER_DN, READER_PASSWORD, SAMPLE_LDIF, SUFFIX,
 };
 use rcgen::{

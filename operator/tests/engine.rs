@@ -3,8 +3,8 @@
 mod common;
 
 use common::*;
-use mailvault::testkit::dovecot::Dovecot;
-use mailvault::testkit::mail;
+use mailvault_testkit::dovecot::Dovecot;
+use mailvault_testkit::mail;
 
 const PW: &str = "user-secret-pw";
 /// 2025-01-06, as INTERNALDATE.
@@ -437,7 +437,7 @@ spec:
 /// S3 byte-identical, verify.
 #[test]
 fn archives_into_s3_and_exports_exact_bytes_from_it() {
-    use mailvault::testkit::garage::Garage;
+    use mailvault_testkit::garage::Garage;
     let users = ["sam@example.org", "tia@example.org"];
     let dovecot = server(&users);
     let garage = Garage::start().expect("garage starts");

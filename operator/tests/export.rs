@@ -13,8 +13,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{files_below, mailvault, master_yaml, run, write_yaml, Connection};
-use mailvault::testkit::dovecot::Dovecot;
-use mailvault::testkit::mail;
+use mailvault_testkit::dovecot::Dovecot;
+use mailvault_testkit::mail;
 
 const PW: &str = "Export-user-pw!";
 const USER: &str = "hostile@example.org";

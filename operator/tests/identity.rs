@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use mailvault::testkit::dovecot::{Dovecot, DovecotOptions};
+use mailvault_testkit::dovecot::{Dovecot, DovecotOptions};
 
 const PW: &str = "identity-user-pw";
 /// 2024-11-14, as INTERNALDATE: older than any deletion rule below.
@@ -665,7 +665,7 @@ fn a_device_that_fails_write_back_fails_the_run_and_deletes_nothing() {
     let dovecot = server(&[user]);
     // About 6 MB: more than the device can take.
     let messages: Vec<Vec<u8>> = (0..60)
-        .map(|n| mailvault::testkit::mail::message(9, n, "a@example.net", user, "Big", 100_000))
+        .map(|n| mailvault_testkit::mail::message(9, n, "a@example.net", user, "Big", 100_000))
         .collect();
     for m in &messages {
         dovecot.deliver(user, "INBOX", m, OLD, &["\\Seen"]).unwrap();

@@ -37,9 +37,6 @@ const KNOWN_VIOLATIONS: &[(&str, &str)] = &[
     ("resources", "sources"),
 ];
 
-/// Directories under `src/` that are not part of the product.
-const NOT_PRODUCT: &[&str] = &["testkit"];
-
 #[test]
 fn dependencies_point_down_and_form_no_cycle() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
@@ -119,9 +116,6 @@ fn module_edges(src: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
             Some(top) => top.clone(),
             None => "lib".to_string(),
         };
-        if NOT_PRODUCT.contains(&top.as_str()) {
-            continue;
-        }
         if top == "lib" {
             // The crate root only declares the modules.
             continue;

@@ -21,11 +21,11 @@ use serde_json::Value;
 
 use common::{files_below, mailvault, mailvault_s3};
 use mailvault::controller::api::{classify, API_CALLS};
-use mailvault::testkit::dovecot::Dovecot;
-use mailvault::testkit::fakekube::{self, FakeKube, Operator};
-use mailvault::testkit::garage::Garage;
-use mailvault::testkit::mail;
-use mailvault::testkit::slapd::{self, Slapd};
+use mailvault_testkit::dovecot::Dovecot;
+use mailvault_testkit::fakekube::{self, FakeKube, Operator};
+use mailvault_testkit::garage::Garage;
+use mailvault_testkit::mail;
+use mailvault_testkit::slapd::{self, Slapd};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_mailvault");
 const NS: &str = "mail";

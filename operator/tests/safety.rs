@@ -9,9 +9,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use mailvault::testkit::dovecot::Dovecot;
-use mailvault::testkit::mail;
-use mailvault::testkit::proxy::{Fault, Proxy};
+use mailvault_testkit::dovecot::Dovecot;
+use mailvault_testkit::mail;
+use mailvault_testkit::proxy::{Fault, Proxy};
 
 const PW: &str = "S3cret-user-pw!";
 
@@ -571,7 +571,7 @@ fn hostile_folder_names_and_messages_stay_inside_the_archive_and_export() {
 
 #[test]
 fn an_s3_store_that_goes_away_mid_run_fails_cleanly_and_the_next_run_completes() {
-    use mailvault::testkit::garage::Garage;
+    use mailvault_testkit::garage::Garage;
     let users = ["s3gone@example.org"];
     let (dovecot, expected) = seeded(&users);
     let mut garage = Garage::start().unwrap();

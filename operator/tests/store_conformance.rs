@@ -16,8 +16,8 @@ use mailvault::store::{
     Archive, Direction, FolderKey, FolderState, IndexEntry, ObjectStore, PreparedMessage,
     StoreError,
 };
-use mailvault::testkit::garage::Garage;
-use mailvault::testkit::mail;
+use mailvault_testkit::garage::Garage;
+use mailvault_testkit::mail;
 
 /// A store under test, and what keeps it alive.
 struct Backend {

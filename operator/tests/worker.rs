@@ -10,9 +10,9 @@ use common::files_below;
 use mailvault::resources::{LocalStoreSpec, StoreSpec};
 use mailvault::secret::Secret;
 use mailvault::sources::Mailbox;
-use mailvault::testkit::dovecot::Dovecot;
-use mailvault::testkit::mail;
 use mailvault::worker::{plan_files, RunPlan, PLAN_KEY};
+use mailvault_testkit::dovecot::Dovecot;
+use mailvault_testkit::mail;
 
 const PW: &str = "user-secret-pw";
 const DATE: i64 = 1_736_157_600;

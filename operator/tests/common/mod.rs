@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use mailvault::testkit::dovecot::Dovecot;
-use mailvault::testkit::garage::Garage;
+use mailvault_testkit::dovecot::Dovecot;
+use mailvault_testkit::garage::Garage;
 
 /// The result of running the `mailvault` binary.
 pub struct Outcome {

@@ -33,7 +33,8 @@ pub fn locate() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("MAILVAULT_FAKEKUBE") {
         return Some(PathBuf::from(path)).filter(|p| p.is_file());
     }
-    let repository = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
+    // This crate is operator/testkit in the repository.
+    let repository = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?.parent()?;
     Some(repository.join("../shared/fakekube/fakekube.py")).filter(|p| p.is_file())
 }
 
