@@ -11,6 +11,7 @@ pub mod imap;
 pub mod plan;
 pub mod protocol;
 pub mod resources;
+pub mod runplan;
 pub mod secret;
 pub mod sources;
 pub mod store;

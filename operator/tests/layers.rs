@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, &[&str])] = &[
     ("the command line", &["main", "cli"]),
     ("operator and worker", &["controller", "worker"]),
-    ("the run contract", &["plan"]),
+    ("the run contract", &["runplan", "plan"]),
     ("archiving and export", &["engine", "export"]),
     (
         "parts",
@@ -33,7 +33,6 @@ const LAYERS: &[(&str, &[&str])] = &[
 const KNOWN_VIOLATIONS: &[(&str, &str)] = &[
     ("controller", "cli"),
     ("worker", "cli"),
-    ("worker", "controller"),
     ("resources", "sources"),
 ];
 

@@ -8,9 +8,9 @@ use std::process::Command;
 
 use common::files_below;
 use mailvault::resources::{LocalStoreSpec, StoreSpec};
+use mailvault::runplan::{plan_files, RunPlan, PLAN_KEY};
 use mailvault::secret::Secret;
 use mailvault::sources::Mailbox;
-use mailvault::worker::{plan_files, RunPlan, PLAN_KEY};
 use mailvault_testkit::dovecot::Dovecot;
 use mailvault_testkit::mail;
 

@@ -24,7 +24,9 @@ use super::names::PLAN_SUFFIX;
 use crate::resources::{
     namespace_of, ArchiveProfile, ArchiveProfileSpec, LocalStoreSpec, StoreSpec,
 };
-use crate::worker::{EXIT_INVALID_PLAN, EXIT_LOGIN_REJECTED, PLAN_KEY};
+use crate::runplan::{
+    ARCHIVE_DIR, EXIT_INVALID_PLAN, EXIT_LOGIN_REJECTED, PLAN_DIR, PLAN_KEY, STORE_CREDENTIALS_DIR,
+};
 
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "mailvault";
@@ -42,9 +44,6 @@ pub const CONTAINER: &str = "worker";
 /// Retries of one index before it counts as failed: enough for a restarted node or a
 /// server hiccup, few enough that a broken mailbox does not run all night.
 const BACKOFF_LIMIT_PER_INDEX: i32 = 2;
-const PLAN_DIR: &str = "/etc/mailvault/plan";
-/// Where the claim of `spec.store.local.persistentVolumeClaim` is mounted in the pods.
-pub const ARCHIVE_DIR: &str = "/var/lib/mailvault/archive";
 const ARCHIVE_VOLUME: &str = "archive";
 /// An unprivileged user and group (the distroless "nonroot" one).
 const RUN_AS: i64 = 65532;
@@ -176,7 +175,7 @@ pub fn build(
     if store_credentials.is_some() {
         volume_mounts.push(VolumeMount {
             name: "store-credentials".into(),
-            mount_path: crate::worker::STORE_CREDENTIALS_DIR.into(),
+            mount_path: STORE_CREDENTIALS_DIR.into(),
             read_only: Some(true),
             ..Default::default()
         });
@@ -321,7 +320,7 @@ pub fn worker_store(store: Option<&StoreSpec>) -> Option<StoreSpec> {
 }
 
 /// The plan Secrets of a run, in the order to create them: the files of
-/// [`crate::worker::plan_files`] packed into Secrets of at most [`PLAN_PART_BYTES`], the
+/// [`crate::runplan::plan_files`] packed into Secrets of at most [`PLAN_PART_BYTES`], the
 /// first (with the plan itself and the shard sizes) last, so that its existence means the
 /// whole plan exists. They are made before the Job, so that no pod ever waits for a
 /// Secret that never comes, and owned by the profile: the operator deletes them once the
@@ -647,7 +646,7 @@ mod tests {
             .iter()
             .find(|m| m["name"] == "store-credentials")
             .expect("mounted");
-        assert_eq!(mount["mountPath"], crate::worker::STORE_CREDENTIALS_DIR);
+        assert_eq!(mount["mountPath"], STORE_CREDENTIALS_DIR);
         assert_eq!(mount["readOnly"], true);
         assert!(!container["env"].to_string().contains("archive-s3"));
         // Without a Secret (IRSA, pod identity) nothing is mounted.

@@ -13,4 +13,3 @@ pub mod profile;
 pub mod run;
 pub mod runs;
 pub mod schedule;
-pub mod summary;

@@ -21,14 +21,13 @@ use super::context::{
 };
 use super::mailboxset::{self, Outcome, FIELD_MANAGER};
 use super::schedule::{self, Schedule};
-use super::summary::{self, RunFacts, ShardSummary};
 use super::{job, names, runs};
 use crate::protocol::{RunResult, Totals};
 use crate::resources::{
     namespace_of, ActiveRun, ArchiveProfile, ArchiveProfileStatus, LastRun, MailboxSet, RunSummary,
     API_VERSION,
 };
-use crate::worker::RunPlan;
+use crate::runplan::{self, RunFacts, RunPlan, ShardSummary};
 
 /// Longest wait between reconciles of an idle profile, so that a lost watch event or a
 /// clock jump delays a run by at most this.
@@ -370,7 +369,7 @@ pub async fn reconcile(profile: Arc<ArchiveProfile>, ctx: Arc<Context>) -> Resul
             tracing::warn!(profile = %name, run, shards = sizes.len(), summaries = summaries.len(), pods = ?seen, "shards without a summary");
         }
         let js = j.status.as_ref();
-        let last = summary::aggregate(
+        let last = runplan::aggregate(
             &RunFacts {
                 name: &run,
                 start_time: time_of(js.and_then(|s| s.start_time.as_ref()))
@@ -1011,7 +1010,7 @@ async fn make_plan(
         warnings,
         shards: sizes.len() as u32,
     };
-    let files = crate::worker::plan_files(&plan, shards);
+    let files = crate::runplan::plan_files(&plan, shards);
     let plan_secrets = match job::plan_secrets(profile, run, &sizes, files) {
         Ok(secrets) => secrets,
         Err(message) => {
@@ -1236,7 +1235,7 @@ mod tests {
         );
         let mut status = ArchiveProfileStatus::default();
         for i in 0..250 {
-            let facts = summary::RunFacts {
+            let facts = RunFacts {
                 name: &format!("{}-{i:012}", "p".repeat(39)),
                 start_time: Some("2025-01-01T00:00:00Z".into()),
                 completion_time: Some("2025-01-01T01:00:00Z".into()),
@@ -1244,7 +1243,7 @@ mod tests {
                 protocol_ref: Some(format!("pvc:{}/runs/", "c".repeat(253))),
                 missing_reason: Some("r".repeat(10_000)),
             };
-            let last = summary::aggregate(&facts, &BTreeMap::new());
+            let last = runplan::aggregate(&facts, &BTreeMap::new());
             record_run(&mut status, &p, last, "2025-01-01T01:00:00Z");
         }
         for c in [READY, STALLED] {
