@@ -356,7 +356,7 @@ async fn run_inner(args: RunArgs) -> Result<u8, Failure> {
         settings.warnings.extend(plan::store_warnings(&store));
         settings
             .warnings
-            .extend(plan::directory_warnings(&set.object));
+            .extend(resources::directory_warnings(&set.object));
         let settings = Arc::new(settings);
         let mut protocol = engine::run(settings, archive.clone(), mailboxes).await;
         let saved = archive

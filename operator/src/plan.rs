@@ -6,8 +6,8 @@ use std::time::Duration;
 use crate::engine::{FolderSelector, RunSettings};
 use crate::imap::ServerConfig;
 use crate::resources::{
-    namespace_of, ArchiveProfile, Bundle, DeletionSpec, FilterSpec, FolderSpec, MailboxSet,
-    S3StoreSpec, Security, ServerSideEncryption, ServerSpec,
+    namespace_of, ArchiveProfile, Bundle, DeletionSpec, FilterSpec, FolderSpec, S3StoreSpec,
+    Security, ServerSideEncryption, ServerSpec,
 };
 use crate::secret::Secret;
 use crate::store::s3::{Encryption, S3Config, S3Credentials};
@@ -161,39 +161,6 @@ pub fn store_warnings(location: &StoreLocation) -> Vec<String> {
     }
 }
 
-/// What a person must know about how `set`'s directory is read, for the run protocol and
-/// the MailboxSet's status, like [`settings_for`]'s warnings about the IMAP connection.
-pub fn directory_warnings(set: &MailboxSet) -> Vec<String> {
-    let Some(directory) = set
-        .spec
-        .master_password
-        .as_ref()
-        .and_then(|m| m.directory.as_ref())
-    else {
-        return Vec::new();
-    };
-    let ldap = &directory.ldap;
-    let plain = ldap.url.to_ascii_lowercase().starts_with("ldap://") && !ldap.start_tls;
-    if plain {
-        let what = if ldap.bind_secret_ref.is_some() {
-            "the bind password and the users' addresses cross"
-        } else {
-            "the users' addresses cross"
-        };
-        vec![format!(
-            "the directory {} is read without encryption (ldap:// without startTls): {what} the network in the clear",
-            ldap.url
-        )]
-    } else if ldap.insecure_skip_tls_verify {
-        vec![format!(
-            "the certificate of the directory {} is not verified (insecureSkipTlsVerify: true)",
-            ldap.url
-        )]
-    } else {
-        Vec::new()
-    }
-}
-
 /// A run's name for local runs: the profile, the start time to the second, and a random
 /// suffix, so that two runs in the same second (or on two machines) never share a name,
 /// and the second's protocol never replaces the first's.
@@ -255,41 +222,6 @@ mod tests {
             panic!("not S3");
         };
         assert_eq!(config.credentials, None, "the default credential chain");
-    }
-
-    #[test]
-    fn unencrypted_directories_are_warned_about() {
-        let set = |ldap: serde_json::Value| -> MailboxSet {
-            serde_json::from_value(serde_json::json!({
-                "apiVersion": "mailvault.io/v1alpha1", "kind": "MailboxSet",
-                "metadata": {"name": "s"},
-                "spec": {"masterPassword": {"credentialsSecretRef": {"name": "m"},
-                         "directory": {"ldap": ldap}}}
-            }))
-            .unwrap()
-        };
-        let plain = directory_warnings(&set(serde_json::json!({
-            "url": "LDAP://dc1.example.org", "baseDN": "dc=x", "bindSecretRef": {"name": "b"}})));
-        assert_eq!(plain.len(), 1);
-        assert!(
-            plain[0].contains("the bind password and the users' addresses"),
-            "{plain:?}"
-        );
-        let anonymous = directory_warnings(&set(serde_json::json!({
-            "url": "ldap://dc1.example.org", "baseDN": "dc=x"})));
-        assert!(
-            anonymous[0].contains("read without encryption"),
-            "{anonymous:?}"
-        );
-        for quiet in [
-            serde_json::json!({"url": "ldap://dc1", "baseDN": "dc=x", "startTls": true}),
-            serde_json::json!({"url": "ldaps://dc1", "baseDN": "dc=x"}),
-        ] {
-            assert_eq!(directory_warnings(&set(quiet)), Vec::<String>::new());
-        }
-        let unverified = directory_warnings(&set(serde_json::json!({
-            "url": "ldaps://dc1", "baseDN": "dc=x", "insecureSkipTlsVerify": true})));
-        assert!(unverified[0].contains("not verified"), "{unverified:?}");
     }
 
     #[test]

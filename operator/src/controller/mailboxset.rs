@@ -453,7 +453,7 @@ pub async fn reconcile(set: Arc<MailboxSet>, ctx: Arc<Context>) -> Result<Action
         set.status.as_ref(),
         set.metadata.generation,
         &outcome,
-        crate::plan::directory_warnings(&set),
+        crate::resources::directory_warnings(&set),
         ctx.now(),
     );
     write_status(&ctx, &set, &new).await?;

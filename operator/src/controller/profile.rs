@@ -961,7 +961,7 @@ async fn make_plan(
         "resolved the MailboxSet"
     );
     let started = std::time::Instant::now();
-    let warnings = crate::plan::directory_warnings(&set);
+    let warnings = crate::resources::directory_warnings(&set);
     let set_status = mailboxset::status(
         set.status.as_ref(),
         set.metadata.generation,

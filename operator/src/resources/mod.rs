@@ -5,9 +5,13 @@
 //! The field names here are the user-facing contract: serde names are camelCase, defaults
 //! live in serde so that a YAML file and the API server agree on what an omitted field means.
 
+mod directory;
 mod load;
 mod validate;
 
+#[cfg(test)]
+pub use directory::ldap_spec_for_tests;
+pub use directory::{directory_warnings, is_valid_ldap_filter, validate_ldap};
 pub use load::{load_paths, namespace_of, Bundle, LoadError, Located, SecretObject};
 pub use validate::{validate_mailbox_set, validate_profile, FieldError};
 

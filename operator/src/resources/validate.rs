@@ -307,7 +307,7 @@ pub fn validate_mailbox_set(bundle: &Bundle, located: &Located<MailboxSet>) -> V
                         "must be between 0 and 100",
                     );
                 }
-                for (field, message) in crate::sources::directory::validate(&directory.ldap) {
+                for (field, message) in super::validate_ldap(&directory.ldap) {
                     report.error(format!("{FIELD}.{field}"), message);
                 }
                 if let Some(bind) = &directory.ldap.bind_secret_ref {
