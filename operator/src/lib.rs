@@ -3,12 +3,12 @@
 //! The same engine serves `mailvault run` on any machine and the Kubernetes operator's
 //! archiving Jobs. Data flows resources → sources → engine (imap → store) → protocol.
 
+pub mod archiving;
 pub mod cli;
 pub mod controller;
 pub mod engine;
 pub mod export;
 pub mod imap;
-pub mod plan;
 pub mod protocol;
 pub mod resources;
 pub mod runplan;

@@ -1,16 +1,16 @@
 //! `mailvault worker`: one index of an operator run's Job. It reads its shard of the run
 //! plan the operator mounted from its Secrets (the contract is in [`crate::runplan`]),
-//! archives it with the same engine as `mailvault run`, saves the shard's full protocol into
-//! the archive store and leaves a compact summary as the container's termination message,
-//! where the operator reads it.
+//! archives it as `mailvault run` would, saves the shard's full protocol into the archive
+//! store and leaves a compact summary as the container's termination message, where the
+//! operator reads it.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use clap::Args;
 
+use crate::archiving;
 use crate::runplan::{self, ShardSummary, EXIT_FAILED, EXIT_INVALID_PLAN, STORE_CREDENTIALS_DIR};
-use crate::{cli, engine, plan};
+use crate::store::{self, StoreLocation};
 
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
@@ -26,16 +26,16 @@ pub struct WorkerArgs {
     pub termination_log: PathBuf,
 }
 
-/// Runs a worker; returns the exit code.
-pub async fn main(args: WorkerArgs) -> u8 {
-    let (summary, code) = work(&args).await;
+/// Archives the shard and leaves its summary; returns the exit code.
+pub async fn archive_shard(args: WorkerArgs) -> u8 {
+    let (summary, code) = shard_outcome(&args).await;
     if let Err(e) = std::fs::write(&args.termination_log, summary.to_message()) {
         tracing::error!(path = %args.termination_log.display(), error = %e, "cannot write the termination message");
     }
     code
 }
 
-async fn work(args: &WorkerArgs) -> (ShardSummary, u8) {
+async fn shard_outcome(args: &WorkerArgs) -> (ShardSummary, u8) {
     let index = args.index;
     let not_run = |code: u8, message: String| {
         tracing::error!(index, "{message}");
@@ -54,35 +54,19 @@ async fn work(args: &WorkerArgs) -> (ShardSummary, u8) {
         Ok(mailboxes) => mailboxes,
         Err(message) => return not_run(EXIT_INVALID_PLAN, message),
     };
-    let archive =
-        match cli::open_store_spec(plan.store.as_ref(), Path::new(STORE_CREDENTIALS_DIR)).await {
-            Ok(archive) => archive,
-            Err(e) => return not_run(EXIT_FAILED, format!("opening the store: {e}")),
-        };
-    let mut settings = plan::settings_for(
-        plan.namespace.clone(),
-        plan.profile.clone(),
-        plan.run.clone(),
-        plan::RunParts {
-            server: &plan.server,
-            folders: &plan.folders,
-            filter: &plan.filter,
-            deletion: &plan.deletion,
-        },
-        plan.server_ca_pem.clone().map(String::into_bytes),
-    );
-    settings.warnings.extend(plan.warnings.iter().cloned());
+    // An S3 store's credentials Secret is mounted as files, never passed in the plan.
+    let location = StoreLocation::of_spec(plan.store.as_ref(), |key| {
+        std::fs::read(Path::new(STORE_CREDENTIALS_DIR).join(key)).ok()
+    });
+    let archive = match store::open(&location).await {
+        Ok(archive) => archive,
+        Err(e) => return not_run(EXIT_FAILED, format!("opening the store: {e}")),
+    };
     tracing::info!(run = %plan.run, index, mailboxes = mailboxes.len(), "archiving shard");
-    let protocol = engine::run(Arc::new(settings), archive.clone(), mailboxes).await;
+    let protocol_id = runplan::protocol_id(&plan.run, index);
+    let (protocol, saved) =
+        archiving::archive_into(plan.settings(), &archive, mailboxes, &protocol_id).await;
     println!("{}", protocol.to_text());
-    let saved = archive
-        .save_protocol(
-            &plan.namespace,
-            &plan.profile,
-            &runplan::protocol_id(&plan.run, index),
-            &protocol,
-        )
-        .await;
     let key = match saved {
         Ok(key) => Some(key),
         Err(e) => {

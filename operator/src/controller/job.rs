@@ -461,9 +461,7 @@ pub fn store_not_durable(spec: &ArchiveProfileSpec) -> Option<String> {
     if local.is_some_and(|l| l.persistent_volume_claim.is_some()) {
         return None;
     }
-    let path = local
-        .and_then(|l| l.path.as_deref())
-        .unwrap_or(crate::cli::DEFAULT_STORE);
+    let path = crate::store::local_path(store);
     const FIX: &str = "put the store on a PersistentVolumeClaim \
         (spec.store.local.persistentVolumeClaim), on a volume that spec.jobTemplate mounts, \
         or in S3 (spec.store.s3)";

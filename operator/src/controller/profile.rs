@@ -253,7 +253,7 @@ fn store_label(profile: &ArchiveProfile) -> String {
             Some(path) => format!("pvc:{}/{}", claim.claim_name, path.trim_matches('/')),
             None => format!("pvc:{}", claim.claim_name),
         },
-        None => path.unwrap_or_else(|| crate::cli::DEFAULT_STORE.to_string()),
+        None => crate::store::local_path(profile.spec.store.as_ref()).to_string(),
     }
 }
 

@@ -45,7 +45,7 @@ pub struct OperatorArgs {
 }
 
 /// Runs the operator until SIGTERM or Ctrl-C; returns the exit code.
-pub async fn main(args: OperatorArgs) -> u8 {
+pub async fn operate(args: OperatorArgs) -> u8 {
     let client = match client().await {
         Ok(client) => client,
         Err(e) => {

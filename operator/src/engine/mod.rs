@@ -10,6 +10,7 @@
 mod delete;
 mod identity;
 mod select;
+mod settings;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 pub use delete::{deletable, Deleted};
 pub use select::{decide, Decision, FolderSelector};
+pub use settings::RunParts;
 
 use crate::imap::{Credentials, Folder, ImapError, MessageMeta, ServerConfig, Session};
 use crate::protocol::{
@@ -72,7 +74,7 @@ pub struct RunSettings {
 }
 
 /// Archives every mailbox, `max_parallel` at a time, and returns the protocol.
-pub async fn run(
+pub async fn archive_mailboxes(
     settings: Arc<RunSettings>,
     archive: Archive,
     mailboxes: Vec<Mailbox>,

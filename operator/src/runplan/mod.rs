@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use summary::{aggregate, RunFacts, ShardSummary};
 
+use crate::engine::{FolderSelector, RunParts, RunSettings};
 use crate::protocol::{RunProtocol, RunResult};
 use crate::resources::{DeletionMode, DeletionSpec, FilterSpec, FolderSpec, ServerSpec, StoreSpec};
 use crate::secret::Secret;
@@ -131,9 +132,28 @@ pub fn plan_files(plan: &RunPlan, shards: Vec<Vec<Mailbox>>) -> Vec<(String, Vec
 }
 
 impl RunPlan {
+    /// The engine's settings for a shard of this run: one mailbox at a time (the Job runs
+    /// the shards in parallel), with the operator's warnings.
+    pub fn settings(&self) -> RunSettings {
+        let mut settings = RunSettings::from_parts(
+            self.namespace.clone(),
+            self.profile.clone(),
+            self.run.clone(),
+            RunParts {
+                server: &self.server,
+                folders: &self.folders,
+                filter: &self.filter,
+                deletion: &self.deletion,
+            },
+            self.server_ca_pem.clone().map(String::into_bytes),
+        );
+        settings.warnings.extend(self.warnings.iter().cloned());
+        settings
+    }
+
     /// Checks what the worker relies on before it connects anywhere.
     pub fn check(&self) -> Result<(), String> {
-        crate::engine::FolderSelector::new(&self.folders)
+        FolderSelector::new(&self.folders)
             .map(|_| ())
             .map_err(|e| format!("folder patterns: {e}"))?;
         if self.deletion.mode == DeletionMode::AfterArchiving && !self.store_durable {

@@ -28,6 +28,7 @@
 //! mailbox mapped to the same place) is not trusted at all.
 
 pub mod local;
+mod open;
 pub mod s3;
 mod uidset;
 
@@ -40,6 +41,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use open::{local_path, open, open_existing, S3Options, DEFAULT_STORE};
 pub use uidset::UidSet;
 
 #[derive(Debug, thiserror::Error)]
