@@ -18,7 +18,7 @@ use crate::export::Format;
 use crate::protocol::RunProtocol;
 use crate::resources::{self, namespace_of, Bundle, Located};
 use crate::store::{self, Archive, S3Options, StoreLocation};
-use crate::{controller, worker};
+use crate::{operator, worker};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -71,7 +71,7 @@ pub enum Command {
     /// plan is invalid; 3 every failed mailbox was rejected at login.
     Worker(worker::WorkerArgs),
     /// Run the Kubernetes operator (KUBECONFIG, ~/.kube/config or in-cluster credentials).
-    Operator(controller::run::OperatorArgs),
+    Operator(operator::OperatorArgs),
 }
 
 /// The YAML to read.
@@ -220,7 +220,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
         Command::List(args) => finish(archive::list(args).await),
         Command::Mailboxes(args) => finish(mailboxes::command(args).await),
         Command::Worker(args) => worker::archive_shard(args).await,
-        Command::Operator(args) => controller::run::operate(args).await,
+        Command::Operator(args) => operator::operate(args).await,
         Command::Crds => {
             print!("{}", resources::crds_yaml());
             0

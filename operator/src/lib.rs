@@ -5,15 +5,16 @@
 
 pub mod archiving;
 pub mod cli;
-pub mod controller;
 pub mod engine;
 pub mod export;
 pub mod imap;
+pub mod operator;
 pub mod protocol;
 pub mod resources;
 pub mod runplan;
 pub mod secret;
 pub mod sources;
 pub mod store;
+pub mod time;
 pub mod tls;
 pub mod worker;

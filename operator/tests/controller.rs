@@ -12,9 +12,9 @@ use kube::runtime::controller::Action;
 use kube::Client;
 use serde_json::{json, Value};
 
-use mailvault::controller::context::Context;
-use mailvault::controller::metrics::Metrics;
-use mailvault::controller::profile;
+use mailvault::operator::context::Context;
+use mailvault::operator::metrics::Metrics;
+use mailvault::operator::profile;
 use mailvault::resources::ArchiveProfile;
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;

@@ -7,7 +7,7 @@ mod yamlfiles;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use mailvault::controller::schedule::Schedule;
+use mailvault::operator::schedule::Schedule;
 use mailvault::resources::{self, load_paths, validate_mailbox_set, validate_profile};
 use serde_json::Value;
 use yamlfiles::{assert_object, documents, relative, root, yaml_files};

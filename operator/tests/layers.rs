@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 /// below, as long as no cycle forms. `main` is the binary's `src/main.rs`.
 const LAYERS: &[(&str, &[&str])] = &[
     ("the command line", &["main", "cli"]),
-    ("operator and worker", &["controller", "worker"]),
+    ("operator and worker", &["operator", "worker"]),
     (
         "the run contract and the local run",
         &["runplan", "archiving"],
@@ -26,6 +26,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "resources",
             "protocol",
             "tls",
+            "time",
             "secret",
         ],
     ),

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use clap::Parser;
-use mailvault::controller::api::API_CALLS;
+use mailvault::operator::api::API_CALLS;
 use serde_json::Value;
 use yamlfiles::{assert_object, documents, relative, root, yaml_files};
 
@@ -334,7 +334,7 @@ fn the_image_runs_the_one_binary_as_the_pods_user() {
         "spec": {"mailboxSetRef": {"name": "s"}, "server": {"host": "h"}}
     }))
     .unwrap();
-    let job = serde_json::to_value(mailvault::controller::job::build(
+    let job = serde_json::to_value(mailvault::operator::job::build(
         &profile,
         "p-1",
         &[1],

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use common::{files_below, mailvault, mailvault_s3};
-use mailvault::controller::api::{classify, API_CALLS};
+use mailvault::operator::api::{classify, API_CALLS};
 use mailvault_testkit::dovecot::Dovecot;
 use mailvault_testkit::fakekube::{self, FakeKube, Operator};
 use mailvault_testkit::garage::Garage;

@@ -31,8 +31,9 @@ use crate::protocol::{
 use crate::resources::{DeletionMode, DeletionSpec, FilterSpec};
 use crate::sources::Mailbox;
 use crate::store::{
-    now, Archive, Checked, Direction, FolderKey, FolderState, IndexEntry, StoreError, UidSet,
+    Archive, Checked, Direction, FolderKey, FolderState, IndexEntry, StoreError, UidSet,
 };
+use crate::time::now;
 
 /// Messages per download command.
 const FETCH_BATCH_MESSAGES: usize = 500;

@@ -198,7 +198,7 @@ pub async fn resolve(
                     "read the directory"
                 );
                 let record = SyncRecord {
-                    time: crate::store::now(),
+                    time: crate::time::now(),
                     users_found: count(found.len()),
                     without_email: 0,
                     excluded_by_selection: 0,

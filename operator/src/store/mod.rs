@@ -436,7 +436,7 @@ impl Archive {
         if self.objects.get(&user_key).await?.is_none() {
             let record = UserRecord {
                 name: user.to_string(),
-                created: now(),
+                created: crate::time::now(),
             };
             self.objects.put(&user_key, json_bytes(&record)).await?;
         }
@@ -878,11 +878,6 @@ fn parse_json<T: serde::de::DeserializeOwned>(
         key: key.to_string(),
         message: e.to_string(),
     })
-}
-
-/// Now, as RFC 3339 UTC.
-pub fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 #[cfg(test)]

@@ -16,18 +16,17 @@ use kube::runtime::controller::Action;
 use kube::ResourceExt;
 
 use super::conditions::{self, LAST_RUN_SUCCEEDED, READY, STALLED};
-use super::context::{
-    bounded, from_k8s, parse_time, rfc3339, Context, Error, RunEvent, MAX_STATUS_MESSAGE,
-};
+use super::context::{bounded, Context, Error, RunEvent, MAX_STATUS_MESSAGE};
 use super::mailboxset::{self, Outcome, FIELD_MANAGER};
 use super::schedule::{self, Schedule};
-use super::{job, names, runs};
+use super::{history, job, names};
 use crate::protocol::{RunResult, Totals};
 use crate::resources::{
     namespace_of, ActiveRun, ArchiveProfile, ArchiveProfileStatus, LastRun, MailboxSet, RunSummary,
     API_VERSION,
 };
 use crate::runplan::{self, RunFacts, RunPlan, ShardSummary};
+use crate::time::{from_k8s, parse as parse_time, rfc3339};
 
 /// Longest wait between reconciles of an idle profile, so that a lost watch event or a
 /// clock jump delays a run by at most this.
@@ -156,7 +155,7 @@ pub fn record_run(
         now,
         generation,
     );
-    status.runs = runs::add_run(
+    status.runs = history::add_run(
         &status.runs,
         RunSummary {
             name: run.name.clone(),
@@ -404,7 +403,7 @@ pub async fn reconcile(profile: Arc<ArchiveProfile>, ctx: Arc<Context>) -> Resul
         .find(|j| job::finished(j).is_none() && !recorded(&status, &j.name_any()));
     status.active_run = active.map(|j| {
         let s = j.status.as_ref();
-        runs::active_run(
+        history::active_run(
             &j.name_any(),
             time_of(s.and_then(|s| s.start_time.as_ref()))
                 .or_else(|| time_of(j.metadata.creation_timestamp.as_ref())),
@@ -651,15 +650,15 @@ pub async fn reconcile(profile: Arc<ArchiveProfile>, ctx: Arc<Context>) -> Resul
     }
 
     // Prune finished runs beyond the history limits, now that their results are recorded.
-    let finished: Vec<runs::FinishedJob> = jobs
+    let finished: Vec<history::FinishedJob> = jobs
         .iter()
         .filter(|j| job::finished(j).is_some())
-        .map(|j| runs::FinishedJob {
+        .map(|j| history::FinishedJob {
             name: j.name_any(),
             creation_time: time_of(j.metadata.creation_timestamp.as_ref()).unwrap_or_default(),
         })
         .collect();
-    for run in runs::to_prune(
+    for run in history::to_prune(
         &finished,
         &status.runs,
         profile.spec.successful_runs_history_limit,
@@ -914,7 +913,7 @@ async fn start_run(
         }
     }
     tracing::info!(profile = %profile.name_any(), run, mailboxes = count, shards = sizes.len(), started = now, "run started");
-    Ok(Start::Started(runs::active_run(
+    Ok(Start::Started(history::active_run(
         run,
         Some(now.to_string()),
         &sizes,
@@ -984,9 +983,9 @@ async fn make_plan(
         return Ok(Err(Start::Empty));
     }
     let count = resolved.mailboxes.len();
-    let shards = runs::shard(
+    let shards = history::shard(
         resolved.mailboxes,
-        runs::shard_count(count, profile.spec.max_parallel_jobs),
+        history::shard_count(count, profile.spec.max_parallel_jobs),
     );
     let sizes: Vec<u64> = shards.iter().map(|s| s.len() as u64).collect();
     let spec = &profile.spec;

@@ -19,7 +19,6 @@ use k8s_openapi::ByteString;
 use kube::api::ObjectMeta;
 use kube::Resource;
 
-use super::context::from_k8s;
 use super::names::PLAN_SUFFIX;
 use crate::resources::{
     namespace_of, ArchiveProfile, ArchiveProfileSpec, LocalStoreSpec, StoreSpec,
@@ -27,6 +26,7 @@ use crate::resources::{
 use crate::runplan::{
     ARCHIVE_DIR, EXIT_INVALID_PLAN, EXIT_LOGIN_REJECTED, PLAN_DIR, PLAN_KEY, STORE_CREDENTIALS_DIR,
 };
+use crate::time::from_k8s;
 
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "mailvault";
@@ -930,6 +930,6 @@ mod tests {
     }
 
     fn parse(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+        crate::time::parse(s).unwrap()
     }
 }

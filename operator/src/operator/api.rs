@@ -27,7 +27,7 @@ const fn call(group: &'static str, resource: &'static str, verb: &'static str) -
 
 /// What the operator does, cluster-wide: its objects live in any namespace.
 pub const API_CALLS: &[ApiCall] = &[
-    // Both kinds are watched (run.rs); a run reads its profile's MailboxSet (profile.rs).
+    // Both kinds are watched (mod.rs); a run reads its profile's MailboxSet (profile.rs).
     call(GROUP, "archiveprofiles", "list"),
     call(GROUP, "archiveprofiles", "watch"),
     call(GROUP, "mailboxsets", "get"),
@@ -109,9 +109,9 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::*;
-    use crate::controller::context::Context;
-    use crate::controller::metrics::Metrics;
-    use crate::controller::{mailboxset, profile, run};
+    use crate::operator::context::Context;
+    use crate::operator::metrics::Metrics;
+    use crate::operator::{self as operator, mailboxset, profile};
     use crate::resources::{ArchiveProfile, MailboxSet};
 
     type Call = (String, String, String);
@@ -273,7 +273,11 @@ mod tests {
         ));
 
         // Both controllers start: their watches (list, then watch).
-        let controllers = tokio::spawn(run::run(client, ctx.clone(), run::Readiness::new(&[])));
+        let controllers = tokio::spawn(operator::controllers(
+            client,
+            ctx.clone(),
+            operator::Readiness::new(&[]),
+        ));
         let want_watches = 4; // profiles, sets, secrets, jobs
         for _ in 0..400 {
             let watches = fake

@@ -16,11 +16,12 @@ use kube::runtime::controller::Action;
 use kube::ResourceExt;
 
 use super::conditions::{self, DIRECTORY_SYNCED, READY, STALLED};
-use super::context::{rfc3339, Context, Error};
+use super::context::{Context, Error};
 use crate::resources::{
     self, ArchiveProfile, Bundle, Located, MailboxSet, MailboxSetStatus, SecretObject, SyncStatus,
 };
 use crate::sources::{self, directory, Mode, Resolved, SourceError};
+use crate::time::rfc3339;
 
 /// How often a set is resolved again without any change (directories change on their own).
 const RESYNC: Duration = Duration::from_secs(3600);
@@ -466,7 +467,7 @@ mod tests {
     use crate::resources::SyncRecord;
 
     fn at(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+        crate::time::parse(s).unwrap()
     }
 
     fn sync(found: u32) -> SyncStatus {

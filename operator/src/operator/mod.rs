@@ -1,8 +1,23 @@
-//! `mailvault operator`: both controllers, and the HTTP endpoints for probes and metrics.
+//! `mailvault operator`: the Kubernetes operator. Its controllers reconcile ArchiveProfiles
+//! ([`profile`]) and MailboxSets ([`mailboxset`]) from their watches; the decisions they are
+//! made of (schedule, names, shards, history, summaries, conditions) are pure functions,
+//! tested with a fake clock and no API server. This module starts the controllers and
+//! serves the HTTP endpoints for probes and metrics.
 //!
 //! One replica is enough and is what the manifests deploy. Two replicas (e.g. during a
 //! rolling update) are safe without leader election: run names are deterministic, a Job
 //! that exists is adopted instead of created twice, and statuses are applied whole.
+
+pub mod api;
+pub mod conditions;
+pub mod context;
+pub mod history;
+pub mod job;
+pub mod mailboxset;
+pub mod metrics;
+pub mod names;
+pub mod profile;
+pub mod schedule;
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
@@ -23,11 +38,9 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{predicates, reflector, watcher, Controller, WatchStreamExt};
 use kube::{Client, ResourceExt};
 
-use super::context::{backoff, Context, Error};
-use super::mailboxset;
-use super::metrics::Metrics;
-use super::profile;
 use crate::resources::{ArchiveProfile, MailboxSet};
+use context::{backoff, Context, Error};
+use metrics::Metrics;
 
 /// How the operator names itself in every API request, so that audit logs tell its
 /// requests from everyone else's.
@@ -55,14 +68,18 @@ pub async fn operate(args: OperatorArgs) -> u8 {
     };
     let metrics = Arc::new(Metrics::default());
     let readiness = Readiness::new(&WATCHES);
-    let server = tokio::spawn(serve(args.listen, metrics.clone(), readiness.clone()));
+    let server = tokio::spawn(serve_endpoints(
+        args.listen,
+        metrics.clone(),
+        readiness.clone(),
+    ));
     let ctx = Arc::new(Context::new(
         client.clone(),
         Arc::new(chrono::Utc::now),
         args.worker_image,
         metrics,
     ));
-    run(client, ctx, readiness).await;
+    controllers(client, ctx, readiness).await;
     server.abort();
     0
 }
@@ -123,8 +140,8 @@ impl Readiness {
     }
 }
 
-/// Both controllers until shutdown; every request they send is in [`super::api::API_CALLS`].
-pub(super) async fn run(client: Client, ctx: Arc<Context>, readiness: Readiness) {
+/// Both controllers until shutdown; every request they send is in [`api::API_CALLS`].
+pub async fn controllers(client: Client, ctx: Arc<Context>, readiness: Readiness) {
     let profiles: Api<ArchiveProfile> = Api::all(client.clone());
     let sets: Api<MailboxSet> = Api::all(client.clone());
     // Secrets and Jobs by metadata only: the operator keeps no Secret contents in memory,
@@ -176,8 +193,8 @@ pub(super) async fn run(client: Client, ctx: Arc<Context>, readiness: Readiness)
                 jobs,
                 watcher::Config::default().labels(&format!(
                     "{}={}",
-                    super::job::LABEL_MANAGED_BY,
-                    super::job::MANAGED_BY
+                    job::LABEL_MANAGED_BY,
+                    job::MANAGED_BY
                 )),
             )
             .default_backoff(),
@@ -312,7 +329,7 @@ fn set_error_policy(s: Arc<MailboxSet>, error: &Error, ctx: Arc<Context>) -> Act
 
 /// A minimal HTTP/1 server: `/metrics`, `/healthz` (the process serves), `/readyz` (every
 /// watch has listed its objects).
-async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, readiness: Readiness) {
+async fn serve_endpoints(addr: SocketAddr, metrics: Arc<Metrics>, readiness: Readiness) {
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {

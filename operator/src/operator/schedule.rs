@@ -111,7 +111,7 @@ mod tests {
     }
 
     fn at(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+        crate::time::parse(s).unwrap()
     }
 
     fn schedule(cron: &str, zone: &str) -> Schedule {

@@ -19,10 +19,10 @@ use chrono::{DateTime, Utc};
 use kube::runtime::reflector::Store;
 
 use super::conditions::{self, READY};
-use super::context::parse_time;
 use super::schedule::Schedule;
 use crate::protocol::RunResult;
 use crate::resources::{namespace_of, ArchiveProfile, LastRun, MailboxSet};
+use crate::time::parse as parse_time;
 
 #[derive(Default)]
 pub struct Metrics {
