@@ -75,13 +75,36 @@ fn dependencies_point_down_and_form_no_cycle() {
         }
     }
     assert!(violations.is_empty(), "{}", violations.join("\n"));
-    let cycles = cycles(&graph);
-    assert!(cycles.is_empty(), "module cycles: {cycles:?}");
+    let found = cycles(&graph);
+    assert!(found.is_empty(), "module cycles: {found:?}");
+
+    // Within a top-level module too, submodules use each other one way.
+    for (top, graph) in submodule_graphs(&src) {
+        let graph: BTreeMap<&str, BTreeSet<&str>> = graph
+            .iter()
+            .map(|(from, to)| (from.as_str(), to.iter().map(String::as_str).collect()))
+            .collect();
+        let found = cycles(&graph);
+        assert!(
+            found.is_empty(),
+            "cycles between the submodules of {top}: {found:?}"
+        );
+    }
 }
 
-/// Every top-level module and, for each module it uses, the first place it does so.
-fn module_edges(src: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
-    let mut edges: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+/// A path of the crate as the code names it, from its top-level module down, where it
+/// was named.
+struct Use {
+    /// The module path of the file that names it.
+    from: Vec<String>,
+    /// What it names: `["store", "open", "DEFAULT_STORE"]`.
+    to: Vec<String>,
+    place: String,
+}
+
+/// Every path to another part of the crate that the files under `src/` name.
+fn crate_uses(src: &Path) -> Vec<Use> {
+    let mut uses = Vec::new();
     for file in rust_files(src) {
         let relative = file.strip_prefix(src).unwrap();
         let mut path: Vec<String> = relative
@@ -93,25 +116,67 @@ fn module_edges(src: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
             path.pop();
         }
         if path == ["lib"] {
-            path.clear();
-        }
-        let top = match path.first() {
-            Some(top) => top.clone(),
-            None => "lib".to_string(),
-        };
-        if top == "lib" {
             // The crate root only declares the modules.
             continue;
         }
         let text = std::fs::read_to_string(&file).unwrap();
-        let entry = edges.entry(top).or_default();
-        for (line, used) in used_modules(&code_only(&text), &path) {
-            entry
-                .entry(used)
-                .or_insert_with(|| format!("{}:{line}", relative.display()));
+        for (line, to) in used_paths(&code_only(&text), &path) {
+            uses.push(Use {
+                from: path.clone(),
+                to,
+                place: format!("{}:{line}", relative.display()),
+            });
         }
     }
+    uses
+}
+
+/// Every top-level module and, for each module it uses, the first place it does so.
+fn module_edges(src: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut edges: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for file in rust_files(src) {
+        let relative = file.strip_prefix(src).unwrap();
+        let top = relative.iter().next().unwrap().to_string_lossy();
+        let top = top.trim_end_matches(".rs");
+        if top != "lib" {
+            edges.entry(top.to_string()).or_default();
+        }
+    }
+    for u in crate_uses(src) {
+        edges
+            .get_mut(&u.from[0])
+            .unwrap()
+            .entry(u.to[0].clone())
+            .or_insert(u.place);
+    }
     edges
+}
+
+/// Within each top-level module, which of its submodules use which others (a path that
+/// names the module itself, or an item of it, is no edge).
+fn submodule_graphs(src: &Path) -> BTreeMap<String, BTreeMap<String, BTreeSet<String>>> {
+    let mut graphs: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+    for u in crate_uses(src) {
+        let (Some(from), Some(to)) = (u.from.get(1), u.to.get(1)) else {
+            continue;
+        };
+        let top = &u.from[0];
+        if u.to[0] != *top || from == to || !is_module(src, top, to) {
+            continue;
+        }
+        graphs
+            .entry(top.clone())
+            .or_default()
+            .entry(from.clone())
+            .or_default()
+            .insert(to.clone());
+    }
+    graphs
+}
+
+fn is_module(src: &Path, top: &str, name: &str) -> bool {
+    let dir = src.join(top);
+    dir.join(format!("{name}.rs")).is_file() || dir.join(name).join("mod.rs").is_file()
 }
 
 fn rust_files(dir: &Path) -> Vec<PathBuf> {
@@ -270,15 +335,13 @@ fn tokens(code: &str) -> Vec<(usize, Token)> {
     out
 }
 
-/// The top-level modules the code of the file at module path `file_path` names, with the
-/// line of each mention.
-fn used_modules(code: &str, file_path: &[String]) -> Vec<(usize, String)> {
+/// The crate paths the code of the file at module path `file_path` names (`crate::a::b`,
+/// `mailvault::a::b`, `super::b` and the names in `use` groups), each from its top-level
+/// module down, with the line it is on.
+fn used_paths(code: &str, file_path: &[String]) -> Vec<(usize, Vec<String>)> {
     let tokens = tokens(code);
-    let ident = |i: usize| match tokens.get(i) {
-        Some((_, Token::Ident(s))) => Some(s.as_str()),
-        _ => None,
-    };
     let is = |i: usize, t: &Token| tokens.get(i).map(|(_, x)| x) == Some(t);
+    let word = |i: usize, w: &str| matches!(tokens.get(i), Some((_, Token::Ident(s))) if s == w);
     let mut used = Vec::new();
     // Inline modules (`mod tests { ... }`) open a deeper module path for `super::`.
     let mut inline: Vec<(String, usize)> = Vec::new();
@@ -286,6 +349,7 @@ fn used_modules(code: &str, file_path: &[String]) -> Vec<(usize, String)> {
     let mut i = 0;
     while i < tokens.len() {
         let (line, token) = &tokens[i];
+        let after_path = i > 0 && is(i - 1, &Token::PathSep);
         match token {
             Token::Punct('{') => depth += 1,
             Token::Punct('}') => {
@@ -294,72 +358,94 @@ fn used_modules(code: &str, file_path: &[String]) -> Vec<(usize, String)> {
                     inline.pop();
                 }
             }
-            Token::Ident(word) if word == "mod" => {
-                if let (Some(name), true) = (ident(i + 1), is(i + 2, &Token::Punct('{'))) {
-                    inline.push((name.to_string(), depth));
+            Token::Ident(w) if w == "mod" && is(i + 2, &Token::Punct('{')) => {
+                if let Some((_, Token::Ident(name))) = tokens.get(i + 1) {
+                    inline.push((name.clone(), depth));
                 }
             }
-            Token::Ident(word) if word == "crate" && is(i + 1, &Token::PathSep) => {
-                if is(i + 2, &Token::Punct('{')) {
-                    used.extend(group_heads(&tokens, i + 3).into_iter().map(|m| (*line, m)));
-                } else if let Some(m) = ident(i + 2) {
-                    used.push((*line, m.to_string()));
-                }
-            }
-            Token::Ident(word)
-                if word == "super"
-                    && is(i + 1, &Token::PathSep)
-                    && !(i > 0 && is(i - 1, &Token::PathSep)) =>
+            Token::Ident(w)
+                if (w == "crate" || w == "mailvault")
+                    && !after_path
+                    && is(i + 1, &Token::PathSep) =>
             {
+                for path in use_tree(&tokens, i + 2, Vec::new()).0 {
+                    used.push((*line, path));
+                }
+            }
+            Token::Ident(w) if w == "super" && !after_path && is(i + 1, &Token::PathSep) => {
                 // Climb one level per `super`, from the module this code is in.
                 let mut module: Vec<String> = file_path.to_vec();
                 module.extend(inline.iter().map(|(name, _)| name.clone()));
                 let mut j = i;
-                while ident(j) == Some("super") && is(j + 1, &Token::PathSep) {
+                while word(j, "super") && is(j + 1, &Token::PathSep) {
                     module.pop();
                     j += 2;
                 }
-                if module.is_empty() {
-                    if is(j, &Token::Punct('{')) {
-                        used.extend(group_heads(&tokens, j + 1).into_iter().map(|m| (*line, m)));
-                    } else if let Some(m) = ident(j) {
-                        used.push((*line, m.to_string()));
-                    }
-                }
-            }
-            Token::Ident(word) if word == "mailvault" && is(i + 1, &Token::PathSep) => {
-                if let Some(m) = ident(i + 2) {
-                    used.push((*line, m.to_string()));
+                for path in use_tree(&tokens, j, module).0 {
+                    used.push((*line, path));
                 }
             }
             _ => {}
         }
         i += 1;
     }
-    used.retain(|(_, m)| m != "self" && m != "*");
+    used.retain(|(_, path)| {
+        !path.is_empty()
+            && path
+                .iter()
+                .all(|segment| segment != "self" && segment != "*")
+    });
     used
 }
 
-/// The first names of the paths in a `{a, b::c, d::{e, f}}` group that starts at `start`
-/// (just after its `{`).
-fn group_heads(tokens: &[(usize, Token)], start: usize) -> Vec<String> {
-    let mut heads = Vec::new();
-    let mut depth = 0;
-    let mut expect_head = true;
-    for (_, token) in &tokens[start..] {
-        match token {
-            Token::Punct('{') => depth += 1,
-            Token::Punct('}') if depth == 0 => break,
-            Token::Punct('}') => depth -= 1,
-            Token::Punct(',') if depth == 0 => expect_head = true,
-            Token::Ident(name) if depth == 0 && expect_head => {
-                heads.push(name.clone());
-                expect_head = false;
+/// The paths of the use tree (or plain path) that starts at `start`, each after `prefix`:
+/// `a::b`, `a::{b, c::d}`, `{a, b}`. Returns them and where the tree ends.
+fn use_tree(
+    tokens: &[(usize, Token)],
+    start: usize,
+    prefix: Vec<String>,
+) -> (Vec<Vec<String>>, usize) {
+    let mut path = prefix;
+    let mut i = start;
+    loop {
+        match tokens.get(i) {
+            Some((_, Token::Ident(name))) => {
+                path.push(name.clone());
+                i += 1;
+                if tokens.get(i).map(|(_, t)| t) != Some(&Token::PathSep) {
+                    return (vec![path], i);
+                }
+                i += 1;
             }
-            _ => {}
+            Some((_, Token::Punct('{'))) => {
+                let mut paths = Vec::new();
+                i += 1;
+                loop {
+                    match tokens.get(i) {
+                        Some((_, Token::Punct('}'))) | None => return (paths, i + 1),
+                        Some((_, Token::Punct(','))) => i += 1,
+                        _ => {
+                            let (more, next) = use_tree(tokens, i, path.clone());
+                            paths.extend(more);
+                            // Skip what follows the path in the group (`as name`).
+                            i = next;
+                            while let Some((_, t)) = tokens.get(i) {
+                                if matches!(t, Token::Punct(',') | Token::Punct('}')) {
+                                    break;
+                                }
+                                i += 1;
+                            }
+                        }
+                    }
+                }
+            }
+            Some((_, Token::Punct('*'))) => {
+                path.push("*".to_string());
+                return (vec![path], i + 1);
+            }
+            _ => return (vec![path], i),
         }
     }
-    heads
 }
 
 /// The cycles of `graph`, each as the modules on it.
@@ -401,22 +487,26 @@ fn visit<'a>(
 
 #[test]
 fn the_reader_sees_what_the_compiler_sees() {
-    let code = code_only(
-        "use crate::{a, b::c, d::{e, f}};\n// crate::commented\nlet s = \"crate::quoted\";\n\
-         let c = '\\''; fn f<'a>(x: &'a str) {}\nmod tests { use super::*; fn g() { super::h(); } }\n\
-         let r = r#\"crate::raw\"#; crate::g::x();\n",
+    let paths = |code: &str, file: &[&str]| -> Vec<String> {
+        let file: Vec<String> = file.iter().map(|s| s.to_string()).collect();
+        used_paths(&code_only(code), &file)
+            .into_iter()
+            .map(|(_, p)| p.join("::"))
+            .collect()
+    };
+    let code = "use crate::{a, b::c, d::{e, f as g}};\n// crate::commented\n\
+                let s = \"crate::quoted\";\nlet c = '\\''; fn f<'a>(x: &'a str) {}\n\
+                mod tests { use super::*; fn g() { super::h(); } }\n\
+                let r = r#\"crate::raw\"#; crate::g::x(); pub(crate) fn y() {}\n";
+    assert_eq!(
+        paths(code, &["top"]),
+        ["a", "b::c", "d::e", "d::f", "top::h", "g::x"]
     );
-    let found: Vec<String> = used_modules(&code, &["top".to_string()])
-        .into_iter()
-        .map(|(_, m)| m)
-        .collect();
-    assert_eq!(found, ["a", "b", "d", "g"]);
-    let nested = code_only("use super::super::other::X;\nfn f() { super::sibling(); }\n");
-    let found: Vec<String> = used_modules(&nested, &["top".into(), "inner".into()])
-        .into_iter()
-        .map(|(_, m)| m)
-        .collect();
-    assert_eq!(found, ["other"]);
+    let nested = "use super::super::other::X;\nfn f() { super::sibling(); }\n";
+    assert_eq!(
+        paths(nested, &["top", "inner"]),
+        ["other::X", "top::sibling"]
+    );
     let graph = BTreeMap::from([
         ("a", BTreeSet::from(["b"])),
         ("b", BTreeSet::from(["c"])),

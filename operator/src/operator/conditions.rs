@@ -1,13 +1,29 @@
 //! Status conditions as the Kubernetes API conventions describe them: one per type, and
 //! `lastTransitionTime` changes only when `status` does, so that "since when" stays true.
 
-use super::context::{bounded, MAX_STATUS_MESSAGE};
 use crate::resources::Condition;
 
 pub const READY: &str = "Ready";
 pub const STALLED: &str = "Stalled";
 pub const LAST_RUN_SUCCEEDED: &str = "LastRunSucceeded";
 pub const DIRECTORY_SYNCED: &str = "DirectorySynced";
+
+/// Most bytes of a message in a status (a condition's, `lastRun.message`): a status is
+/// capped in size with its object and sent to every watcher, and a person reads the first
+/// lines anyway.
+pub const MAX_STATUS_MESSAGE: usize = 1024;
+
+/// `text` cut to at most `max` bytes (on a character boundary), ending in `...` if cut.
+pub fn bounded(text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut cut = max.saturating_sub(3);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}...", &text[..cut])
+}
 
 /// Sets the condition `type_` in `conditions`, keeping its transition time unless the
 /// status changes. Long messages are cut to [`MAX_STATUS_MESSAGE`].

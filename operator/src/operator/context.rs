@@ -9,6 +9,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
 
+use super::conditions::bounded;
 use super::metrics::Metrics;
 
 /// The time, injectable so that tests run schedules on a fake clock.
@@ -76,23 +77,6 @@ fn truncate_note(note: String) -> String {
     bounded(note, 1000)
 }
 
-/// Most bytes of a message in a status (a condition's, `lastRun.message`): a status is
-/// capped in size with its object and sent to every watcher, and a person reads the first
-/// lines anyway.
-pub const MAX_STATUS_MESSAGE: usize = 1024;
-
-/// `text` cut to at most `max` bytes (on a character boundary), ending in `...` if cut.
-pub fn bounded(text: String, max: usize) -> String {
-    if text.len() <= max {
-        return text;
-    }
-    let mut cut = max.saturating_sub(3);
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}...", &text[..cut])
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The API server refused or could not be reached; retried with back-off.
@@ -124,6 +108,7 @@ pub fn backoff(failures: u32) -> Action {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operator::conditions::MAX_STATUS_MESSAGE;
 
     #[test]
     fn backoff_grows_and_is_capped() {

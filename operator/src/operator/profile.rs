@@ -15,8 +15,8 @@ use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, P
 use kube::runtime::controller::Action;
 use kube::ResourceExt;
 
-use super::conditions::{self, LAST_RUN_SUCCEEDED, READY, STALLED};
-use super::context::{bounded, Context, Error, RunEvent, MAX_STATUS_MESSAGE};
+use super::conditions::{self, bounded, LAST_RUN_SUCCEEDED, MAX_STATUS_MESSAGE, READY, STALLED};
+use super::context::{Context, Error, RunEvent};
 use super::mailboxset::{self, Outcome, FIELD_MANAGER};
 use super::schedule::{self, Schedule};
 use super::{history, job, names};
