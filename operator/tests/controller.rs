@@ -1,147 +1,23 @@
-//! The ArchiveProfile controller against a mock API server (tower-test, as in kube-rs's
-//! controller-rs): each scenario lists the requests the reconcile must make, in order, and
-//! answers them as the API server would. A missing or extra request fails the test.
+//! The controllers against a mock API server (`kubeapi`, tower-test as in kube-rs's
+//! controller-rs). Each ArchiveProfile scenario lists the requests the reconcile must make,
+//! in order, and answers them as the API server would: a missing or extra request fails the
+//! test. And the table of every request the operator sends (`API_CALLS`, which its RBAC
+//! grants) is checked against what both controllers send to an in-memory cluster.
 
+mod kubeapi;
+
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use http::{Method, Request, Response};
-use kube::client::Body;
+use http::Method;
 use kube::runtime::controller::Action;
-use kube::Client;
 use serde_json::{json, Value};
 
-use mailvault::operator::context::Context;
-use mailvault::operator::metrics::Metrics;
-use mailvault::operator::profile;
-use mailvault::resources::ArchiveProfile;
-
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-
-struct ApiServer(Handle);
-
-impl ApiServer {
-    /// Expects a request `method` on `path` (without query), answers `respond(body)`, and
-    /// returns the request's JSON body.
-    async fn expect(
-        &mut self,
-        method: Method,
-        path: &str,
-        respond: impl FnOnce(&Value) -> (u16, Value),
-    ) -> Value {
-        let (request, send) = tokio::time::timeout(Duration::from_secs(5), self.0.next_request())
-            .await
-            .unwrap_or_else(|_| panic!("no request; expected {method} {path}"))
-            .expect("the client is alive");
-        let actual = format!("{} {}", request.method(), request.uri().path());
-        assert_eq!(actual, format!("{method} {path}"), "uri {}", request.uri());
-        let bytes = request.into_body().collect_bytes().await.unwrap();
-        let body: Value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap()
-        };
-        let (status, answer) = respond(&body);
-        send.send_response(
-            Response::builder()
-                .status(status)
-                .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-                .unwrap(),
-        );
-        body
-    }
-
-    /// Expects no further request.
-    async fn done(mut self) {
-        let next = tokio::time::timeout(Duration::from_millis(200), self.0.next_request()).await;
-        if let Ok(Some((request, _))) = next {
-            panic!("unexpected request {} {}", request.method(), request.uri());
-        }
-    }
-}
-
-fn not_found() -> (u16, Value) {
-    (
-        404,
-        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
-    )
-}
-
-fn list(items: Vec<Value>) -> (u16, Value) {
-    (
-        200,
-        json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items}),
-    )
-}
-
-fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-}
-
-fn setup(now: &str) -> (Arc<Context>, ApiServer) {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, "mail");
-    let now = at(now);
-    let ctx = Context::new(
-        client,
-        Arc::new(move || now),
-        "mailvault:test".into(),
-        Arc::new(Metrics::default()),
-    );
-    (Arc::new(ctx), ApiServer(handle))
-}
-
-fn profile(extra_spec: Value, status: Value) -> ArchiveProfile {
-    let mut spec = json!({
-        "mailboxSetRef": {"name": "staff"},
-        "server": {"host": "imap.example.org"},
-        "maxParallelJobs": 4,
-        "schedule": {"cron": "0 2 * * *"},
-        "store": {"local": {"persistentVolumeClaim": {"claimName": "archive"}}},
-    });
-    spec.as_object_mut()
-        .unwrap()
-        .extend(extra_spec.as_object().unwrap().clone());
-    serde_json::from_value(json!({
-        "apiVersion": "mailvault.io/v1alpha1",
-        "kind": "ArchiveProfile",
-        "metadata": {"name": "nightly", "namespace": "mail", "uid": "profile-uid", "generation": 2,
-                     "creationTimestamp": "2025-01-06T10:00:00Z"},
-        "spec": spec,
-        "status": status,
-    }))
-    .unwrap()
-}
-
-const JOBS: &str = "/apis/batch/v1/namespaces/mail/jobs";
-const SECRETS: &str = "/api/v1/namespaces/mail/secrets";
-const SET: &str = "/apis/mailvault.io/v1alpha1/namespaces/mail/mailboxsets/staff";
-const STATUS: &str = "/apis/mailvault.io/v1alpha1/namespaces/mail/archiveprofiles/nightly/status";
-const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/mail/events";
-
-fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
-    status["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == type_)
-        .unwrap_or_else(|| panic!("no condition {type_} in {status:#}"))
-}
-
-/// Answers a create with the object.
-fn echo(body: &Value) -> (u16, Value) {
-    (200, body.clone())
-}
-
-/// Answers a status patch of `object` with the object and the patched status.
-fn patched(object: Value) -> impl FnOnce(&Value) -> (u16, Value) {
-    move |body| {
-        let mut object = object;
-        object["status"] = body["status"].clone();
-        (200, object)
-    }
-}
+use kubeapi::*;
+use mailvault::operator::api::API_CALLS;
+use mailvault::operator::{self, mailboxset, profile};
+use mailvault::resources::MailboxSet;
 
 #[tokio::test]
 async fn new_profile_gets_a_status_and_waits_for_its_slot() {
@@ -167,26 +43,6 @@ async fn new_profile_gets_a_status_and_waits_for_its_slot() {
     assert_eq!(condition(status, "Stalled")["status"], "False");
     assert!(status.get("activeRun").is_none());
     assert_eq!(action, Action::requeue(Duration::from_secs(3600)));
-}
-
-fn mailbox_set() -> Value {
-    json!({
-        "apiVersion": "mailvault.io/v1alpha1", "kind": "MailboxSet",
-        "metadata": {"name": "staff", "namespace": "mail", "uid": "set-uid", "generation": 1},
-        "spec": {"masterPassword": {
-            "credentialsSecretRef": {"name": "master"},
-            "staticUsers": [{"name": "alice", "email": "alice@example.org"},
-                            {"name": "bob", "email": "bob@example.org"}]}}
-    })
-}
-
-fn secret(name: &str, data: Value) -> Value {
-    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "mail"}, "data": data})
-}
-
-fn b64(s: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(s)
 }
 
 #[tokio::test]
@@ -305,30 +161,6 @@ async fn a_due_run_creates_its_plan_secret_then_its_job() {
     assert_eq!(event["reason"], "RunStarted");
 }
 
-/// A plan Secret of `run` owned by the profile, as a metadata list returns it.
-fn plan_secret(run: &str, name: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Secret",
-           "metadata": {"name": name, "namespace": "mail",
-                        "creationTimestamp": "2025-01-07T02:00:30Z",
-                        "labels": {"mailvault.io/run": run, "mailvault.io/profile": "nightly",
-                                   "app.kubernetes.io/managed-by": "mailvault"},
-                        "ownerReferences": [{"apiVersion": "mailvault.io/v1alpha1",
-                                             "kind": "ArchiveProfile", "name": "nightly",
-                                             "uid": "profile-uid"}]}})
-}
-
-fn job(name: &str, sizes: &str, status: Value) -> Value {
-    json!({
-        "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {"name": name, "namespace": "mail", "uid": format!("{name}-uid"),
-                     "creationTimestamp": "2025-01-07T02:00:31Z",
-                     "labels": {"mailvault.io/profile": "nightly", "mailvault.io/run": name},
-                     "annotations": {"mailvault.io/shard-sizes": sizes}},
-        "spec": {"template": {"spec": {"containers": []}}},
-        "status": status,
-    })
-}
-
 #[tokio::test]
 async fn a_running_job_shows_as_active_run_and_ready_stays_true() {
     let (ctx, mut api) = setup("2025-01-07T02:10:00Z");
@@ -374,23 +206,6 @@ async fn a_running_job_shows_as_active_run_and_ready_stays_true() {
     assert_eq!(ready["lastTransitionTime"], "2025-01-06T10:05:00Z");
 }
 
-fn pod(job: &str, index: u32, phase: &str, message: Value) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": format!("{job}-{index}-abcde"), "namespace": "mail",
-                     "creationTimestamp": "2025-01-07T02:00:33Z",
-                     "annotations": {"batch.kubernetes.io/job-completion-index": index.to_string()}},
-        "status": {"phase": phase, "containerStatuses": [{
-            "name": "worker", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
-            "state": {"terminated": {"exitCode": 0, "message": message.to_string()}}}]}
-    })
-}
-
-fn totals(mailboxes: u64, failed: u64, archived: u64) -> Value {
-    json!({"mailboxes": mailboxes, "mailboxesFailed": failed, "archived": archived, "alreadyArchived": 1,
-           "failed": 0, "deleted": 0, "bytes": archived * 100, "skipped": 0})
-}
-
 #[tokio::test]
 async fn a_finished_job_is_aggregated_recorded_and_old_runs_pruned() {
     let (ctx, mut api) = setup("2025-01-07T02:30:00Z");
@@ -414,7 +229,7 @@ async fn a_finished_job_is_aggregated_recorded_and_old_runs_pruned() {
             ])
         })
         .await;
-        api.expect(Method::GET, "/api/v1/namespaces/mail/pods", |_| {
+        api.expect(Method::GET, PODS, |_| {
             list(vec![
                 pod(run, 0, "Succeeded", json!({"index": 0, "result": "Succeeded", "totals": totals(2, 0, 10),
                                                  "protocol": "runs/mail/nightly/x-0.json"})),
@@ -636,13 +451,6 @@ async fn a_run_waits_for_a_mailbox_set_that_does_not_exist_yet() {
     assert_eq!(action, Action::requeue(Duration::from_secs(30)));
 }
 
-fn ok_status() -> (u16, Value) {
-    (
-        200,
-        json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
-    )
-}
-
 #[tokio::test]
 async fn a_retry_uses_the_plan_an_earlier_attempt_made() {
     // The plan Secrets were made, then creating the Job failed (the API server was away):
@@ -796,7 +604,7 @@ async fn a_run_none_of_whose_pods_can_start_is_failed_and_stopped() {
             list(vec![job(run, "2,1", json!({"active": 2, "ready": 0}))])
         })
         .await;
-        api.expect(Method::GET, "/api/v1/namespaces/mail/pods", |_| {
+        api.expect(Method::GET, PODS, |_| {
             list(vec![json!({"apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": format!("{run}-0-abcde"), "namespace": "mail",
                              "annotations": {"batch.kubernetes.io/job-completion-index": "0"}},
@@ -805,12 +613,13 @@ async fn a_run_none_of_whose_pods_can_start_is_failed_and_stopped() {
                     "state": {"waiting": {"reason": "ErrImagePull", "message": "pull access denied"}}}]}})])
         })
         .await;
-        api.expect(Method::DELETE, &format!("{JOBS}/{run}"), |_| ok_status())
-            .await;
+        // Everything is read before anything is done.
         api.expect(Method::GET, SECRETS, |_| {
             list(vec![plan_secret(run, &format!("{run}-plan"))])
         })
         .await;
+        api.expect(Method::DELETE, &format!("{JOBS}/{run}"), |_| ok_status())
+            .await;
         api.expect(Method::DELETE, &format!("{SECRETS}/{run}-plan"), |_| {
             ok_status()
         })
@@ -870,5 +679,71 @@ async fn a_manual_trigger_value_used_before_says_so() {
     assert!(
         event["note"].as_str().unwrap().contains("set a new value"),
         "{event:#}"
+    );
+}
+
+#[tokio::test]
+async fn the_api_calls_table_is_what_the_operator_sends() {
+    let run = "nightly-202501060200";
+    let done = json!({"conditions": [{"type": "Complete", "status": "True"}],
+                      "completionTime": "2025-01-07T01:00:00Z"});
+    let p = profile(
+        json!({"trigger": {"manual": "now"}, "successfulRunsHistoryLimit": 0,
+               "failedRunsHistoryLimit": 0}),
+        Value::Null,
+    );
+    let set = mailbox_set();
+    let cluster = Arc::new(tokio::sync::Mutex::new(Cluster::with([
+        serde_json::to_value(&p).unwrap(),
+        set.clone(),
+        secret(
+            "master",
+            json!({"username": b64("master"), "password": b64("pw")}),
+        ),
+        // A finished run, and its plan Secret, deleted once the run is recorded.
+        job(run, "1", done),
+        plan_secret(run, &format!("{run}-plan")),
+    ])));
+    let (ctx, api) = setup("2025-01-07T02:30:00Z");
+    api.serve(cluster.clone());
+
+    // Both controllers start: their watches (list, then watch).
+    let controllers = tokio::spawn(operator::controllers(
+        ctx.client.clone(),
+        ctx.clone(),
+        operator::Readiness::new(&[]),
+    ));
+    let want_watches = 4; // profiles, sets, secrets, jobs
+    for _ in 0..400 {
+        let calls = cluster.lock().await.calls.clone();
+        if calls.iter().filter(|c| c.2 == "watch").count() >= want_watches {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    controllers.abort();
+
+    // A profile reconcile that records a finished run (deleting its plan Secret), starts
+    // (adopts) a manual one and prunes; twice, so that its events repeat. Then a
+    // MailboxSet reconcile.
+    for _ in 0..2 {
+        profile::reconcile(Arc::new(p.clone()), ctx.clone())
+            .await
+            .unwrap();
+    }
+    let set: MailboxSet = serde_json::from_value(set).unwrap();
+    mailboxset::reconcile(Arc::new(set), ctx).await.unwrap();
+
+    let sent = cluster.lock().await.calls.clone();
+    let table: BTreeSet<Call> = API_CALLS
+        .iter()
+        .map(|c| (c.group.into(), c.resource.into(), c.verb.into()))
+        .collect();
+    assert_eq!(table.len(), API_CALLS.len(), "duplicates in API_CALLS");
+    let missing: Vec<_> = sent.difference(&table).collect();
+    let unused: Vec<_> = table.difference(&sent).collect();
+    assert!(
+        missing.is_empty() && unused.is_empty(),
+        "sent but not in API_CALLS: {missing:?}; in API_CALLS but never sent: {unused:?}"
     );
 }

@@ -1,8 +1,9 @@
-//! MailboxSets in the cluster: reading a set and its Secrets into a [`Bundle`], resolving it
-//! with the same code as `mailvault mailboxes` and `mailvault run`, and the set's status.
-//! Both controllers write a set's status (the profile controller when a run syncs the
-//! directory), always whole and from [`status`], so that server-side apply under one
-//! field manager never drops a field the other wrote.
+//! MailboxSets in the cluster: reading a set and its Secrets into a [`Bundle`] (observe),
+//! resolving it with the same code as `mailvault mailboxes` and `mailvault run` (which
+//! reads its directory, if any), the set's status from the outcome ([`status`], pure), and
+//! its one writer, [`record`]. A set is resolved by its own reconcile, and by a profile's
+//! run, which syncs the directory: both record the outcome through [`resolve_and_record`],
+//! so that the set's status always says what the last resolution found.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -11,12 +12,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::ResourceExt;
 
 use super::conditions::{self, DIRECTORY_SYNCED, READY, STALLED};
 use super::context::{Context, Error};
+use super::status;
 use crate::resources::{
     self, ArchiveProfile, Bundle, Located, MailboxSet, MailboxSetStatus, SecretObject, SyncStatus,
 };
@@ -25,8 +27,6 @@ use crate::time::rfc3339;
 
 /// How often a set is resolved again without any change (directories change on their own).
 const RESYNC: Duration = Duration::from_secs(3600);
-/// Field manager of every status the operator writes.
-pub const FIELD_MANAGER: &str = "mailvault";
 
 /// The outcome of resolving a set, as its status shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -416,28 +416,29 @@ fn describe(e: &SourceError) -> String {
     )
 }
 
-/// Writes a set's status with server-side apply.
-pub async fn write_status(
+/// Resolves `set` (for a run of `profile`, if given) and records the outcome on the set's
+/// status; returns the outcome and the mailboxes.
+pub async fn resolve_and_record(
     ctx: &Context,
+    bundle: &Bundle,
     set: &MailboxSet,
-    status: &MailboxSetStatus,
-) -> Result<(), Error> {
-    let namespace = set
-        .namespace()
-        .ok_or(Error::Incomplete("a MailboxSet without namespace"))?;
-    let api: Api<MailboxSet> = Api::namespaced(ctx.client.clone(), &namespace);
-    let patch = serde_json::json!({
-        "apiVersion": resources::API_VERSION,
-        "kind": "MailboxSet",
-        "status": status,
-    });
-    api.patch_status(
-        &set.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
+    profile: Option<&ArchiveProfile>,
+) -> Result<(Outcome, Option<Resolved>), Error> {
+    let (outcome, resolved) = resolve(bundle, set, profile).await;
+    record(ctx, set, &outcome).await?;
+    Ok((outcome, resolved))
+}
+
+/// Writes the status `outcome` gives `set`: the one writer of a MailboxSet's status.
+pub async fn record(ctx: &Context, set: &MailboxSet, outcome: &Outcome) -> Result<(), Error> {
+    let new = status(
+        set.status.as_ref(),
+        set.metadata.generation,
+        outcome,
+        resources::directory_warnings(set),
+        ctx.now(),
+    );
+    status::apply(ctx, set, &new).await
 }
 
 /// Reconciles a MailboxSet: resolve it and show the result on its status.
@@ -449,15 +450,7 @@ pub async fn reconcile(set: Arc<MailboxSet>, ctx: Arc<Context>) -> Result<Action
         .namespace()
         .ok_or(Error::Incomplete("a MailboxSet without namespace"))?;
     let bundle = load_bundle(&ctx, &namespace, &set, None).await?;
-    let (outcome, _) = resolve(&bundle, &set, None).await;
-    let new = status(
-        set.status.as_ref(),
-        set.metadata.generation,
-        &outcome,
-        crate::resources::directory_warnings(&set),
-        ctx.now(),
-    );
-    write_status(&ctx, &set, &new).await?;
+    resolve_and_record(&ctx, &bundle, &set, None).await?;
     Ok(Action::requeue(RESYNC))
 }
 

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod names;
 pub mod profile;
 pub mod schedule;
+pub mod status;
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
