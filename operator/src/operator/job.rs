@@ -19,13 +19,17 @@ use k8s_openapi::ByteString;
 use kube::api::ObjectMeta;
 use kube::Resource;
 
+use super::history;
 use super::names::PLAN_SUFFIX;
 use crate::resources::{
-    namespace_of, ArchiveProfile, ArchiveProfileSpec, LocalStoreSpec, StoreSpec,
+    directory_warnings, namespace_of, ArchiveProfile, ArchiveProfileSpec, Bundle, LocalStoreSpec,
+    MailboxSet, StoreSpec,
 };
 use crate::runplan::{
-    ARCHIVE_DIR, EXIT_INVALID_PLAN, EXIT_LOGIN_REJECTED, PLAN_DIR, PLAN_KEY, STORE_CREDENTIALS_DIR,
+    RunPlan, ARCHIVE_DIR, EXIT_INVALID_PLAN, EXIT_LOGIN_REJECTED, PLAN_DIR, PLAN_KEY,
+    STORE_CREDENTIALS_DIR,
 };
+use crate::sources::Mailbox;
 use crate::time::from_k8s;
 
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
@@ -317,6 +321,45 @@ pub fn worker_store(store: Option<&StoreSpec>) -> Option<StoreSpec> {
         }
     }
     Some(store)
+}
+
+/// The plan of run `run` of `profile` for `mailboxes` (resolved from `set`, whose Secrets
+/// and the profile's are in `bundle`), and the mailboxes split into its shards.
+pub fn run_plan(
+    profile: &ArchiveProfile,
+    run: &str,
+    bundle: &Bundle,
+    set: &MailboxSet,
+    mailboxes: Vec<Mailbox>,
+) -> (RunPlan, Vec<Vec<Mailbox>>) {
+    let spec = &profile.spec;
+    let namespace = namespace_of(&profile.metadata);
+    let count = mailboxes.len();
+    let shards = history::shard(
+        mailboxes,
+        history::shard_count(count, spec.max_parallel_jobs),
+    );
+    let server_ca_pem = spec.server.ca_secret_ref.as_ref().and_then(|r| {
+        bundle
+            .secret(namespace, &r.name)
+            .and_then(|s| s.object.data.get(&r.key))
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+    });
+    let plan = RunPlan {
+        namespace: namespace.to_string(),
+        profile: profile.metadata.name.clone().unwrap_or_default(),
+        run: run.to_string(),
+        server: spec.server.clone(),
+        folders: spec.folders.clone(),
+        filter: spec.filter.clone(),
+        deletion: spec.deletion.clone(),
+        server_ca_pem,
+        store: worker_store(spec.store.as_ref()),
+        store_durable: store_not_durable(spec).is_none(),
+        warnings: directory_warnings(set),
+        shards: shards.len() as u32,
+    };
+    (plan, shards)
 }
 
 /// The plan Secrets of a run, in the order to create them: the files of

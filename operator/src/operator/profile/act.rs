@@ -11,8 +11,9 @@ use super::decide::Start;
 use crate::operator::context::{Context, Error};
 use crate::operator::mailboxset::{self, Outcome};
 use crate::operator::{history, job};
-use crate::resources::{directory_warnings, ArchiveProfile, MailboxSet};
-use crate::runplan::RunPlan;
+use crate::resources::Bundle;
+use crate::resources::{ArchiveProfile, MailboxSet};
+use crate::sources::Mailbox;
 
 pub async fn delete_ignoring_absent<K>(
     api: &Api<K>,
@@ -115,76 +116,14 @@ async fn make_plan(
     namespace: &str,
     run: &str,
 ) -> Result<Result<(Vec<u64>, usize), Start>, Error> {
-    let set_name = &profile.spec.mailbox_set_ref.name;
-    let sets: Api<MailboxSet> = Api::namespaced(ctx.client.clone(), namespace);
-    let Some(set) = sets.get_opt(set_name).await? else {
-        return Ok(Err(Start::Waiting(format!(
-            "MailboxSet {namespace}/{set_name} does not exist"
-        ))));
+    let (bundle, set, mailboxes) = match resolve_set(ctx, profile, namespace).await? {
+        Ok(resolved) => resolved,
+        Err(start) => return Ok(Err(start)),
     };
     let started = std::time::Instant::now();
-    let bundle = mailboxset::load_bundle(ctx, namespace, &set, Some(profile)).await?;
-    let missing = mailboxset::missing_secrets(&bundle, &set, Some(profile));
-    if !missing.is_empty() {
-        let names: Vec<String> = missing
-            .iter()
-            .map(|name| format!("Secret {namespace}/{name}"))
-            .collect();
-        let verb = if names.len() == 1 { "does" } else { "do" };
-        return Ok(Err(Start::Waiting(format!(
-            "{} {verb} not exist",
-            names.join(", ")
-        ))));
-    }
-    let (outcome, resolved) =
-        mailboxset::resolve_and_record(ctx, &bundle, &set, Some(profile)).await?;
-    tracing::info!(
-        profile = %profile.name_any(),
-        set = %set_name,
-        millis = started.elapsed().as_millis() as u64,
-        "resolved the MailboxSet"
-    );
-    let started = std::time::Instant::now();
-    let resolved = match (outcome, resolved) {
-        (_, Some(resolved)) => resolved,
-        (Outcome::Invalid(message), _) => {
-            return Ok(Err(Start::failed(message, Some("InvalidMailboxSet"))))
-        }
-        (Outcome::SyncFailed { message, .. }, _) => return Ok(Err(Start::failed(message, None))),
-        (Outcome::Resolved { .. }, None) => {
-            unreachable!("resolve returns the mailboxes it counted")
-        }
-    };
-    if resolved.mailboxes.is_empty() {
-        return Ok(Err(Start::Empty));
-    }
-    let count = resolved.mailboxes.len();
-    let shards = history::shard(
-        resolved.mailboxes,
-        history::shard_count(count, profile.spec.max_parallel_jobs),
-    );
+    let count = mailboxes.len();
+    let (plan, shards) = job::run_plan(profile, run, &bundle, &set, mailboxes);
     let sizes: Vec<u64> = shards.iter().map(|s| s.len() as u64).collect();
-    let spec = &profile.spec;
-    let server_ca_pem = spec.server.ca_secret_ref.as_ref().and_then(|r| {
-        bundle
-            .secret(namespace, &r.name)
-            .and_then(|s| s.object.data.get(&r.key))
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-    });
-    let plan = RunPlan {
-        namespace: namespace.to_string(),
-        profile: profile.name_any(),
-        run: run.to_string(),
-        server: spec.server.clone(),
-        folders: spec.folders.clone(),
-        filter: spec.filter.clone(),
-        deletion: spec.deletion.clone(),
-        server_ca_pem,
-        store: job::worker_store(spec.store.as_ref()),
-        store_durable: job::store_not_durable(spec).is_none(),
-        warnings: directory_warnings(&set),
-        shards: sizes.len() as u32,
-    };
     let files = crate::runplan::plan_files(&plan, shards);
     let plan_secrets = match job::plan_secrets(profile, run, &sizes, files) {
         Ok(secrets) => secrets,
@@ -225,4 +164,56 @@ async fn make_plan(
         "made the run plan"
     );
     Ok(Ok((sizes, parts)))
+}
+
+/// Reads the profile's MailboxSet and the Secrets it needs, and resolves it, recording the
+/// outcome on the set; returns them and the mailboxes, or why the run cannot start (yet).
+async fn resolve_set(
+    ctx: &Context,
+    profile: &ArchiveProfile,
+    namespace: &str,
+) -> Result<Result<(Bundle, MailboxSet, Vec<Mailbox>), Start>, Error> {
+    let set_name = &profile.spec.mailbox_set_ref.name;
+    let sets: Api<MailboxSet> = Api::namespaced(ctx.client.clone(), namespace);
+    let Some(set) = sets.get_opt(set_name).await? else {
+        return Ok(Err(Start::Waiting(format!(
+            "MailboxSet {namespace}/{set_name} does not exist"
+        ))));
+    };
+    let started = std::time::Instant::now();
+    let bundle = mailboxset::load_bundle(ctx, namespace, &set, Some(profile)).await?;
+    let missing = mailboxset::missing_secrets(&bundle, &set, Some(profile));
+    if !missing.is_empty() {
+        let names: Vec<String> = missing
+            .iter()
+            .map(|name| format!("Secret {namespace}/{name}"))
+            .collect();
+        let verb = if names.len() == 1 { "does" } else { "do" };
+        return Ok(Err(Start::Waiting(format!(
+            "{} {verb} not exist",
+            names.join(", ")
+        ))));
+    }
+    let (outcome, resolved) =
+        mailboxset::resolve_and_record(ctx, &bundle, &set, Some(profile)).await?;
+    tracing::info!(
+        profile = %profile.name_any(),
+        set = %set_name,
+        millis = started.elapsed().as_millis() as u64,
+        "resolved the MailboxSet"
+    );
+    let resolved = match (outcome, resolved) {
+        (_, Some(resolved)) => resolved,
+        (Outcome::Invalid(message), _) => {
+            return Ok(Err(Start::failed(message, Some("InvalidMailboxSet"))))
+        }
+        (Outcome::SyncFailed { message, .. }, _) => return Ok(Err(Start::failed(message, None))),
+        (Outcome::Resolved { .. }, None) => {
+            unreachable!("resolve returns the mailboxes it counted")
+        }
+    };
+    if resolved.mailboxes.is_empty() {
+        return Ok(Err(Start::Empty));
+    }
+    Ok(Ok((bundle, set, resolved.mailboxes)))
 }
