@@ -143,15 +143,7 @@ pub fn aggregate(facts: &RunFacts<'_>, summaries: &BTreeMap<u32, ShardSummary>) 
             if let Some(error) = &s.error {
                 reason = error.clone();
             }
-            let t = &s.totals;
-            totals.mailboxes += t.mailboxes;
-            totals.mailboxes_failed += t.mailboxes_failed;
-            totals.archived += t.archived;
-            totals.already_archived += t.already_archived;
-            totals.failed += t.failed;
-            totals.deleted += t.deleted;
-            totals.bytes += t.bytes;
-            totals.skipped += t.skipped;
+            totals.add(&s.totals);
             all_failed &= s.result == RunResult::Failed;
             failed_mailboxes.extend(s.failed.iter().cloned());
             omitted += s.failed_omitted;
@@ -284,12 +276,16 @@ mod tests {
     #[test]
     fn aggregate_adds_up_shards() {
         let s0 = ShardSummary::from_protocol(0, &protocol(vec![ok("a", 2), ok("b", 3)]), None);
-        let s1 = ShardSummary::from_protocol(1, &protocol(vec![ok("c", 4)]), None);
+        let mut dry = ok("c", 4);
+        dry.would_delete = 7;
+        let s1 = ShardSummary::from_protocol(1, &protocol(vec![dry]), None);
         let run = aggregate(&facts(&[2, 1]), &BTreeMap::from([(0, s0), (1, s1)]));
         assert_eq!(run.result, RunResult::Succeeded);
         assert_eq!(run.totals.mailboxes, 3);
         assert_eq!(run.totals.archived, 9);
         assert_eq!(run.totals.bytes, 9000);
+        // Every count adds up, what the deletion rules would delete too.
+        assert_eq!(run.totals.would_delete, 7);
         assert!(run.failed_mailboxes.is_empty());
         assert_eq!(run.message, None);
     }

@@ -1142,6 +1142,7 @@ mod tests {
             ("r", RunResult::Succeeded)
         );
         assert_eq!((last.totals.mailboxes, last.totals.archived), (3, 9));
+        assert_eq!(last.totals.would_delete, 2);
         assert_eq!(
             last.protocol_ref.as_deref(),
             Some("pvc:archive/runs/mail/nightly/")
