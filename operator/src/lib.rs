@@ -12,7 +12,7 @@ pub mod operator;
 pub mod protocol;
 pub mod resources;
 pub mod runplan;
-pub mod secret;
+pub mod sensitive;
 pub mod sources;
 pub mod store;
 pub mod time;

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use bytes::Bytes;
-use mailvault::secret::Secret;
+use mailvault::sensitive::Sensitive;
 use mailvault::store::s3::{S3Config, S3Credentials, S3Store};
 use mailvault::store::{Archive, Direction, FolderKey, IndexEntry, ObjectStore, PreparedMessage};
 use mailvault_testkit::garage::Garage;
@@ -38,7 +38,7 @@ async fn open(garage: &Garage, prefix: &str) -> S3Store {
         force_path_style: true,
         credentials: Some(S3Credentials {
             access_key_id: garage.access_key_id().to_string(),
-            secret_access_key: Secret::new(garage.secret_access_key()),
+            secret_access_key: Sensitive::new(garage.secret_access_key()),
         }),
         server_side_encryption: None,
     })

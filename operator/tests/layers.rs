@@ -27,7 +27,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "protocol",
             "tls",
             "time",
-            "secret",
+            "sensitive",
         ],
     ),
 ];

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mailvault::export::{self, Format};
-use mailvault::secret::Secret;
+use mailvault::sensitive::Sensitive;
 use mailvault::store::local::LocalStore;
 use mailvault::store::s3::{S3Config, S3Credentials, S3Store, MULTIPART_THRESHOLD};
 use mailvault::store::{
@@ -58,7 +58,7 @@ fn s3_config(garage: &Garage, bucket: &str, prefix: &str) -> S3Config {
         force_path_style: true,
         credentials: Some(S3Credentials {
             access_key_id: garage.access_key_id().to_string(),
-            secret_access_key: Secret::new(garage.secret_access_key()),
+            secret_access_key: Sensitive::new(garage.secret_access_key()),
         }),
         server_side_encryption: None,
     }
@@ -688,7 +688,7 @@ async fn s3_wrong_credentials_fail_at_open() {
     let garage = Garage::start().unwrap();
     let wrong_secret = "f".repeat(64);
     let mut config = s3_config(&garage, garage.bucket(), "archive");
-    config.credentials.as_mut().unwrap().secret_access_key = Secret::new(wrong_secret.clone());
+    config.credentials.as_mut().unwrap().secret_access_key = Sensitive::new(wrong_secret.clone());
     let started = Instant::now();
     let message = open_error(S3Store::open(&config).await);
     // Permanent: not retried.

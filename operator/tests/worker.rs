@@ -9,7 +9,7 @@ use std::process::Command;
 use common::files_below;
 use mailvault::resources::{LocalStoreSpec, StoreSpec};
 use mailvault::runplan::{plan_files, RunPlan, PLAN_KEY};
-use mailvault::secret::Secret;
+use mailvault::sensitive::Sensitive;
 use mailvault::sources::Mailbox;
 use mailvault_testkit::dovecot::Dovecot;
 use mailvault_testkit::mail;
@@ -21,7 +21,7 @@ fn master(dovecot: &Dovecot, user: &str, password: &str) -> Mailbox {
     Mailbox {
         login: dovecot.master_user().to_string(),
         authorization_identity: Some(user.to_string()),
-        password: Secret::new(password),
+        password: Sensitive::new(password),
         email: Some(user.to_string()),
         user: user.split('@').next().unwrap().to_string(),
     }

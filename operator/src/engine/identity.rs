@@ -131,7 +131,7 @@ mod tests {
 
     use super::*;
     use crate::resources::Security;
-    use crate::secret::Secret;
+    use crate::sensitive::Sensitive;
     use crate::store::Direction;
 
     fn meta(uid: u32, size: u64, date: &str) -> MessageMeta {
@@ -256,7 +256,7 @@ mod tests {
         let user = Mailbox {
             login: "alice".into(),
             authorization_identity: None,
-            password: Secret::new("pw"),
+            password: Sensitive::new("pw"),
             email: Some("alice@example.org".into()),
             user: "alice".into(),
         };

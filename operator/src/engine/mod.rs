@@ -20,7 +20,6 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-pub use delete::{deletable, Deleted};
 pub use select::{decide, Decision, FolderSelector};
 pub use settings::RunParts;
 

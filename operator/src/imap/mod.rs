@@ -18,7 +18,7 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use tokio::net::TcpStream;
 
 use crate::resources::Security;
-use crate::secret::Secret;
+use crate::sensitive::Sensitive;
 use stream::ImapStream;
 
 /// Where and how to connect.
@@ -36,12 +36,12 @@ pub struct ServerConfig {
 #[derive(Clone, Debug)]
 pub enum Credentials {
     /// The user's own name and password (IMAP LOGIN).
-    User { login: String, password: Secret },
+    User { login: String, password: Sensitive },
     /// A master user acting for `authorization_identity` (SASL PLAIN, RFC 4616).
     Master {
         authorization_identity: String,
         master_user: String,
-        password: Secret,
+        password: Sensitive,
     },
 }
 
@@ -592,7 +592,7 @@ fn parse_internal_date(text: &str) -> Option<DateTime<FixedOffset>> {
 struct SaslPlain<'a> {
     authorization_identity: &'a str,
     authentication_identity: &'a str,
-    password: &'a Secret,
+    password: &'a Sensitive,
 }
 
 impl async_imap::Authenticator for SaslPlain<'_> {
@@ -847,7 +847,7 @@ mod tests {
 
     #[test]
     fn sasl_plain_response_is_rfc4616() {
-        let password = Secret::new("pw");
+        let password = Sensitive::new("pw");
         let mut auth = SaslPlain {
             authorization_identity: "alice@example.org",
             authentication_identity: "archiver",

@@ -10,8 +10,8 @@ mod load;
 mod validate;
 
 #[cfg(test)]
-pub use directory::ldap_spec_for_tests;
-pub use directory::{directory_warnings, is_valid_ldap_filter, validate_ldap};
+pub use directory::{is_valid_ldap_filter, ldap_spec_for_tests};
+pub use directory::{directory_warnings, validate_ldap};
 pub use load::{load_paths, namespace_of, Bundle, LoadError, Located, SecretObject};
 pub use validate::{validate_mailbox_set, validate_profile, FieldError};
 

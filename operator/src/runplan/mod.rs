@@ -23,7 +23,7 @@ pub use summary::{aggregate, RunFacts, ShardSummary};
 use crate::engine::{FolderSelector, RunParts, RunSettings};
 use crate::protocol::{RunProtocol, RunResult};
 use crate::resources::{DeletionMode, DeletionSpec, FilterSpec, FolderSpec, ServerSpec, StoreSpec};
-use crate::secret::Secret;
+use crate::sensitive::Sensitive;
 use crate::sources::Mailbox;
 
 /// Every mailbox of the shard succeeded.
@@ -194,7 +194,7 @@ pub fn read_shard(dir: &Path, plan: &RunPlan, index: u32) -> Result<Vec<Mailbox>
         .map(|m| Mailbox {
             login: m.login,
             authorization_identity: m.authorization_identity,
-            password: Secret::new(m.password),
+            password: Sensitive::new(m.password),
             email: m.email,
             user: m.user,
         })
@@ -249,7 +249,7 @@ mod tests {
         Mailbox {
             login: "master".into(),
             authorization_identity: Some(format!("{user}@x")),
-            password: Secret::new(password),
+            password: Sensitive::new(password),
             email: Some(format!("{user}@x")),
             user: user.into(),
         }

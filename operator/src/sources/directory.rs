@@ -21,7 +21,7 @@ use tokio::time::timeout;
 use url::Url;
 
 use crate::resources::{validate_ldap, Flavor, LdapSpec};
-use crate::secret::Secret;
+use crate::sensitive::Sensitive;
 
 /// Entries per page of the paged search (RFC 2696). Below Active
 /// Directory's MaxPageSize (1,000), which is also its size limit for
@@ -57,7 +57,7 @@ const GROUP_MEMBER_ATTRIBUTES: [&str; 3] = ["member", "uniqueMember", "memberUid
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Bind {
     pub dn: String,
-    pub password: Secret,
+    pub password: Sensitive,
 }
 
 /// One user in the directory.
@@ -879,7 +879,7 @@ mod tests {
     fn bind_debug_output_hides_the_password() {
         let bind = Bind {
             dn: "cn=reader,dc=example,dc=org".to_owned(),
-            password: Secret::new("hunter2"),
+            password: Sensitive::new("hunter2"),
         };
         assert!(!format!("{bind:?}").contains("hunter2"));
     }

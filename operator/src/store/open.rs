@@ -10,7 +10,7 @@ use super::local::LocalStore;
 use super::s3::{Encryption, S3Config, S3Credentials, S3Store};
 use super::{Archive, ObjectStore, StoreError, StoreLocation};
 use crate::resources::{S3StoreSpec, ServerSideEncryption, StoreSpec};
-use crate::secret::Secret;
+use crate::sensitive::Sensitive;
 
 /// The archive directory (relative to the working directory) when neither the profile nor
 /// the command line names a store.
@@ -125,7 +125,7 @@ fn s3_credentials(
     };
     S3Credentials {
         access_key_id: text(access_key_id),
-        secret_access_key: Secret::new(text(secret_access_key)),
+        secret_access_key: Sensitive::new(text(secret_access_key)),
     }
 }
 

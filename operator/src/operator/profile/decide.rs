@@ -1048,7 +1048,6 @@ mod tests {
         profile.metadata.generation = Some(2);
         World {
             profile,
-            namespace: "mail".into(),
             now: at(now),
             jobs: jobs
                 .into_iter()

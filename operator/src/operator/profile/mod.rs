@@ -19,8 +19,6 @@ use kube::api::{Api, DeleteParams, ObjectMeta};
 use kube::runtime::controller::Action;
 use kube::ResourceExt;
 
-pub use decide::{decide, due_run, record_run, DueRun};
-
 use super::context::{Context, Error, RunEvent};
 use super::status;
 use crate::resources::ArchiveProfile;

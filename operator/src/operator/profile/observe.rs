@@ -20,7 +20,6 @@ use crate::resources::ArchiveProfile;
 /// The world as one reconcile of a profile sees it: plain data for [`super::decide`].
 pub struct World {
     pub profile: ArchiveProfile,
-    pub namespace: String,
     pub now: DateTime<Utc>,
     /// The profile's Jobs (its runs), oldest first.
     pub jobs: Vec<Job>,
@@ -54,7 +53,6 @@ pub async fn observe(
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let mut world = World {
         profile: profile.clone(),
-        namespace: namespace.to_string(),
         now: ctx.now(),
         jobs: Vec::new(),
         pods: BTreeMap::new(),
