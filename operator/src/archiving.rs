@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use crate::engine::{self, RunSettings};
 use crate::protocol::{RunProtocol, RunResult};
 use crate::resources::{
@@ -88,7 +90,15 @@ pub async fn run_profiles(
         settings.dry_run_deletion = dry_run_deletion;
         settings.warnings.extend(store.warnings());
         settings.warnings.extend(directory_warnings(&set.object));
-        let (mut protocol, saved) = archive_into(settings, &archive, mailboxes, &run_id).await;
+        let span = tracing::info_span!(
+            "run",
+            namespace = namespace_of(&profile.object.metadata),
+            profile = %name,
+            run = %run_id
+        );
+        let (mut protocol, saved) = archive_into(settings, &archive, mailboxes, &run_id)
+            .instrument(span)
+            .await;
         if let Err(e) = saved {
             // The protocol still reaches the user, and the run counts as failed.
             protocol.warnings.push(format!(

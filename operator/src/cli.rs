@@ -13,6 +13,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use self::logging::Say;
 use crate::archiving::{self, RunError};
 use crate::export::Format;
 use crate::protocol::RunProtocol;
@@ -241,7 +242,7 @@ fn finish(result: Result<u8, Failure>) -> u8 {
     match result {
         Ok(code) => code,
         Err(Failure(code, message)) => {
-            eprintln!("error: {message}");
+            logging::say(Say::Error, &message);
             code
         }
     }

@@ -35,17 +35,23 @@ pub async fn archive_shard(args: WorkerArgs) -> u8 {
     code
 }
 
+/// The shard's summary and exit code. Its logs carry the run's namespace, profile, run and
+/// shard index.
+#[tracing::instrument(skip_all, fields(index = args.index, namespace, profile, run))]
 async fn shard_outcome(args: &WorkerArgs) -> (ShardSummary, u8) {
     let index = args.index;
     let not_run = |code: u8, message: String| {
-        tracing::error!(index, "{message}");
-        eprintln!("error: {message}");
+        tracing::error!("{message}");
         (ShardSummary::not_run(index, message), code)
     };
     let plan = match runplan::read_plan(&args.plan) {
         Ok(plan) => plan,
         Err(message) => return not_run(EXIT_INVALID_PLAN, message),
     };
+    let span = tracing::Span::current();
+    span.record("namespace", plan.namespace.as_str());
+    span.record("profile", plan.profile.as_str());
+    span.record("run", plan.run.as_str());
     let dir = args.plan.parent().unwrap_or(Path::new("."));
     let mailboxes = match plan
         .check()
@@ -62,7 +68,7 @@ async fn shard_outcome(args: &WorkerArgs) -> (ShardSummary, u8) {
         Ok(archive) => archive,
         Err(e) => return not_run(EXIT_FAILED, format!("opening the store: {e}")),
     };
-    tracing::info!(run = %plan.run, index, mailboxes = mailboxes.len(), "archiving shard");
+    tracing::info!(mailboxes = mailboxes.len(), "archiving shard");
     let protocol_id = runplan::protocol_id(&plan.run, index);
     let (protocol, saved) =
         archiving::archive_into(plan.settings(), &archive, mailboxes, &protocol_id).await;
@@ -70,7 +76,7 @@ async fn shard_outcome(args: &WorkerArgs) -> (ShardSummary, u8) {
     let key = match saved {
         Ok(key) => Some(key),
         Err(e) => {
-            eprintln!("error: saving the run protocol: {e}");
+            tracing::error!(error = %e, "saving the run protocol failed");
             None
         }
     };

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{files_below, mailvault, master_yaml, run, write_yaml, Connection};
+use common::{files_below, json_lines, mailvault, master_yaml, run, write_yaml, Connection};
 use mailvault_testkit::dovecot::Dovecot;
 use mailvault_testkit::mail;
 
@@ -227,6 +227,35 @@ fn the_stream_is_the_directory_export_and_colliding_folders_keep_their_own_paths
     assert!(
         files_below(&unpacked) == exported,
         "the tar differs from the directory"
+    );
+
+    // With JSON logs, the notes and the summary are JSON lines too, and stderr holds nothing
+    // else.
+    let json = [&["--log-format", "json"][..], &base[..], &["--out", "-"]].concat();
+    let (code, again, stderr) = export_stream(&json);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(again == tar, "the stream changed with the log format");
+    let lines = json_lines(&stderr);
+    let notes: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["level"] == "WARN")
+        .filter_map(|l| l["fields"]["message"].as_str())
+        .collect();
+    assert_eq!(notes.len(), renamed.len(), "{stderr}");
+    for (folder, path) in &renamed {
+        let note = format!("folder {folder:?} of {label} exported as {label}/{path} ");
+        assert!(
+            notes.iter().any(|n| n.starts_with(&note)),
+            "{note}\n{stderr}"
+        );
+    }
+    let done = format!("exported {} messages in ", want.len());
+    assert!(
+        lines.iter().any(|l| l["level"] == "INFO"
+            && l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(&done))),
+        "{stderr}"
     );
     // Exporting twice gives the same bytes: the stream depends only on the archive.
     let (_, again, _) = export_stream(&[&base[..], &["--out", "-"]].concat());

@@ -3,6 +3,7 @@
 
 use std::io::IsTerminal;
 
+use super::logging::{say, Say};
 use super::{invalid, ExportArgs, Failure, ListArgs, StoreArgs};
 use crate::export::{self, ExportError};
 use crate::store;
@@ -42,11 +43,12 @@ pub(super) async fn export(args: ExportArgs) -> Result<u8, Failure> {
         other => Failure(1, other.to_string()),
     })?;
     for r in &summary.renamed {
-        eprintln!(
-            "note: folder {:?} of {} exported as {} (its own name is another \
+        let note = format!(
+            "folder {:?} of {} exported as {} (its own name is another \
              folder's, or looks like a message or mbox file)",
             r.folder, r.mailbox, r.path
         );
+        say(Say::Note, &note);
     }
     let line = format!(
         "exported {} messages in {} folders to {}",
@@ -59,7 +61,7 @@ pub(super) async fn export(args: ExportArgs) -> Result<u8, Failure> {
     );
     // On standard output only the archive; the summary goes to stderr then.
     match to_stdout {
-        true => eprintln!("{line}"),
+        true => say(Say::Done, &line),
         false => println!("{line}"),
     }
     Ok(0)

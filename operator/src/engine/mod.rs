@@ -19,6 +19,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
 
 pub use select::{decide, Decision, FolderSelector};
 pub use settings::RunParts;
@@ -80,16 +81,20 @@ pub async fn archive_mailboxes(
     mailboxes: Vec<Mailbox>,
 ) -> RunProtocol {
     let start_time = now();
+    // The run's span (profile, run), for the mailboxes' tasks.
+    let span = tracing::Span::current();
     let results: Vec<(usize, MailboxProtocol)> =
         futures::stream::iter(mailboxes.into_iter().enumerate())
             .map(|(i, mailbox)| {
                 let settings = settings.clone();
                 let archive = archive.clone();
+                let span = span.clone();
                 // Each mailbox on its own task, so that two mailboxes use both cores.
                 async move {
-                    let handle = tokio::spawn(async move {
-                        archive_mailbox(&settings, &archive, &mailbox).await
-                    });
+                    let handle = tokio::spawn(
+                        async move { archive_mailbox(&settings, &archive, &mailbox).await }
+                            .instrument(span),
+                    );
                     (i, handle.await.expect("archiving a mailbox does not panic"))
                 }
             })
@@ -115,7 +120,9 @@ pub async fn archive_mailboxes(
     protocol
 }
 
-/// Archives one mailbox. Never fails as a whole: what went wrong is in the protocol.
+/// Archives one mailbox. Never fails as a whole: what went wrong is in the protocol. Its
+/// logs carry the mailbox and the archive user.
+#[tracing::instrument(skip_all, fields(mailbox = %mailbox.label(), user = %mailbox.user))]
 pub async fn archive_mailbox(
     settings: &RunSettings,
     archive: &Archive,

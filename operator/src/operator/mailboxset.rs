@@ -442,6 +442,12 @@ pub async fn record(ctx: &Context, set: &MailboxSet, outcome: &Outcome) -> Resul
 }
 
 /// Reconciles a MailboxSet: resolve it and show the result on its status.
+/// Its logs carry the object's namespace and name.
+#[tracing::instrument(skip_all, fields(
+    kind = "MailboxSet",
+    namespace = set.metadata.namespace.as_deref().unwrap_or(""),
+    name = set.metadata.name.as_deref().unwrap_or(""),
+))]
 pub async fn reconcile(set: Arc<MailboxSet>, ctx: Arc<Context>) -> Result<Action, Error> {
     if set.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());

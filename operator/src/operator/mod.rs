@@ -63,7 +63,7 @@ pub async fn operate(args: OperatorArgs) -> u8 {
     let client = match client().await {
         Ok(client) => client,
         Err(e) => {
-            eprintln!("error: connecting to Kubernetes: {e}");
+            tracing::error!(error = %e, "connecting to Kubernetes failed");
             return 1;
         }
     };

@@ -9,9 +9,9 @@ mod directory;
 mod load;
 mod validate;
 
+pub use directory::{directory_warnings, validate_ldap};
 #[cfg(test)]
 pub use directory::{is_valid_ldap_filter, ldap_spec_for_tests};
-pub use directory::{directory_warnings, validate_ldap};
 pub use load::{load_paths, namespace_of, Bundle, LoadError, Located, SecretObject};
 pub use validate::{validate_mailbox_set, validate_profile, FieldError};
 

@@ -45,6 +45,12 @@ const WAITING_RECHECK: Duration = Duration::from_secs(30);
 const ORPHAN_PLAN_AGE: Duration = Duration::from_secs(600);
 
 /// Reconciles one ArchiveProfile.
+/// Its logs carry the object's namespace and name.
+#[tracing::instrument(skip_all, fields(
+    kind = "ArchiveProfile",
+    namespace = profile.metadata.namespace.as_deref().unwrap_or(""),
+    name = profile.metadata.name.as_deref().unwrap_or(""),
+))]
 pub async fn reconcile(profile: Arc<ArchiveProfile>, ctx: Arc<Context>) -> Result<Action, Error> {
     // Deleting a profile deletes its Jobs (and so their pods) and plan Secrets through
     // owner references; the archive is never touched.
