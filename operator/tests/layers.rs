@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The layers, top first. A module may use modules of its own layer and of the layers
-/// below, as long as no cycle forms. `main` is the binary's `src/main.rs`.
+/// below, as long as no cycle forms. `main` is the binary's `src/main.rs`. The README's
+/// "How the code is laid out" shows the same table.
 const LAYERS: &[(&str, &[&str])] = &[
     ("the command line", &["main", "cli"]),
     ("operator and worker", &["operator", "worker"]),
@@ -483,6 +484,41 @@ fn visit<'a>(
         stack.pop();
     }
     done.insert(node);
+}
+
+#[test]
+fn the_readme_shows_the_layers() {
+    let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let readme = std::fs::read_to_string(readme).unwrap();
+    let section = readme
+        .split("\n## How the code is laid out\n")
+        .nth(1)
+        .expect("the README has the section")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let rows: Vec<(String, Vec<String>)> = section
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| layer") && !l.starts_with("| ---"))
+        .map(|l| {
+            let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
+            let modules = cells[1]
+                .split(',')
+                .map(|m| m.trim().trim_matches('`').to_string())
+                .collect();
+            (cells[0].to_string(), modules)
+        })
+        .collect();
+    let want: Vec<(String, Vec<String>)> = LAYERS
+        .iter()
+        .map(|(name, modules)| {
+            (
+                name.to_string(),
+                modules.iter().map(|m| m.to_string()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(rows, want, "the README's table differs from LAYERS");
 }
 
 #[test]
