@@ -193,7 +193,7 @@ pub fn decide(world: &World) -> Decided {
         }
     };
     if decided.status.active_run.is_none() {
-        if let Some(run) = start_due(world, &schedule, &mut decided) {
+        if let Some(run) = start_due(world, schedule.as_ref(), &mut decided) {
             match job::store_not_durable(&profile.spec) {
                 Some(message) => {
                     decided.outcome = Some((run, Start::failed(message, Some("StoreNotDurable"))))
@@ -290,7 +290,7 @@ fn active_run(j: &Job) -> ActiveRun {
 
 /// Takes the due run, if any, into the scheduling state (trigger value, slot, missed
 /// runs); returns the run to start unless it exists already.
-fn start_due(world: &World, schedule: &Option<Schedule>, decided: &mut Decided) -> Option<String> {
+fn start_due(world: &World, schedule: Option<&Schedule>, decided: &mut Decided) -> Option<String> {
     let name = world.profile.name_any();
     let status = &mut decided.status;
     let events = &mut decided.events;
@@ -299,7 +299,7 @@ fn start_due(world: &World, schedule: &Option<Schedule>, decided: &mut Decided) 
     let exists = |run: &str, status: &ArchiveProfileStatus| {
         world.jobs.iter().any(|j| j.name_any() == run) || recorded(status, run)
     };
-    match due_run(&with_status, schedule.as_ref(), world.now) {
+    match due_run(&with_status, schedule, world.now) {
         DueRun::Wait => {
             if let Some(value) = reused_trigger(&world.profile) {
                 events.push(RunEvent {
