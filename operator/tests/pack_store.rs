@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use mailvault::secret::Secret;
+use mailvault::sensitive::Sensitive;
 use mailvault::store::local::LocalStore;
 use mailvault::store::pack::keys::{Key, KeyRing};
 use mailvault::store::pack::{PackOptions, PackStore};
 use mailvault::store::s3::{S3Config, S3Credentials, S3Store};
 use mailvault::store::{ObjectStore, StoreError};
-use mailvault::testkit::garage::Garage;
-use mailvault::testkit::mail;
+use mailvault_testkit::garage::Garage;
+use mailvault_testkit::mail;
 use sha2::{Digest, Sha256};
 
 struct Backend {
@@ -42,7 +42,7 @@ async fn s3() -> Backend {
         force_path_style: true,
         credentials: Some(S3Credentials {
             access_key_id: garage.access_key_id().to_string(),
-            secret_access_key: Secret::new(garage.secret_access_key()),
+            secret_access_key: Sensitive::new(garage.secret_access_key()),
         }),
         server_side_encryption: None,
     };
