@@ -204,7 +204,7 @@ pub async fn export_to(
         sink.begin_folder(&path, request.format, newest)?;
         // Reads run ahead of the writes, so that a store with latency (S3) keeps up.
         let mut bodies = futures::stream::iter(entries.iter())
-            .map(|entry| async move { (entry, archive.get_message(&entry.sha256).await) })
+            .map(|entry| async move { (entry, archive.entry_message(entry).await) })
             .buffered(READ_AHEAD);
         let mut n = 0;
         while let Some((entry, bytes)) = bodies.next().await {

@@ -100,7 +100,7 @@ fn master_user_archives_three_users_incrementally_and_exports_exact_bytes() {
     assert_eq!(p["totals"]["alreadyArchived"], 18);
 
     // Single instance: 17 distinct messages stored.
-    let blobs = files_below(&store.join("messages"));
+    let blobs = stored_blobs(&store);
     assert_eq!(blobs.len(), 17);
 
     let out = dir.path().join("export");
@@ -319,7 +319,7 @@ fn a_new_uidvalidity_stores_nothing_twice() {
         ),
         (Some(0), Some(6))
     );
-    assert_eq!(files_below(&store.join("messages")).len(), 6);
+    assert_eq!(stored_blobs(&store).len(), 6);
     // 6 entries list the messages; 5 more record where the renumbered ones are now.
     let verified = mailvault(&["verify", "--store", store.to_str().unwrap()]);
     assert!(
@@ -367,16 +367,12 @@ fn a_25_mib_message_round_trips_and_verify_finds_damage() {
     assert!(std::fs::read(out.join("hank@example.org/INBOX/1.eml")).unwrap() == big);
 
     // Flip one byte of the large message in the store.
-    let blobs = files_below(&store.join("messages"));
-    let (rel, bytes) = blobs.iter().find(|(_, b)| b.len() == big.len()).unwrap();
-    let mut damaged = bytes.clone();
-    damaged[1000] ^= 1;
-    std::fs::write(store.join("messages").join(rel), damaged).unwrap();
+    let pack = damage_stored(&store, &big);
     let v = mailvault(&["verify", "--store", store.to_str().unwrap()]);
     assert_eq!(v.code, 1, "{}", v.stdout);
-    let name = rel.rsplit('/').next().unwrap();
+    let name = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&big));
     assert!(
-        v.stdout.contains(&format!("DAMAGED messages/{rel}")),
+        v.stdout.contains(&format!("DAMAGED {pack}: blob {name}")),
         "{}",
         v.stdout
     );

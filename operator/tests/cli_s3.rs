@@ -67,6 +67,7 @@ async fn archive_messages(archive: &Archive, messages: &[Vec<u8>]) {
             uid_validity: 1,
             uid,
             sha256: prepared.sha256,
+            blob: None,
             size: prepared.size,
             server_size: None,
             internal_date: None,

@@ -268,6 +268,7 @@ fn entry(folder: &str, uid: u32, sha256: &str, size: u64) -> IndexEntry {
         uid_validity: 7,
         uid,
         sha256: sha256.into(),
+        blob: None,
         size,
         server_size: None,
         internal_date: None,

@@ -77,6 +77,9 @@ pub(super) async fn verify(args: StoreArgs) -> Result<u8, Failure> {
     for line in &report.damaged {
         println!("DAMAGED {line}");
     }
+    for line in &report.notes {
+        println!("NOTE {line}");
+    }
     println!(
         "{} messages, {} index entries checked, {} problems",
         report.messages,

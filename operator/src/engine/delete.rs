@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use super::{identity, FolderFailure, FolderJob};
 use crate::imap::{MessageMeta, Session};
 use crate::resources::{DeletionMode, DeletionSpec};
-use crate::store::UidSet;
+use crate::store::{ReadBack, UidSet};
 
 /// Stored copies read back and re-hashed at once (several reads in flight for a store with
 /// latency; hashing off the async threads).
@@ -133,14 +133,17 @@ pub(super) async fn delete_archived(
             Some(entry) if meta.internal_date.is_none() || !identity::same_message(entry, meta) => {
                 doubts.push((meta.uid, Doubt::Differs))
             }
-            Some(entry) => to_read.push((meta.uid, entry.sha256.clone())),
+            Some(entry) => to_read.push((meta.uid, (*entry).clone())),
         }
     }
     let mut read = futures::stream::iter(to_read)
-        .map(|(uid, sha256)| async move {
-            let Some(bytes) = archive.read_back_message(&sha256).await? else {
-                return Ok((uid, Some(Doubt::Missing)));
+        .map(|(uid, entry)| async move {
+            let bytes = match archive.read_back_entry(&entry).await? {
+                ReadBack::Read(bytes) => bytes,
+                ReadBack::Missing => return Ok((uid, Some(Doubt::Missing))),
+                ReadBack::Unreadable => return Ok((uid, Some(Doubt::Damaged))),
             };
+            let sha256 = entry.sha256.clone();
             let intact =
                 tokio::task::spawn_blocking(move || hex::encode(Sha256::digest(&bytes)) == sha256)
                     .await

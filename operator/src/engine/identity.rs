@@ -150,6 +150,7 @@ mod tests {
             uid_validity: 7,
             uid,
             sha256: "0".repeat(64),
+            blob: None,
             size,
             server_size: None,
             internal_date: Some(date.into()),

@@ -30,6 +30,7 @@ use crate::protocol::{
 };
 use crate::resources::{DeletionMode, DeletionSpec, FilterSpec};
 use crate::sources::Mailbox;
+use crate::store::pack::Durable;
 use crate::store::{
     Archive, Checked, Direction, FolderKey, FolderState, IndexEntry, StoreError, UidSet,
 };
@@ -677,12 +678,14 @@ async fn write_folder(
                     .as_ref()
                     .is_some_and(|k| k.contains(&prepared.sha256));
                 let headers = prepared.headers;
+                pending.durables.extend(prepared.durable);
                 pending.entries.push(IndexEntry {
                     folder: target.key.folder.clone(),
                     source: Some(target.source.clone()),
                     uid_validity,
                     uid,
                     sha256: prepared.sha256,
+                    blob: prepared.blob,
                     size: prepared.size,
                     server_size: meta.map(|m| m.size).filter(|&s| s != prepared.size),
                     internal_date: meta.and_then(|m| m.internal_date).map(|d| d.to_rfc3339()),
@@ -738,6 +741,8 @@ struct Pending {
     entries: Vec<IndexEntry>,
     uids: Vec<u32>,
     bytes: u64,
+    /// When the messages' packs are durable.
+    durables: Vec<Durable>,
 }
 
 /// Commits batches one after another while the writer stores the next ones, so that
@@ -757,6 +762,7 @@ async fn commit_batches(
         for pending in queued.drain(..) {
             batch.entries.extend(pending.entries);
             batch.uids.extend(pending.uids);
+            batch.durables.extend(pending.durables);
         }
         let uids = batch.uids.clone();
         commit(&archive, &key, &mut state, batch).await?;
@@ -767,9 +773,11 @@ async fn commit_batches(
     Ok((state, committed))
 }
 
-/// Makes a batch durable in the order the format requires: message bytes, then their
-/// index entries, then the sync state that names them. The bytes were stored before the
-/// batch was handed over, so the first sync covers them.
+/// Makes a batch durable in the order the format requires: message bytes (their packs
+/// with the packs' indexes), then their index entries, then the sync state that names
+/// them. Waiting for the packs closes the one being filled if it holds any of them: all
+/// folders being archived share it, so a commit also makes other folders' messages
+/// durable.
 async fn commit(
     archive: &Archive,
     key: &FolderKey,
@@ -779,7 +787,7 @@ async fn commit(
     if batch.uids.is_empty() {
         return Ok(());
     }
-    archive.sync().await?;
+    archive.make_durable(&batch.durables).await?;
     let segment = archive.append_index(key, &batch.entries).await?;
     state.segments.push(segment);
     archive.sync().await?;

@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
-use super::{BlockingObjects, ObjectStore, StoreError};
+use super::{ObjectStore, StoreError};
 
 /// The lock file, in `tmp/` (held while a process cleans up and creates its directory)
 /// and in each process's directory (held while the process lives).
@@ -145,18 +145,41 @@ impl LocalStore {
     /// Reads a file from the disk rather than the page cache: its cached pages (clean,
     /// after a sync) are dropped first, so the read goes to the device.
     fn read_from_disk(&self, key: &str) -> std::io::Result<Option<Vec<u8>>> {
+        self.read_range(key, 0, u64::MAX, true)
+    }
+
+    /// Up to `len` bytes of a file from `offset` on; `from_disk`: dropped from the page
+    /// cache first, so that the bytes come from the disk, not from memory of the write.
+    fn read_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+        from_disk: bool,
+    ) -> std::io::Result<Option<Vec<u8>>> {
+        use std::io::{Read, Seek, SeekFrom};
         let mut file = match fs::File::open(self.path(key)) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        // SAFETY: `file` holds a valid open descriptor for the duration of the call.
-        let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        if rc != 0 {
-            return Err(std::io::Error::from_raw_os_error(rc));
+        if from_disk {
+            // Only the range, so that reading one message back does not evict a pack.
+            let (start, span) = (
+                libc::off_t::try_from(offset).unwrap_or(libc::off_t::MAX),
+                libc::off_t::try_from(len).unwrap_or(0),
+            );
+            // SAFETY: `file` holds a valid open descriptor for the duration of the call.
+            let rc = unsafe {
+                libc::posix_fadvise(file.as_raw_fd(), start, span, libc::POSIX_FADV_DONTNEED)
+            };
+            if rc != 0 {
+                return Err(std::io::Error::from_raw_os_error(rc));
+            }
         }
         let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut file, &mut bytes)?;
+        file.seek(SeekFrom::Start(offset))?;
+        file.take(len).read_to_end(&mut bytes)?;
         Ok(Some(bytes))
     }
 
@@ -317,7 +340,7 @@ impl ObjectStore for LocalStore {
 
     async fn put_immutable(&self, key: &str, bytes: Bytes) -> Result<bool, StoreError> {
         let key = key.to_string();
-        self.run_blocking(move |s| BlockingObjects::put_immutable(s, &key, &bytes))
+        self.run_blocking(move |s| s.put_immutable_blocking(&key, &bytes))
             .await
     }
 
@@ -339,17 +362,24 @@ impl ObjectStore for LocalStore {
     ) -> Result<Option<Bytes>, StoreError> {
         let key = key.to_string();
         self.run_blocking(move |s| {
-            use std::io::{Read, Seek, SeekFrom};
-            let mut file = match fs::File::open(s.path(&key)) {
-                Ok(file) => file,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(s.error("read", &key, e)),
-            };
-            let mut bytes = Vec::new();
-            file.seek(SeekFrom::Start(offset))
-                .and_then(|_| file.take(len).read_to_end(&mut bytes))
-                .map_err(|e| s.error("read", &key, e))?;
-            Ok(Some(Bytes::from(bytes)))
+            s.read_range(&key, offset, len, false)
+                .map(|bytes| bytes.map(Bytes::from))
+                .map_err(|e| s.error("read", &key, e))
+        })
+        .await
+    }
+
+    async fn read_back_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let key = key.to_string();
+        self.run_blocking(move |s| {
+            s.read_range(&key, offset, len, true)
+                .map(|bytes| bytes.map(Bytes::from))
+                .map_err(|e| s.error("read back", &key, e))
         })
         .await
     }
@@ -406,18 +436,10 @@ impl ObjectStore for LocalStore {
         })
         .await
     }
-
-    fn blocking(&self) -> Option<&dyn BlockingObjects> {
-        Some(self)
-    }
 }
 
-impl BlockingObjects for LocalStore {
-    fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        self.write_atomic(key, bytes)
-    }
-
-    fn put_immutable(&self, key: &str, bytes: &[u8]) -> Result<bool, StoreError> {
+impl LocalStore {
+    fn put_immutable_blocking(&self, key: &str, bytes: &[u8]) -> Result<bool, StoreError> {
         // A crash before the last sync can leave a truncated file under the final name; a
         // size mismatch is rewritten rather than trusted.
         match fs::metadata(self.path(key)) {

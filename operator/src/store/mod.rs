@@ -4,7 +4,9 @@
 //! S3 bucket:
 //!
 //! ```text
-//! messages/<aa>/<sha256>                            exact message bytes, content-addressed
+//! packs/...                                          message bytes, in packs (see [`pack`])
+//! messages/<aa>/<sha256>                            message bytes as earlier versions stored
+//!                                                    them, one object each: still read
 //! users/<user>/user.json                             the archive user
 //! users/<user>/mailboxes/<mailbox>/mailbox.json      the mailbox label (email address)
 //! users/<user>/mailboxes/<mailbox>/folders/<folder>/state.json        sync state
@@ -13,12 +15,16 @@
 //! directory/<namespace>/<mailbox set>.json           last accepted directory sync
 //! ```
 //!
-//! Every object is either immutable and uniquely named (messages, index segments,
-//! protocols) or replaced whole (state, records), so concurrent writers and retried writes
-//! can neither corrupt nor lose anything, and nothing depends on conditional writes.
-//! Durability follows the order bytes → index entry → sync state: the state of a folder
-//! only ever names UIDs whose index entries are durable, and an index segment written
-//! before a crash but not yet named by the state is picked up by the next run.
+//! Every object is either immutable and uniquely named (packs and their indexes, index
+//! segments, protocols) or replaced whole (state, records), so concurrent writers and
+//! retried writes can neither corrupt nor lose anything, and nothing depends on
+//! conditional writes. Durability follows the order bytes → index entry → sync state: an
+//! index entry is written only once the pack holding its message is durable with the
+//! pack's own index ([`pack::Durable`]), the state of a folder only ever names UIDs whose
+//! index entries are durable, and an index segment written before a crash but not yet
+//! named by the state is picked up by the next run. An index entry records where its
+//! message is (pack, offset, lengths), so listing, export and the read-back before
+//! deletion read exactly that blob, by one ranged read, without consulting the pack index.
 //!
 //! Identity is recorded, never assumed. A folder's state names its source (the server and
 //! the login its UIDs belong to), and every index entry names its source and carries the
@@ -33,16 +39,18 @@ pub mod pack;
 pub mod s3;
 mod uidset;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use open::{local_path, open, open_existing, S3Options, DEFAULT_STORE};
+pub use pack::Location;
+use pack::{keys::KeyRing, Durable, PackOptions, PackStore};
 pub use uidset::UidSet;
 
 #[derive(Clone, Debug, thiserror::Error)]
@@ -83,9 +91,6 @@ impl StoreLocation {
     }
 }
 
-/// Message uploads at once to a store with latency (S3).
-const UPLOADS_IN_FLIGHT: usize = 16;
-
 /// A flat namespace of objects: the contract every backend meets.
 #[async_trait::async_trait]
 pub trait ObjectStore: Send + Sync {
@@ -124,27 +129,22 @@ pub trait ObjectStore: Send + Sync {
         self.get(key).await
     }
 
+    /// [`get_range`](ObjectStore::get_range) from the storage medium, like
+    /// [`read_back`](ObjectStore::read_back).
+    async fn read_back_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<Bytes>, StoreError> {
+        self.get_range(key, offset, len).await
+    }
+
     /// Every key that starts with `prefix`, sorted.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
 
     /// Makes every put that returned before this call durable.
     async fn sync(&self) -> Result<(), StoreError>;
-
-    /// The store's blocking side, when its operations are blocking system calls anyway (a
-    /// local directory): the archive then writes messages on the thread that hashes them,
-    /// one trip off the async threads instead of two. `None` for stores behind a network.
-    fn blocking(&self) -> Option<&dyn BlockingObjects> {
-        None
-    }
-}
-
-/// Operations of a store that may run on the calling (blocking) thread.
-pub trait BlockingObjects {
-    /// [`ObjectStore::put`], blocking.
-    fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError>;
-
-    /// [`ObjectStore::put_immutable`], blocking.
-    fn put_immutable(&self, key: &str, bytes: &[u8]) -> Result<bool, StoreError>;
 }
 
 /// Whether a message was received or sent by the mailbox owner.
@@ -168,6 +168,10 @@ pub struct IndexEntry {
     pub uid_validity: u32,
     pub uid: u32,
     pub sha256: String,
+    /// Where the message is in the packs; absent in entries of earlier versions, whose
+    /// messages are found by their hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<Location>,
     /// Bytes stored.
     pub size: u64,
     /// RFC822.SIZE as the server reported it, where it differs from `size` (servers that
@@ -310,16 +314,27 @@ pub struct PreparedMessage {
     pub sha256: String,
     pub size: u64,
     pub headers: Headers,
+    /// Where [`Archive::store_messages`] put it.
+    pub blob: Option<Location>,
+    /// When that is durable: await it (with [`Archive::make_durable`]) before any index
+    /// entry names the message.
+    pub durable: Option<Durable>,
 }
 
 impl PreparedMessage {
     /// Hashes a message and reads its index headers (CPU-bound: call it off the async
     /// threads for anything but small messages).
     pub fn of(bytes: &[u8]) -> PreparedMessage {
+        Self::hashed(&Sha256::digest(bytes).into(), bytes)
+    }
+
+    fn hashed(sha256: &[u8; 32], bytes: &[u8]) -> PreparedMessage {
         PreparedMessage {
-            sha256: hex::encode(Sha256::digest(bytes)),
+            sha256: hex::encode(sha256),
             size: bytes.len() as u64,
             headers: Headers::parse(bytes),
+            blob: None,
+            durable: None,
         }
     }
 }
@@ -338,94 +353,152 @@ pub struct Headers {
 #[derive(Clone)]
 pub struct Archive {
     objects: Arc<dyn ObjectStore>,
+    /// The pack store, opened on first use unless [`Archive::open`] opened it.
+    packs: Arc<tokio::sync::OnceCell<Arc<PackStore>>>,
 }
 
 impl Archive {
+    /// The archive over `objects`, without encryption keys; its pack store is opened (and
+    /// checked to need none) when first used.
     pub fn new(objects: Arc<dyn ObjectStore>) -> Self {
-        Archive { objects }
+        Archive {
+            objects,
+            packs: Arc::default(),
+        }
+    }
+
+    /// The archive over `objects`, with the pack store opened now: keys that do not fit
+    /// the archive (none for an encrypted one, a wrong one, an old one left out) fail here,
+    /// before anything is written.
+    pub async fn open(
+        objects: Arc<dyn ObjectStore>,
+        keys: Option<KeyRing>,
+    ) -> Result<Archive, StoreError> {
+        let packs = PackStore::open(objects.clone(), keys, PackOptions::default()).await?;
+        Ok(Archive {
+            objects,
+            packs: Arc::new(tokio::sync::OnceCell::new_with(Some(packs))),
+        })
     }
 
     pub fn describe(&self) -> String {
         self.objects.describe()
     }
 
-    /// Hashes messages, extracts their index headers and stores their bytes under their
-    /// hash; a message already stored (by any user, any folder) is not written again, unless
-    /// `replace` (a stored copy found damaged is replaced by the server's).
+    /// The pack store that holds the messages.
+    pub async fn packs(&self) -> Result<&Arc<PackStore>, StoreError> {
+        self.packs
+            .get_or_try_init(|| PackStore::open(self.objects.clone(), None, PackOptions::default()))
+            .await
+    }
+
+    /// Hashes messages, extracts their index headers and appends them to the packs; a
+    /// message already stored (by any user, any folder) is not stored again, unless
+    /// `replace` (a stored copy found damaged: a fresh copy is stored, and the new index
+    /// entry names it). Each result says where its message is and when that is durable.
     ///
-    /// Hashing is CPU-bound, so it runs off the async threads to keep downloads flowing; a
-    /// store with blocking writes writes on the same trip. Each trip costs a wake-up of a
-    /// blocking thread and of the caller, which for a few-KB message is more than hashing and
-    /// writing it; so messages come in batches, and a writer that falls behind catches up
-    /// with fewer, larger trips.
+    /// Hashing and compressing are CPU-bound, so they run off the async threads to keep
+    /// downloads flowing. Each trip costs a wake-up of a blocking thread and of the caller,
+    /// which for a few-KB message is more than hashing and storing it; so messages come in
+    /// batches, and a writer that falls behind catches up with fewer, larger trips.
     pub async fn store_messages(
         &self,
         messages: Vec<Bytes>,
         replace: bool,
     ) -> Result<Vec<PreparedMessage>, StoreError> {
-        let objects = self.objects.clone();
-        let (messages, prepared) = tokio::task::spawn_blocking(move || {
+        let packs = self.packs().await?.clone();
+        tokio::task::spawn_blocking(move || {
             let mut prepared = Vec::with_capacity(messages.len());
             for bytes in &messages {
-                let message = PreparedMessage::of(bytes);
-                if let Some(blocking) = objects.blocking() {
-                    let key = message_key(&message.sha256);
-                    if replace {
-                        blocking.put(&key, bytes)?;
-                    } else {
-                        blocking.put_immutable(&key, bytes)?;
-                    }
-                }
+                let sha256: [u8; 32] = Sha256::digest(bytes).into();
+                let mut message = PreparedMessage::hashed(&sha256, bytes);
+                let stored = if replace {
+                    packs.store_again_blocking(&sha256, bytes)?
+                } else {
+                    packs.store_hashed_blocking(&sha256, bytes)?
+                };
+                message.blob = Some(stored.location);
+                message.durable = Some(stored.durable);
                 prepared.push(message);
             }
-            Ok::<_, StoreError>((messages, prepared))
+            Ok(prepared)
         })
         .await
-        .expect("hashing and storing do not panic")?;
-        if self.objects.blocking().is_none() {
-            // A store with latency (S3) gets several uploads at once.
-            let uploads: Vec<(String, Bytes)> = prepared
-                .iter()
-                .map(|message| message_key(&message.sha256))
-                .zip(messages)
-                .collect();
-            let objects = self.objects.clone();
-            futures::stream::iter(uploads)
-                .map(move |(key, bytes)| {
-                    let objects = objects.clone();
-                    async move {
-                        if replace {
-                            objects.put(&key, bytes).await
-                        } else {
-                            objects.put_immutable(&key, bytes).await.map(drop)
-                        }
-                    }
-                })
-                .buffer_unordered(UPLOADS_IN_FLIGHT)
-                .try_collect::<Vec<_>>()
-                .await?;
-        }
-        Ok(prepared)
+        .expect("hashing and storing do not panic")
     }
 
-    /// Stores one message under its hash unless the store holds it already; returns
-    /// whether it was written.
+    /// Waits until the messages behind these [`PreparedMessage::durable`]s are durable,
+    /// closing a pack still being filled if need be.
+    pub async fn make_durable(&self, durables: &[Durable]) -> Result<(), StoreError> {
+        if durables.is_empty() {
+            return Ok(());
+        }
+        self.packs().await?.make_durable(durables).await
+    }
+
+    /// Stores one message as earlier versions did, as its own object under `messages/`
+    /// unless the store holds it already; returns whether it was written. What archives
+    /// of those versions hold, which this one still reads.
     pub async fn put_message(&self, sha256: &str, bytes: Bytes) -> Result<bool, StoreError> {
         self.objects
             .put_immutable(&message_key(sha256), bytes)
             .await
     }
 
+    /// A message by its hash: from the packs, else as earlier versions stored it.
     pub async fn get_message(&self, sha256: &str) -> Result<Option<Bytes>, StoreError> {
-        self.objects.get(&self.checked_message_key(sha256)?).await
+        let key = self.checked_message_key(sha256)?;
+        let hash = hex::decode(sha256)
+            .ok()
+            .and_then(|h| <[u8; 32]>::try_from(h).ok())
+            .expect("checked to be a SHA-256");
+        if let Some(bytes) = self.packs().await?.read_message(&hash).await? {
+            return Ok(Some(bytes));
+        }
+        self.objects.get(&key).await
     }
 
-    /// A stored message as the storage medium holds it, not as a cache remembers it: what
-    /// the deletion pass re-hashes before it deletes the server's copy.
-    pub async fn read_back_message(&self, sha256: &str) -> Result<Option<Bytes>, StoreError> {
-        self.objects
-            .read_back(&self.checked_message_key(sha256)?)
+    /// The message an index entry names, checked against the entry's hash: the blob it
+    /// records, by one ranged read (else by its hash, for entries of earlier versions).
+    pub async fn entry_message(&self, entry: &IndexEntry) -> Result<Option<Bytes>, StoreError> {
+        let Some(location) = entry.blob else {
+            return self.get_message(&entry.sha256).await;
+        };
+        let packs = self.packs().await?;
+        let bytes = packs.read(&location).await?;
+        let check = bytes.clone();
+        let actual = tokio::task::spawn_blocking(move || hex::encode(Sha256::digest(&check)))
             .await
+            .expect("hashing does not panic");
+        if actual != entry.sha256 {
+            return Err(StoreError::Corrupt {
+                store: self.describe(),
+                key: String::from(location),
+                message: format!(
+                    "folder {:?}, UID {}: should be message {} but hashes to {actual}",
+                    entry.folder, entry.uid, entry.sha256
+                ),
+            });
+        }
+        Ok(Some(bytes))
+    }
+
+    /// The message an index entry names as the storage medium holds it, not as a cache
+    /// remembers it: what the deletion pass re-hashes before it deletes the server's copy.
+    pub async fn read_back_entry(&self, entry: &IndexEntry) -> Result<ReadBack, StoreError> {
+        let Some(location) = entry.blob else {
+            let key = self.checked_message_key(&entry.sha256)?;
+            return Ok(match self.objects.read_back(&key).await? {
+                Some(bytes) => ReadBack::Read(bytes),
+                None => ReadBack::Missing,
+            });
+        };
+        match self.packs().await?.read_back(&location).await {
+            Ok(bytes) => Ok(ReadBack::Read(bytes)),
+            // A blob that does not open (damaged, truncated, its pack gone) is no copy.
+            Err(StoreError::Corrupt { .. }) => Ok(ReadBack::Unreadable),
+            Err(e) => Err(e),
+        }
     }
 
     /// The key of a message whose hash came from an index: anything but a SHA-256 is
@@ -723,10 +796,55 @@ impl Archive {
         self.objects.sync().await
     }
 
-    /// Re-hashes every stored message and checks every index entry against them.
-    /// Returns one line per damaged or missing object.
+    /// Re-hashes every stored message (every blob of every pack, every object of earlier
+    /// versions), checks every pack and pack index, and checks every index entry against
+    /// what it names. Returns one line per damaged or missing thing.
     pub async fn verify(&self) -> Result<VerifyReport, StoreError> {
         let mut report = VerifyReport::default();
+        let sizes = self.verify_loose_messages(&mut report).await?;
+        let packs = self.packs().await?;
+        let checked = packs.verify().await?;
+        report.messages += checked.blobs;
+        report
+            .damaged
+            .extend(checked.damaged.iter().map(|d| match d.id {
+                Some(id) => format!("{}: blob {}: {}", d.object, hex::encode(id), d.message),
+                None => format!("{}: {}", d.object, d.message),
+            }));
+        report.notes.extend(checked.unindexed.iter().map(|pack| {
+            format!("{pack}: no index names this pack (a run stopped before its index, or one writing now); compaction removes it")
+        }));
+        if checked.duplicates > 0 {
+            report.notes.push(format!(
+                "{} messages are stored more than once (two writers at once): harmless",
+                checked.duplicates
+            ));
+        }
+        for user in self.users().await? {
+            for (_, folder) in self.user_folders(&user.name).await? {
+                for entry in self.folder_identities(&folder).await? {
+                    report.entries += 1;
+                    let problem = self
+                        .entry_problem(packs, &checked.intact, &sizes, &entry)
+                        .await?;
+                    if let Some(problem) = problem {
+                        report.damaged.push(format!(
+                            "user {:?}, mailbox {:?}, folder {:?}, UID {}: {problem}",
+                            user.name, folder.mailbox, entry.folder, entry.uid
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Re-hashes the messages stored one object each (by earlier versions); returns the
+    /// sizes of the intact ones by hash.
+    async fn verify_loose_messages(
+        &self,
+        report: &mut VerifyReport,
+    ) -> Result<BTreeMap<String, u64>, StoreError> {
         let mut sizes = BTreeMap::new();
         // Several reads at once for stores with latency; hashing off the async threads.
         let keys = self.objects.list("messages/").await?;
@@ -762,26 +880,67 @@ impl Archive {
         }
         drop(checked);
         report.damaged.sort();
-        for user in self.users().await? {
-            for (_, folder) in self.user_folders(&user.name).await? {
-                for entry in self.folder_identities(&folder).await? {
-                    report.entries += 1;
-                    match sizes.get(&entry.sha256) {
-                        Some(&size) if size == entry.size => {}
-                        Some(&size) => report.damaged.push(format!(
-                            "user {:?}, mailbox {:?}, folder {:?}, UID {}: index says {} bytes, message {} has {size}",
-                            user.name, folder.mailbox, entry.folder, entry.uid, entry.size, entry.sha256
-                        )),
-                        None => report.damaged.push(format!(
-                            "user {:?}, mailbox {:?}, folder {:?}, UID {}: message {} is missing or damaged",
-                            user.name, folder.mailbox, entry.folder, entry.uid, entry.sha256
-                        )),
-                    }
-                }
-            }
-        }
-        Ok(report)
+        Ok(sizes)
     }
+
+    /// What is wrong with the message an index entry names, if anything.
+    async fn entry_problem(
+        &self,
+        packs: &PackStore,
+        intact: &HashMap<(pack::PackId, u64), [u8; 32]>,
+        loose: &BTreeMap<String, u64>,
+        entry: &IndexEntry,
+    ) -> Result<Option<String>, StoreError> {
+        let missing = || format!("message {} is missing or damaged", entry.sha256);
+        let Ok(sha256) = <[u8; 32]>::try_from(hex::decode(&entry.sha256).unwrap_or_default())
+        else {
+            return Ok(Some(format!("{:?} is not a SHA-256", entry.sha256)));
+        };
+        let location = match entry.blob {
+            Some(location) => location,
+            None => match loose.get(&entry.sha256) {
+                Some(&size) if size == entry.size => return Ok(None),
+                Some(&size) => {
+                    return Ok(Some(format!(
+                        "index says {} bytes, message {} has {size}",
+                        entry.size, entry.sha256
+                    )))
+                }
+                // Moved into the packs since, or never stored.
+                None => match packs.locate(&sha256).await? {
+                    Some(location) => location,
+                    None => return Ok(Some(missing())),
+                },
+            },
+        };
+        let Some(id) = intact.get(&(location.pack, location.offset)) else {
+            return Ok(Some(missing()));
+        };
+        if !packs.identifiers(&sha256).contains(id) {
+            return Ok(Some(format!(
+                "the blob it names ({}) holds another message than {}",
+                String::from(location),
+                entry.sha256
+            )));
+        }
+        if u64::from(location.raw) != entry.size {
+            return Ok(Some(format!(
+                "index says {} bytes, message {} has {}",
+                entry.size, entry.sha256, location.raw
+            )));
+        }
+        Ok(None)
+    }
+}
+
+/// A stored message as [`Archive::read_back_entry`] found it.
+#[derive(Debug)]
+pub enum ReadBack {
+    Missing,
+    /// There, but it does not open: damaged.
+    Unreadable,
+    /// The bytes, still to be checked against the hash.
+    Read(Bytes),
 }
 
 #[derive(Debug, Default)]
@@ -789,6 +948,8 @@ pub struct VerifyReport {
     pub messages: u64,
     pub entries: u64,
     pub damaged: Vec<String>,
+    /// Findings that are no damage: packs no index names yet, duplicates.
+    pub notes: Vec<String>,
 }
 
 impl Headers {

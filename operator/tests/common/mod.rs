@@ -263,6 +263,48 @@ pub fn files_below(dir: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// Every message blob in the packs of the archive directory `store`, with its bytes;
+/// blobs that do not open (damaged) are left out. A message stored twice (two writers)
+/// appears twice.
+pub fn stored_blobs(store: &Path) -> Vec<(mailvault::store::Location, Vec<u8>)> {
+    use mailvault::store::{local::LocalStore, Archive};
+    if !store.exists() {
+        return Vec::new();
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let archive = Archive::new(std::sync::Arc::new(LocalStore::open(store).unwrap()));
+        let packs = archive.packs().await.unwrap();
+        let mut out = Vec::new();
+        for location in packs.blobs().await.unwrap() {
+            if let Ok(bytes) = packs.read(&location).await {
+                out.push((location, bytes.to_vec()));
+            }
+        }
+        out
+    })
+}
+
+/// Every distinct message the archive directory `store` holds, by content.
+pub fn stored_messages(store: &Path) -> std::collections::BTreeSet<Vec<u8>> {
+    stored_blobs(store).into_iter().map(|(_, b)| b).collect()
+}
+
+/// Flips one byte in the middle of the stored copy of `message` (in its pack file), as a
+/// failing disk would; returns the pack's key (`packs/data/<pack>`).
+pub fn damage_stored(store: &Path, message: &[u8]) -> String {
+    let (location, _) = stored_blobs(store)
+        .into_iter()
+        .find(|(_, b)| b == message)
+        .expect("the message is stored");
+    let key = format!("packs/data/{}", location.pack);
+    let path = store.join(&key);
+    let mut pack = std::fs::read(&path).unwrap();
+    pack[(location.offset + u64::from(location.stored) / 2) as usize] ^= 0x20;
+    std::fs::write(&path, pack).unwrap();
+    key
+}
+
 /// The lines of `stderr` as JSON, after checking that each is a JSON object with a level
 /// and a message, as `--log-format json` promises.
 pub fn json_lines(stderr: &str) -> Vec<serde_json::Value> {

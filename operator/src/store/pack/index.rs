@@ -68,8 +68,10 @@ impl fmt::Debug for PackId {
     }
 }
 
-/// Where a blob is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where a blob is. A folder's index entries record it (as `<pack>/<offset>/<stored>/<raw>`),
+/// so that reading a listed message needs no lookup in the pack index at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub struct Location {
     pub pack: PackId,
     pub offset: u64,
@@ -77,6 +79,30 @@ pub struct Location {
     pub stored: u32,
     /// Bytes of the original message.
     pub raw: u32,
+}
+
+impl From<Location> for String {
+    fn from(l: Location) -> String {
+        format!("{}/{}/{}/{}", l.pack, l.offset, l.stored, l.raw)
+    }
+}
+
+impl TryFrom<String> for Location {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Location, String> {
+        let bad = || format!("{text:?} is not a blob location (<pack>/<offset>/<stored>/<raw>)");
+        let parts: Vec<&str> = text.split('/').collect();
+        let [pack, offset, stored, raw] = parts[..] else {
+            return Err(bad());
+        };
+        Ok(Location {
+            pack: PackId::parse(pack).ok_or_else(bad)?,
+            offset: offset.parse().map_err(|_| bad())?,
+            stored: stored.parse().map_err(|_| bad())?,
+            raw: raw.parse().map_err(|_| bad())?,
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -359,6 +359,26 @@ impl PackStore {
         sha256: &[u8; 32],
         raw: &[u8],
     ) -> Result<Stored, StoreError> {
+        self.append_blocking(sha256, raw, false)
+    }
+
+    /// Stores a fresh copy of a message even though the index names one: that copy was
+    /// found damaged. The caller records the new location; the old blob stays, unnamed
+    /// by that record, for verify to report.
+    pub fn store_again_blocking(
+        self: &Arc<Self>,
+        sha256: &[u8; 32],
+        raw: &[u8],
+    ) -> Result<Stored, StoreError> {
+        self.append_blocking(sha256, raw, true)
+    }
+
+    fn append_blocking(
+        self: &Arc<Self>,
+        sha256: &[u8; 32],
+        raw: &[u8],
+        again: bool,
+    ) -> Result<Stored, StoreError> {
         let Ok(raw_len) = u32::try_from(raw.len()) else {
             return Err(StoreError::Backend {
                 store: self.describe(),
@@ -368,8 +388,10 @@ impl PackStore {
             });
         };
         let ids = self.identifiers(sha256);
-        if let Some(found) = self.handle.block_on(self.find(&ids))? {
-            return Ok(found);
+        if !again {
+            if let Some(found) = self.handle.block_on(self.find(&ids))? {
+                return Ok(found);
+            }
         }
         // Compressing, the costly part, outside the lock.
         let blob = Compressed::of(raw, COMPRESSION_LEVEL);
@@ -585,6 +607,34 @@ impl PackStore {
         Ok(())
     }
 
+    /// Waits until the blobs of these [`Stored`] results are durable with their index,
+    /// closing the pack being filled if one of them is in it: what a caller does before
+    /// it records the blobs anywhere.
+    pub async fn make_durable(self: &Arc<Self>, durables: &[Durable]) -> Result<(), StoreError> {
+        let waiting: HashSet<PackId> = durables
+            .iter()
+            .filter(|d| !d.is_finished())
+            .map(|d| d.pack)
+            .collect();
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        let open = {
+            let writer = self
+                .writer
+                .lock()
+                .expect("the writer lock is never poisoned");
+            writer.open.as_ref().map(|p| p.id)
+        };
+        if open.is_some_and(|id| waiting.contains(&id)) {
+            self.close_pack(open).await;
+        }
+        for durable in durables {
+            durable.wait().await?;
+        }
+        Ok(())
+    }
+
     /// Closes the open pack (if any) and waits until every pack this process wrote is
     /// durable with its index. Errors of any of them are returned (the first).
     pub async fn flush(self: &Arc<Self>) -> Result<(), StoreError> {
@@ -608,15 +658,25 @@ impl PackStore {
     /// Closes the open pack and starts its upload, if it is older than `older_than` (or
     /// in any case without it).
     async fn close_open_pack(self: &Arc<Self>, older_than: Option<Duration>) {
+        self.close_if(|pack| older_than.is_none_or(|age| pack.opened.elapsed() >= age))
+            .await;
+    }
+
+    /// Closes the open pack and starts its upload if it is `id` (any, without it); a
+    /// pack closed meanwhile by someone else is left alone.
+    async fn close_pack(self: &Arc<Self>, id: Option<PackId>) {
+        self.close_if(|pack| id.is_none_or(|id| pack.id == id))
+            .await;
+    }
+
+    async fn close_if(self: &Arc<Self>, close: impl FnOnce(&OpenPack) -> bool) {
         let closed = {
             let mut writer = self
                 .writer
                 .lock()
                 .expect("the writer lock is never poisoned");
             match &writer.open {
-                Some(pack) if older_than.is_none_or(|age| pack.opened.elapsed() >= age) => {
-                    writer.open.take()
-                }
+                Some(pack) if close(pack) => writer.open.take(),
                 _ => None,
             }
         };
@@ -634,13 +694,25 @@ impl PackStore {
     /// The original bytes of the blob at `location`, by range reads: the pack's header
     /// once per pack, then exactly the blob.
     pub async fn read(&self, location: &Location) -> Result<Bytes, StoreError> {
+        self.read_from(location, false).await
+    }
+
+    /// [`PackStore::read`] from the storage medium rather than a cache of it (see
+    /// [`ObjectStore::read_back_range`]).
+    pub async fn read_back(&self, location: &Location) -> Result<Bytes, StoreError> {
+        self.read_from(location, true).await
+    }
+
+    async fn read_from(&self, location: &Location, medium: bool) -> Result<Bytes, StoreError> {
         let key = layout::pack(&location.pack);
         let envelope = self.envelope(&location.pack).await?;
-        let stored = self
-            .objects
-            .get_range(&key, location.offset, u64::from(location.stored))
-            .await?
-            .ok_or_else(|| self.missing_pack(&key))?;
+        let (offset, len) = (location.offset, u64::from(location.stored));
+        let stored = if medium {
+            self.objects.read_back_range(&key, offset, len).await?
+        } else {
+            self.objects.get_range(&key, offset, len).await?
+        }
+        .ok_or_else(|| self.missing_pack(&key))?;
         if stored.len() != location.stored as usize {
             return Err(index::corrupt(
                 &*self.objects,

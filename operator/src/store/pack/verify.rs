@@ -7,7 +7,7 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
 use super::blob::{Envelope, Kind};
-use super::index::{self, Entry, PackId};
+use super::index::{self, Entry, Location, PackId};
 use super::{layout, PackStore};
 use crate::store::StoreError;
 
@@ -37,6 +37,9 @@ pub struct PackVerifyReport {
     /// Packs no index names: left by a run stopped between a pack and its index, or being
     /// written right now. Compaction removes them once old.
     pub unindexed: Vec<String>,
+    /// The blobs found intact, by pack and offset, with their identifiers: what a folder's
+    /// index entries are checked against.
+    pub intact: HashMap<(PackId, u64), [u8; 32]>,
 }
 
 impl PackStore {
@@ -44,51 +47,9 @@ impl PackStore {
     /// are failures to read at all.
     pub async fn verify(&self) -> Result<PackVerifyReport, StoreError> {
         let objects = &*self.objects;
-        let keys = self.keys();
         let mut report = PackVerifyReport::default();
-        let (loaded, entries) = 'read: loop {
-            let loaded = index::load(objects, keys, true).await?;
-            let mut entries: Vec<Entry> = Vec::new();
-            for generation in &loaded.generations {
-                let prefixes: HashSet<u64> = generation.prefixes.iter().copied().collect();
-                for bucket in 0..1u32 << generation.manifest.bits {
-                    let key = layout::bucket(&generation.name, bucket);
-                    match index::read_bucket(objects, keys, &generation.name, bucket).await {
-                        Ok(None) => continue 'read,
-                        Ok(Some(bucket)) => {
-                            if let Some(e) = bucket
-                                .iter()
-                                .find(|e| !prefixes.contains(&index::prefix(&e.id)))
-                            {
-                                report.damaged.push(Damage {
-                                    object: layout::fingerprints(&generation.name),
-                                    id: Some(e.id),
-                                    message: "lacks an identifier its buckets hold".into(),
-                                });
-                            }
-                            entries.extend(bucket);
-                        }
-                        Err(StoreError::Corrupt { message, .. }) => report.damaged.push(Damage {
-                            object: key,
-                            id: None,
-                            message,
-                        }),
-                        Err(e) => return Err(e),
-                    }
-                }
-            }
-            for (_, delta) in &loaded.deltas {
-                entries.extend_from_slice(delta);
-            }
-            break (loaded, entries);
-        };
-        for (object, message) in loaded.damaged {
-            report.damaged.push(Damage {
-                object,
-                id: None,
-                message,
-            });
-        }
+        let (entries, damaged) = self.read_index().await?;
+        report.damaged = damaged;
         let mut by_pack: BTreeMap<PackId, Vec<Entry>> = BTreeMap::new();
         let mut locations: HashMap<[u8; 32], HashSet<(PackId, u64)>> = HashMap::new();
         for entry in entries {
@@ -147,8 +108,69 @@ impl PackStore {
             report.stored_bytes += checked.stored_bytes;
             report.raw_bytes += checked.raw_bytes;
             report.damaged.extend(checked.damaged);
+            report.intact.extend(checked.intact);
         }
         Ok(report)
+    }
+
+    /// Every blob the index names (a blob stored twice, by two writers, once per copy).
+    pub async fn blobs(&self) -> Result<Vec<Location>, StoreError> {
+        let (entries, _) = self.read_index().await?;
+        let mut seen = HashSet::new();
+        Ok(entries
+            .into_iter()
+            .map(|e| e.location)
+            .filter(|l| seen.insert((l.pack, l.offset)))
+            .collect())
+    }
+
+    /// Every entry of every index object, and what could not be read (starting over when
+    /// a compaction removes an object under it).
+    async fn read_index(&self) -> Result<(Vec<Entry>, Vec<Damage>), StoreError> {
+        let objects = &*self.objects;
+        let keys = self.keys();
+        'read: loop {
+            let loaded = index::load(objects, keys, true).await?;
+            let mut entries: Vec<Entry> = Vec::new();
+            let mut damaged = Vec::new();
+            for generation in &loaded.generations {
+                let prefixes: HashSet<u64> = generation.prefixes.iter().copied().collect();
+                for bucket in 0..1u32 << generation.manifest.bits {
+                    let key = layout::bucket(&generation.name, bucket);
+                    match index::read_bucket(objects, keys, &generation.name, bucket).await {
+                        Ok(None) => continue 'read,
+                        Ok(Some(bucket)) => {
+                            if let Some(e) = bucket
+                                .iter()
+                                .find(|e| !prefixes.contains(&index::prefix(&e.id)))
+                            {
+                                damaged.push(Damage {
+                                    object: layout::fingerprints(&generation.name),
+                                    id: Some(e.id),
+                                    message: "lacks an identifier its buckets hold".into(),
+                                });
+                            }
+                            entries.extend(bucket);
+                        }
+                        Err(StoreError::Corrupt { message, .. }) => damaged.push(Damage {
+                            object: key,
+                            id: None,
+                            message,
+                        }),
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            for (_, delta) in &loaded.deltas {
+                entries.extend_from_slice(delta);
+            }
+            damaged.extend(loaded.damaged.into_iter().map(|(object, message)| Damage {
+                object,
+                id: None,
+                message,
+            }));
+            return Ok((entries, damaged));
+        }
     }
 }
 
@@ -158,6 +180,7 @@ struct CheckedPack {
     stored_bytes: u64,
     raw_bytes: u64,
     damaged: Vec<Damage>,
+    intact: Vec<((PackId, u64), [u8; 32])>,
 }
 
 /// Opens every blob of one pack and re-hashes it against its identifier.
@@ -221,7 +244,11 @@ fn check_pack(
             Some(key) => key.identifier(&sha256),
             None => sha256,
         };
-        if expected != entry.id {
+        if expected == entry.id {
+            checked
+                .intact
+                .push(((location.pack, location.offset), entry.id));
+        } else {
             checked.damaged.push(damage(
                 Some(entry.id),
                 format!(
