@@ -13,6 +13,7 @@ use crate::resources::{
     self, directory_warnings, namespace_of, ArchiveProfile, Bundle, Located, MailboxSet, SyncRecord,
 };
 use crate::sources::{self, Mailbox};
+use crate::store::pack::keys::KeyRing;
 use crate::store::{self, Archive, StoreError, StoreLocation};
 
 /// Why a local run did not start: the input is invalid (nothing was touched), or something
@@ -49,19 +50,22 @@ struct Prepared<'a> {
     profile: &'a Located<ArchiveProfile>,
     set: &'a Located<MailboxSet>,
     store: StoreLocation,
+    keys: Option<KeyRing>,
     mailboxes: Vec<Mailbox>,
     directory_sync: Option<SyncRecord>,
 }
 
 /// Runs `profiles` of `bundle` once, now, each into `store` if given, else into the store
-/// it names. With `dry_run_deletion`, nothing is deleted from a server, only counted.
+/// it names, encrypted with `keys` if given, else with the keys it names (if any). With
+/// `dry_run_deletion`, nothing is deleted from a server, only counted.
 pub async fn run_profiles(
     bundle: &Bundle,
     profiles: &[&Located<ArchiveProfile>],
     store: Option<&StoreLocation>,
+    keys: Option<&KeyRing>,
     dry_run_deletion: bool,
 ) -> Result<Outcome, RunError> {
-    let prepared = prepare(bundle, profiles, store).await?;
+    let prepared = prepare(bundle, profiles, store, keys).await?;
     let mut outcome = Outcome {
         protocols: Vec::new(),
         unsaved: false,
@@ -70,11 +74,12 @@ pub async fn run_profiles(
         profile,
         set,
         store,
+        keys,
         mailboxes,
         directory_sync,
     } in prepared
     {
-        let archive = store::open(&store)
+        let archive = store::open(&store, keys)
             .await
             .map_err(|e| RunError::Failed(e.to_string()))?;
         if let Some(record) = directory_sync {
@@ -117,6 +122,7 @@ async fn prepare<'a>(
     bundle: &'a Bundle,
     profiles: &[&'a Located<ArchiveProfile>],
     store: Option<&StoreLocation>,
+    keys: Option<&KeyRing>,
 ) -> Result<Vec<Prepared<'a>>, RunError> {
     let mut errors = Vec::new();
     let mut invalid = false;
@@ -139,7 +145,26 @@ async fn prepare<'a>(
                 secret.object.data.get(key).cloned()
             }),
         };
-        let previous = match store::open_existing(&store).await {
+        let keys = match keys {
+            Some(keys) => Some(keys.clone()),
+            None => {
+                let spec = profile.object.spec.store.as_ref();
+                let read = |key: &str| {
+                    let name = &spec?.encryption.as_ref()?.key_secret_ref.name;
+                    let secret = bundle.secret(namespace, name)?;
+                    secret.object.data.get(key).cloned()
+                };
+                match store::keys_of_spec(spec, read) {
+                    Ok(keys) => keys,
+                    Err(message) => {
+                        errors.push(format!("{}: {message}", profile.place()));
+                        invalid = true;
+                        continue;
+                    }
+                }
+            }
+        };
+        let previous = match store::open_existing(&store, keys.clone()).await {
             Ok(Some(archive)) => recorded_sync(&archive, &set.object).await,
             Ok(None) => Ok(None),
             Err(e) => Err(e.to_string()),
@@ -156,6 +181,7 @@ async fn prepare<'a>(
                 profile,
                 set,
                 store,
+                keys,
                 mailboxes: resolved.mailboxes,
                 directory_sync: resolved.directory_sync,
             }),

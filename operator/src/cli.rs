@@ -18,6 +18,7 @@ use crate::archiving::{self, RunError};
 use crate::export::Format;
 use crate::protocol::RunProtocol;
 use crate::resources::{self, namespace_of, Bundle, Located};
+use crate::store::pack::keys::KeyRing;
 use crate::store::{self, Archive, S3Options, StoreLocation};
 use crate::{operator, worker};
 
@@ -101,6 +102,11 @@ pub struct StoreArgs {
     /// Address the bucket in the URL path, as most S3-compatible servers need.
     #[arg(long)]
     pub s3_path_style: bool,
+    /// The archive's encryption keys: one 256-bit key a line (64 hex digits or base64,
+    /// optionally `name: key`); the last seals new data, the others open older data.
+    /// For `run`, instead of the profile's `spec.store.encryption`.
+    #[arg(long, value_name = "FILE")]
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 impl StoreArgs {
@@ -110,6 +116,15 @@ impl StoreArgs {
             region: self.s3_region.clone(),
             force_path_style: self.s3_path_style,
         }
+    }
+
+    /// The keys `--encryption-key-file` names, if it names a file.
+    fn keys(&self) -> Result<Option<KeyRing>, Failure> {
+        self.encryption_key_file
+            .as_deref()
+            .map(KeyRing::load)
+            .transpose()
+            .map_err(|e| invalid(e.to_string()))
     }
 
     /// The store `--store` names, if it names one.
@@ -130,12 +145,20 @@ impl StoreArgs {
     async fn existing(&self) -> Result<Archive, Failure> {
         let store = self.store.as_deref().unwrap_or(store::DEFAULT_STORE);
         let location = StoreLocation::parse(store, &self.s3()).map_err(invalid)?;
-        match store::open_existing(&location).await {
+        match store::open_existing(&location, self.keys()?).await {
             Ok(Some(archive)) => Ok(archive),
             Ok(None) => Err(invalid(format!(
                 "{} is not a mailvault archive",
                 location.describe()
             ))),
+            // Keys that do not fit: say which file they came from.
+            Err(e @ store::StoreError::Open { .. }) => Err(Failure(
+                1,
+                match &self.encryption_key_file {
+                    Some(file) => format!("{e} (--encryption-key-file {})", file.display()),
+                    None => e.to_string(),
+                },
+            )),
             Err(e) => Err(Failure(1, e.to_string())),
         }
     }
@@ -252,13 +275,19 @@ async fn run(args: RunArgs) -> Result<u8, Failure> {
     let bundle = load(&args.input)?;
     let profiles = chosen(&bundle.profiles, args.profile.as_deref())?;
     let store = args.store.named()?;
-    let outcome =
-        archiving::run_profiles(&bundle, &profiles, store.as_ref(), args.dry_run_deletion)
-            .await
-            .map_err(|e| match e {
-                RunError::Invalid(message) => invalid(message),
-                RunError::Failed(message) => Failure(1, message),
-            })?;
+    let keys = args.store.keys()?;
+    let outcome = archiving::run_profiles(
+        &bundle,
+        &profiles,
+        store.as_ref(),
+        keys.as_ref(),
+        args.dry_run_deletion,
+    )
+    .await
+    .map_err(|e| match e {
+        RunError::Invalid(message) => invalid(message),
+        RunError::Failed(message) => Failure(1, message),
+    })?;
     print_protocols(&outcome.protocols, args.output);
     Ok(u8::from(!outcome.succeeded()))
 }
@@ -365,6 +394,7 @@ mod tests {
             s3_endpoint: Some("http://127.0.0.1:3900".into()),
             s3_region: Some("garage".into()),
             s3_path_style: true,
+            encryption_key_file: None,
         };
         let config = s3("s3://b/p", &flags);
         assert_eq!(config.endpoint.as_deref(), Some("http://127.0.0.1:3900"));

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use crate::archiving;
-use crate::runplan::{self, ShardSummary, EXIT_FAILED, EXIT_INVALID_PLAN, STORE_CREDENTIALS_DIR};
+use crate::runplan::{
+    self, ShardSummary, EXIT_FAILED, EXIT_INVALID_PLAN, STORE_CREDENTIALS_DIR, STORE_KEYS_DIR,
+};
 use crate::store::{self, StoreLocation};
 
 #[derive(Args, Debug)]
@@ -64,7 +66,14 @@ async fn shard_outcome(args: &WorkerArgs) -> (ShardSummary, u8) {
     let location = StoreLocation::of_spec(plan.store.as_ref(), |key| {
         std::fs::read(Path::new(STORE_CREDENTIALS_DIR).join(key)).ok()
     });
-    let archive = match store::open(&location).await {
+    // So are its encryption keys.
+    let keys = match store::keys_of_spec(plan.store.as_ref(), |key| {
+        std::fs::read(Path::new(STORE_KEYS_DIR).join(key)).ok()
+    }) {
+        Ok(keys) => keys,
+        Err(message) => return not_run(EXIT_INVALID_PLAN, message),
+    };
+    let archive = match store::open(&location, keys).await {
         Ok(archive) => archive,
         Err(e) => return not_run(EXIT_FAILED, format!("opening the store: {e}")),
     };

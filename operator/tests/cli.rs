@@ -282,7 +282,7 @@ async fn mailboxes_lists_directory_users_and_applies_the_guard_of_a_store() {
     // An archive that knew nine users: losing five of them is refused, and
     // the record is only read.
     let store = dir.path().join("archive");
-    let archive = mailvault::store::open(&StoreLocation::Local(store.clone()))
+    let archive = mailvault::store::open(&StoreLocation::Local(store.clone()), None)
         .await
         .unwrap();
     let known = record(&[
@@ -393,7 +393,7 @@ async fn run_keeps_the_sync_in_the_archive_and_refuses_a_suspicious_one() {
         )),
         "{stdout}"
     );
-    let archive = mailvault::store::open(&StoreLocation::Local(store.clone()))
+    let archive = mailvault::store::open(&StoreLocation::Local(store.clone()), None)
         .await
         .unwrap();
     let first: SyncRecord = archive

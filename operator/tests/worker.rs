@@ -51,6 +51,7 @@ fn plan(dovecot: &Dovecot, store: &Path, dir: &Path, shards: Vec<Vec<Mailbox>>) 
                 persistent_volume_claim: None,
             }),
             s3: None,
+            encryption: None,
         }),
         store_durable: true,
         warnings: vec!["a warning from the operator".into()],

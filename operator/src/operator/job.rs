@@ -11,9 +11,10 @@ use k8s_openapi::api::batch::v1::{
     PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, PersistentVolumeClaimVolumeSource, Pod,
-    PodSecurityContext, PodSpec, PodTemplateSpec, ProjectedVolumeSource, SeccompProfile, Secret,
-    SecretProjection, SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeProjection,
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, KeyToPath,
+    PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, PodTemplateSpec,
+    ProjectedVolumeSource, SeccompProfile, Secret, SecretProjection, SecretVolumeSource,
+    SecurityContext, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::ByteString;
 use kube::api::ObjectMeta;
@@ -27,7 +28,7 @@ use crate::resources::{
 };
 use crate::runplan::{
     RunPlan, ARCHIVE_DIR, EXIT_INVALID_PLAN, EXIT_LOGIN_REJECTED, PLAN_DIR, PLAN_KEY,
-    STORE_CREDENTIALS_DIR,
+    STORE_CREDENTIALS_DIR, STORE_KEYS_DIR,
 };
 use crate::sources::Mailbox;
 use crate::time::from_k8s;
@@ -146,6 +147,29 @@ pub fn build(
             ..Default::default()
         });
     }
+    let store_keys = profile
+        .spec
+        .store
+        .as_ref()
+        .and_then(|s| s.encryption.as_ref())
+        .map(|e| &e.key_secret_ref);
+    if let Some(secret) = store_keys {
+        // The archive's keys as a file too, and only the one key of the Secret.
+        volumes.push(Volume {
+            name: "store-keys".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.name.clone()),
+                items: Some(vec![KeyToPath {
+                    key: secret.key.clone(),
+                    path: secret.key.clone(),
+                    ..Default::default()
+                }]),
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
     let claim = profile
         .spec
         .store
@@ -180,6 +204,14 @@ pub fn build(
         volume_mounts.push(VolumeMount {
             name: "store-credentials".into(),
             mount_path: STORE_CREDENTIALS_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    if store_keys.is_some() {
+        volume_mounts.push(VolumeMount {
+            name: "store-keys".into(),
+            mount_path: STORE_KEYS_DIR.into(),
             read_only: Some(true),
             ..Default::default()
         });
@@ -697,6 +729,43 @@ mod tests {
     }
 
     #[test]
+    fn the_encryption_key_is_mounted_as_one_file_and_never_in_the_environment() {
+        let mut p = profile();
+        p.spec.store = serde_json::from_value(serde_json::json!({
+            "local": {"path": "/a"},
+            "encryption": {"keySecretRef": {"name": "archive-keys", "key": "keys.txt"}}
+        }))
+        .unwrap();
+        let v = serde_json::to_value(build(&p, "nightly-1", &[1], 1, "mailvault:1")).unwrap();
+        let pod = &v["spec"]["template"]["spec"];
+        let volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "store-keys")
+            .expect("a volume for the keys");
+        assert_eq!(volume["secret"]["secretName"], "archive-keys");
+        // Only the key the profile names, as a file of that name.
+        assert_eq!(
+            volume["secret"]["items"],
+            serde_json::json!([{"key": "keys.txt", "path": "keys.txt"}])
+        );
+        let container = &pod["containers"][0];
+        let mount = container["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "store-keys")
+            .expect("mounted");
+        assert_eq!(mount["mountPath"], STORE_KEYS_DIR);
+        assert_eq!(mount["readOnly"], true);
+        assert!(!container["env"].to_string().contains("archive-keys"));
+        let v =
+            serde_json::to_value(build(&profile(), "nightly-1", &[1], 1, "mailvault:1")).unwrap();
+        assert!(!v.to_string().contains("store-keys"));
+    }
+
+    #[test]
     fn job_shape() {
         let job = build(
             &profile(),
@@ -802,6 +871,7 @@ mod tests {
                 persistent_volume_claim: None,
             }),
             s3: None,
+            encryption: None,
         };
         assert_eq!(worker_store(Some(&plain)), Some(plain.clone()));
         assert_eq!(worker_store(None), None);

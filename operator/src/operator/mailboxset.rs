@@ -202,6 +202,8 @@ fn referenced_secrets(set: &MailboxSet, profile: Option<&ArchiveProfile>) -> Vec
             s3.and_then(|s3| s3.credentials_secret_ref.as_ref())
                 .map(|r| r.name.clone()),
         );
+        let encryption = p.spec.store.as_ref().and_then(|s| s.encryption.as_ref());
+        names.extend(encryption.map(|e| e.key_secret_ref.name.clone()));
     }
     names.sort();
     names.dedup();

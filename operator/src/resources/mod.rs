@@ -402,6 +402,23 @@ pub struct StoreSpec {
     /// An S3 bucket, on AWS or on an S3-compatible server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3StoreSpec>,
+    /// Encryption at rest: every message and every pack index sealed (AES-256-GCM) under
+    /// keys only the archiving pods read, so that neither whoever runs the storage nor
+    /// whoever takes a disk can read mail. An archive once encrypted opens only with its
+    /// keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionSpec>,
+}
+
+/// `spec.store.encryption`: where the archive's keys are.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EncryptionSpec {
+    /// The key of a Secret (same namespace) whose value is the key file: one 256-bit key a
+    /// line, as 64 hex digits or base64, optionally named (`name: key`). The last key
+    /// seals new data; keep every earlier key below it to read what they sealed (key
+    /// rotation). The operator mounts it as a file into the archiving pods only.
+    pub key_secret_ref: SecretKeyRef,
 }
 
 /// `spec.store.local`: an archive in a directory.

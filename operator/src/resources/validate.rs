@@ -186,6 +186,20 @@ fn validate_store(bundle: &Bundle, report: &mut Report<'_, ArchiveProfile>, stor
         }
         (None, Some(s3)) => validate_s3(bundle, report, s3),
     }
+    if let Some(encryption) = &store.encryption {
+        let secret = &encryption.key_secret_ref;
+        let field = "spec.store.encryption.keySecretRef";
+        if secret.key.trim().is_empty() {
+            report.error(format!("{field}.key"), "must not be empty");
+        } else {
+            report.secret_keys(
+                bundle,
+                &format!("{field}.name"),
+                &secret.name,
+                &[&secret.key],
+            );
+        }
+    }
 }
 
 fn validate_s3(bundle: &Bundle, report: &mut Report<'_, ArchiveProfile>, s3: &S3StoreSpec) {
@@ -517,6 +531,30 @@ stringData:
         let both = "  store:\n    local: {}\n    s3:\n      bucket: b\n";
         assert_eq!(store_errors(both)[0].0, "spec.store");
         assert_eq!(store_errors("  store:\n    s3:\n      bucket: b\n"), []);
+    }
+
+    #[test]
+    fn the_encryption_key_must_be_in_its_secret() {
+        let store = |name: &str, key: &str| {
+            format!(
+                "  store:\n    local: {{}}\n    encryption:\n      keySecretRef:\n        \
+                 name: {name}\n        key: '{key}'\n"
+            )
+        };
+        assert_eq!(store_errors(&store("s3-keys", "accessKeyId")), []);
+        let errors = store_errors(&store("s3-keys", "keys.txt"));
+        assert_eq!(errors[0].0, "spec.store.encryption.keySecretRef.name");
+        assert!(
+            errors[0].1.contains("has no key \"keys.txt\""),
+            "{errors:?}"
+        );
+        let errors = store_errors(&store("nowhere", "keys.txt"));
+        assert!(
+            errors[0].1.contains("is not in the given files"),
+            "{errors:?}"
+        );
+        let errors = store_errors(&store("s3-keys", " "));
+        assert_eq!(errors[0].0, "spec.store.encryption.keySecretRef.key");
     }
 
     #[test]

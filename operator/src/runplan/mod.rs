@@ -41,6 +41,8 @@ pub const PLAN_DIR: &str = "/etc/mailvault/plan";
 pub const PLAN_KEY: &str = "plan.json";
 /// Where an S3 store's credentials Secret is mounted in the worker's pod.
 pub const STORE_CREDENTIALS_DIR: &str = "/var/run/mailvault/store-credentials";
+/// Where the Secret of `spec.store.encryption.keySecretRef` is mounted in run pods.
+pub const STORE_KEYS_DIR: &str = "/var/run/mailvault/store-keys";
 /// Where the claim of `spec.store.local.persistentVolumeClaim` is mounted in the pods.
 pub const ARCHIVE_DIR: &str = "/var/lib/mailvault/archive";
 

@@ -48,7 +48,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use open::{local_path, open, open_existing, S3Options, DEFAULT_STORE};
+pub use open::{keys_of_spec, local_path, open, open_existing, S3Options, DEFAULT_STORE};
 pub use pack::Location;
 use pack::{keys::KeyRing, Durable, PackOptions, PackStore};
 pub use uidset::UidSet;
@@ -552,7 +552,7 @@ impl Archive {
     ) -> Result<LoadedState, StoreError> {
         let prefix = key.prefix();
         let state_key = format!("{prefix}state.json");
-        let stored = match self.objects.get(&state_key).await? {
+        let stored = match self.get_record(&state_key).await? {
             Some(bytes) => Some(parse_json::<FolderState>(
                 &self.describe(),
                 &state_key,
@@ -618,9 +618,26 @@ impl Archive {
     }
 
     pub async fn save_state(&self, key: &FolderKey, state: &FolderState) -> Result<(), StoreError> {
-        self.objects
-            .put(&format!("{}state.json", key.prefix()), json_bytes(state))
-            .await
+        self.put_record(
+            &format!("{}state.json", key.prefix()),
+            json_bytes(state).into(),
+        )
+        .await
+    }
+
+    /// Writes a folder's record (its state, an index segment): sealed when the archive is
+    /// encrypted, since it holds folder names, subjects and addresses.
+    async fn put_record(&self, key: &str, body: Vec<u8>) -> Result<(), StoreError> {
+        let sealed = self.packs().await?.seal_record(body);
+        self.objects.put(key, sealed).await
+    }
+
+    /// Reads a record [`put_record`](Archive::put_record) wrote (sealed or not).
+    async fn get_record(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        match self.objects.get(key).await? {
+            Some(bytes) => self.packs().await?.open_record(key, bytes).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Writes index entries as a new immutable segment; returns its name.
@@ -639,8 +656,7 @@ impl Archive {
             serde_json::to_writer(&mut body, entry).expect("index entries serialize");
             body.push(b'\n');
         }
-        self.objects
-            .put(&format!("{}index/{name}", key.prefix()), Bytes::from(body))
+        self.put_record(&format!("{}index/{name}", key.prefix()), body)
             .await?;
         Ok(name)
     }
@@ -668,7 +684,7 @@ impl Archive {
     }
 
     async fn read_segment(&self, key: &str) -> Result<Vec<IndexEntry>, StoreError> {
-        let Some(bytes) = self.objects.get(key).await? else {
+        let Some(bytes) = self.get_record(key).await? else {
             return Ok(Vec::new());
         };
         bytes
@@ -729,7 +745,7 @@ impl Archive {
             let Some(label) = labels.get(&mailbox_dir) else {
                 continue;
             };
-            let Some(bytes) = self.objects.get(&state_key).await? else {
+            let Some(bytes) = self.get_record(&state_key).await? else {
                 continue;
             };
             let state: FolderState = parse_json(&self.describe(), &state_key, &bytes)?;

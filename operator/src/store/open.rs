@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use super::local::LocalStore;
+use super::pack::keys::KeyRing;
 use super::s3::{Encryption, S3Config, S3Credentials, S3Store};
 use super::{Archive, ObjectStore, StoreError, StoreLocation};
 use crate::resources::{S3StoreSpec, ServerSideEncryption, StoreSpec};
@@ -18,7 +19,7 @@ pub const DEFAULT_STORE: &str = "mailvault-archive";
 
 /// Top-level prefixes of which any object means an archive is there (see the layout in
 /// the module above).
-const ARCHIVE_PREFIXES: [&str; 3] = ["messages", "users", "directory"];
+const ARCHIVE_PREFIXES: [&str; 4] = ["packs", "messages", "users", "directory"];
 
 /// How to reach an `s3://` store named on the command line. Credentials never come from
 /// here but from the AWS default chain, so that they never stand in a command line.
@@ -105,6 +106,25 @@ impl StoreLocation {
     }
 }
 
+/// The keys a profile's `spec.store.encryption` names, if it names any: `read` reads the
+/// Secret's value (from the YAML files, or from the file it is mounted as in a worker's
+/// pod). The error names the Secret and the line, never a key.
+pub fn keys_of_spec(
+    spec: Option<&StoreSpec>,
+    read: impl Fn(&str) -> Option<Vec<u8>>,
+) -> Result<Option<KeyRing>, String> {
+    let Some(encryption) = spec.and_then(|s| s.encryption.as_ref()) else {
+        return Ok(None);
+    };
+    let secret = &encryption.key_secret_ref;
+    let origin = format!("Secret {} key {:?}", secret.name, secret.key);
+    let value = read(&secret.key).ok_or_else(|| format!("{origin}: not found"))?;
+    let text = String::from_utf8(value).map_err(|_| format!("{origin}: not UTF-8 text"))?;
+    KeyRing::parse(&origin, &text)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
 /// The directory of a local store spec: its `path`, else [`DEFAULT_STORE`]. The one place
 /// the default applies.
 pub fn local_path(spec: Option<&StoreSpec>) -> &str {
@@ -149,30 +169,34 @@ fn s3_config(spec: &S3StoreSpec, credentials: Option<S3Credentials>) -> S3Config
 }
 
 /// Opens the archive at `location` for writing, creating a local directory if need be. An
-/// S3 bucket must exist and be usable with the credentials.
-pub async fn open(location: &StoreLocation) -> Result<Archive, StoreError> {
+/// S3 bucket must exist and be usable with the credentials; `keys` must fit the archive
+/// (none for one that is not encrypted, or every key it was sealed with).
+pub async fn open(location: &StoreLocation, keys: Option<KeyRing>) -> Result<Archive, StoreError> {
     let objects: Arc<dyn ObjectStore> = match location {
         StoreLocation::Local(path) => Arc::new(LocalStore::open(path)?),
         StoreLocation::S3(config) => Arc::new(S3Store::open(config).await?),
     };
-    Ok(Archive::new(objects))
+    Archive::open(objects, keys).await
 }
 
 /// The archive at `location` if one is there (anything a run writes), without creating
 /// anything.
-pub async fn open_existing(location: &StoreLocation) -> Result<Option<Archive>, StoreError> {
+pub async fn open_existing(
+    location: &StoreLocation,
+    keys: Option<KeyRing>,
+) -> Result<Option<Archive>, StoreError> {
     match location {
         StoreLocation::Local(path) => {
             if !ARCHIVE_PREFIXES.iter().any(|dir| path.join(dir).is_dir()) {
                 return Ok(None);
             }
-            open(location).await.map(Some)
+            open(location, keys).await.map(Some)
         }
         StoreLocation::S3(config) => {
             let store = S3Store::open(config).await?;
             for prefix in ARCHIVE_PREFIXES {
                 if store.has_objects(&format!("{prefix}/")).await? {
-                    return Ok(Some(Archive::new(Arc::new(store))));
+                    return Archive::open(Arc::new(store), keys).await.map(Some);
                 }
             }
             Ok(None)
@@ -261,10 +285,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nothing");
         let location = StoreLocation::Local(path.clone());
-        assert!(open_existing(&location).await.unwrap().is_none());
+        assert!(open_existing(&location, None).await.unwrap().is_none());
         assert!(!path.exists(), "reading created the directory");
-        open(&location).await.unwrap();
+        open(&location, None).await.unwrap();
         std::fs::create_dir_all(path.join("users")).unwrap();
-        assert!(open_existing(&location).await.unwrap().is_some());
+        assert!(open_existing(&location, None).await.unwrap().is_some());
     }
 }

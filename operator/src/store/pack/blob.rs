@@ -40,6 +40,8 @@ pub enum Kind {
     Manifest = 5,
     /// Marks that a key seals data in this archive.
     KeyMarker = 6,
+    /// A record of the archive outside the pack store (a folder's state or index segment).
+    Record = 7,
 }
 
 impl Kind {
@@ -51,6 +53,7 @@ impl Kind {
             4 => Kind::Fingerprints,
             5 => Kind::Manifest,
             6 => Kind::KeyMarker,
+            7 => Kind::Record,
             _ => return None,
         })
     }
@@ -190,6 +193,11 @@ impl Envelope {
         self.append_blob(&mut object, raw, level);
         object
     }
+}
+
+/// Whether `bytes` start like an object of the pack store (no JSON record does).
+pub fn is_enveloped(bytes: &[u8]) -> bool {
+    bytes.starts_with(MAGIC)
 }
 
 /// Opens an object of `kind` that holds one blob (see [`Envelope::single`]).

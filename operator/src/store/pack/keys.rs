@@ -58,6 +58,7 @@ impl std::str::FromStr for Fingerprint {
 }
 
 /// One key and what is derived from it. Neither `Debug` nor `Display` shows key material.
+#[derive(Clone)]
 pub struct Key {
     name: String,
     fingerprint: Fingerprint,
@@ -149,7 +150,7 @@ impl Sealing {
 }
 
 /// The keys of an archive: the last one seals new data, all of them open old data.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct KeyRing {
     keys: Vec<Key>,
 }

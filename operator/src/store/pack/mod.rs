@@ -75,9 +75,11 @@
 //! blob's nonce is its offset, and the header (kind, key fingerprint, salt) is associated
 //! data. Readers pick the key by the fingerprint in the header. Opening the store checks
 //! the ring against the key markers: a missing ring, a wrong key or a removed old key
-//! fails there, before anything is written. What stays visible to the bucket's owner:
-//! object sizes and times (so roughly how much mail, and when), nothing of content,
-//! addresses, subjects or which messages are stored.
+//! fails there, before anything is written. The archive seals its folders' states and
+//! index segments the same way ([`PackStore::seal_record`]). What stays visible to the
+//! bucket's owner: object names (the archive's keys name users, mailboxes and folders),
+//! object sizes and times (so roughly how much mail, and when), the user and mailbox
+//! records and run protocols; nothing of content, subjects or which messages are stored.
 //!
 //! # Compression
 //!
@@ -438,6 +440,26 @@ impl PackStore {
             written: true,
             durable,
         })
+    }
+
+    /// An archive record as stored: sealed (and compressed) when the archive is encrypted,
+    /// else as it is, readable JSON.
+    pub fn seal_record(&self, body: Vec<u8>) -> Bytes {
+        match self.keys() {
+            Some(keys) => index::seal(Kind::Record, &body, Some(keys)),
+            None => Bytes::from(body),
+        }
+    }
+
+    /// Opens a record [`PackStore::seal_record`] made, sealed or not: one written before
+    /// encryption was turned on stays readable.
+    pub fn open_record(&self, key: &str, bytes: Bytes) -> Result<Bytes, StoreError> {
+        if !blob::is_enveloped(&bytes) {
+            return Ok(bytes);
+        }
+        blob::open_single(Kind::Record, &bytes, self.keys())
+            .map(Bytes::from)
+            .map_err(|message| index::corrupt(&*self.objects, key, message))
     }
 
     /// Stores a message (hashing and compressing on a blocking thread).
