@@ -244,7 +244,15 @@ pub async fn archive_into(
     mailboxes: Vec<Mailbox>,
     protocol_id: &str,
 ) -> (RunProtocol, Result<String, StoreError>) {
-    let protocol = engine::archive_mailboxes(Arc::new(settings), archive.clone(), mailboxes).await;
+    let mut protocol =
+        engine::archive_mailboxes(Arc::new(settings), archive.clone(), mailboxes).await;
+    // Compaction only merges and removes what a newer index object covers: when it fails,
+    // nothing is lost, and the next run tries again.
+    if let Err(e) = archive.compact_if_due().await {
+        protocol.warnings.push(format!(
+            "compacting the pack index failed (nothing is lost): {e}"
+        ));
+    }
     let saved = archive
         .save_protocol(
             &protocol.namespace,

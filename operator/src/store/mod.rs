@@ -74,6 +74,9 @@ pub enum StoreError {
     },
 }
 
+/// Pack indexes (one per pack) that make a run compact the index after it.
+const COMPACTION_DELTAS: usize = 16;
+
 /// Where an archive lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreLocation {
@@ -434,6 +437,24 @@ impl Archive {
             return Ok(());
         }
         self.packs().await?.make_durable(durables).await
+    }
+
+    /// Compacts the pack index once this process has seen enough pack indexes (see
+    /// [`PackStore::compaction_due`]); a run that stored nothing never read them, and pays
+    /// nothing.
+    pub async fn compact_if_due(&self) -> Result<(), StoreError> {
+        let Some(packs) = self.packs.get() else {
+            return Ok(());
+        };
+        if packs.compaction_due(COMPACTION_DELTAS) == Some(true) {
+            let report = packs.compact().await?;
+            tracing::info!(
+                entries = report.entries,
+                deltas_removed = report.deltas_removed,
+                "compacted the pack index"
+            );
+        }
+        Ok(())
     }
 
     /// Stores one message as earlier versions did, as its own object under `messages/`
