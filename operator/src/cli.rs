@@ -58,6 +58,8 @@ pub enum Command {
     Verify(StoreArgs),
     /// List the archive's users, their mailboxes and folders, with message counts.
     List(ListArgs),
+    /// Move messages an earlier version stored one object each into packs; resumable.
+    Migrate(StoreArgs),
     /// List the mailboxes MailboxSets resolve to (reading their directory, if any), without
     /// passwords.
     ///
@@ -242,6 +244,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
         Command::Export(args) => finish(archive::export(args).await),
         Command::Verify(args) => finish(archive::verify(args).await),
         Command::List(args) => finish(archive::list(args).await),
+        Command::Migrate(args) => finish(archive::migrate(args).await),
         Command::Mailboxes(args) => finish(mailboxes::command(args).await),
         Command::Worker(args) => worker::archive_shard(args).await,
         Command::Operator(args) => operator::operate(args).await,

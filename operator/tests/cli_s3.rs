@@ -333,3 +333,93 @@ async fn run_uses_the_profiles_s3_store() {
     assert_eq!(saved.len(), 1, "{saved:?}");
     assert!(saved[0].contains("to-s3-"), "{saved:?}");
 }
+
+/// `mailvault migrate` on an archive of an earlier version (one object per message): every
+/// message moves into packs and its object goes; a damaged object stays, reported; a run
+/// stopped between packing and deleting (the object still there, its message packed)
+/// finishes without storing the message twice; export gives back every byte.
+#[tokio::test]
+async fn migrate_moves_messages_of_earlier_versions_into_packs() {
+    let garage = Garage::start().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let messages = mail::mailbox(22, "alice@example.org", 5);
+    let objects = std::sync::Arc::new(open(&garage, "old").await);
+    let archive = Archive::new(objects.clone());
+    archive_messages(&archive, &messages).await;
+    let damaged = format!("messages/ab/ab{}", "0".repeat(62));
+    objects
+        .put(&damaged, Bytes::from_static(b"not that message"))
+        .await
+        .unwrap();
+    let endpoint = garage.endpoint();
+    let env = [
+        ("AWS_ACCESS_KEY_ID", garage.access_key_id()),
+        ("AWS_SECRET_ACCESS_KEY", garage.secret_access_key()),
+    ];
+    let run = |args: &[&str]| {
+        let flags = [
+            "--store",
+            "s3://mailvault/old",
+            "--s3-endpoint",
+            &endpoint,
+            "--s3-region",
+            garage.region(),
+            "--s3-path-style",
+        ];
+        mailvault(home.path(), &env, &[args, &flags[..]].concat())
+    };
+
+    let migrated = run(&["migrate"]);
+    assert_eq!(
+        migrated.status.code(),
+        Some(1),
+        "{}",
+        text(&migrated.stderr)
+    );
+    assert_eq!(
+        text(&migrated.stdout),
+        format!(
+            "DAMAGED {damaged}: its content does not match its name; left in place\n\
+             5 messages moved into packs (0 were there already), 1 damaged left in place\n"
+        )
+    );
+    assert_eq!(objects.list("messages/").await.unwrap(), std::slice::from_ref(&damaged));
+    assert!(!objects.list("packs/data/").await.unwrap().is_empty());
+
+    // Stopped before it deleted an object: the next run packs nothing twice.
+    archive
+        .put_message(
+            &PreparedMessage::of(&messages[2]).sha256,
+            Bytes::from(messages[2].clone()),
+        )
+        .await
+        .unwrap();
+    let again = run(&["migrate"]);
+    assert!(
+        text(&again.stdout).ends_with(
+            "1 messages moved into packs (1 were there already), 1 damaged left in place\n"
+        ),
+        "{}",
+        text(&again.stdout)
+    );
+    let packs = Archive::new(objects.clone());
+    assert_eq!(packs.packs().await.unwrap().blobs().await.unwrap().len(), 5);
+
+    let verify = run(&["verify"]);
+    assert!(
+        text(&verify.stdout).contains("5 index entries checked, 1 problems"),
+        "{}",
+        text(&verify.stdout)
+    );
+    let out = home.path().join("export");
+    let export = run(&["export", "--user", "alice", "--out", out.to_str().unwrap()]);
+    assert_eq!(export.status.code(), Some(0), "{}", text(&export.stderr));
+    for (n, message) in messages.iter().enumerate() {
+        let path = out.join(format!("alice@example.org/INBOX/{}.eml", n + 1));
+        assert!(
+            std::fs::read(path).unwrap() == *message,
+            "message {}",
+            n + 1
+        );
+    }
+}

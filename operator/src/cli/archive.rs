@@ -67,6 +67,25 @@ pub(super) async fn export(args: ExportArgs) -> Result<u8, Failure> {
     Ok(0)
 }
 
+pub(super) async fn migrate(args: StoreArgs) -> Result<u8, Failure> {
+    let report = args
+        .existing()
+        .await?
+        .migrate()
+        .await
+        .map_err(|e| Failure(1, e.to_string()))?;
+    for key in &report.damaged {
+        println!("DAMAGED {key}: its content does not match its name; left in place");
+    }
+    println!(
+        "{} messages moved into packs ({} were there already), {} damaged left in place",
+        report.moved,
+        report.already_in_packs,
+        report.damaged.len()
+    );
+    Ok(u8::from(!report.damaged.is_empty()))
+}
+
 pub(super) async fn verify(args: StoreArgs) -> Result<u8, Failure> {
     let report = args
         .existing()

@@ -74,6 +74,9 @@ pub enum StoreError {
     },
 }
 
+/// Messages `migrate` reads before it waits for their packs.
+const MIGRATE_BATCH: usize = 1000;
+
 /// Pack indexes (one per pack) that make a run compact the index after it.
 const COMPACTION_DELTAS: usize = 16;
 
@@ -439,6 +442,60 @@ impl Archive {
         self.packs().await?.make_durable(durables).await
     }
 
+    /// Moves the messages earlier versions stored one object each (`messages/`) into
+    /// packs: each is read and checked against its name, stored in a pack (unless the
+    /// packs hold it already), and its object deleted only once its pack and the pack's
+    /// index are durable. Index entries stay as they are: an entry without a blob location
+    /// finds its message by hash in the pack index. Stopped at any point, it loses
+    /// nothing, and running it again finishes the job. A damaged object is left in place
+    /// and reported.
+    pub async fn migrate(&self) -> Result<MigrateReport, StoreError> {
+        let mut report = MigrateReport::default();
+        let keys = self.objects.list("messages/").await?;
+        for chunk in keys.chunks(MIGRATE_BATCH) {
+            let mut batch = Vec::with_capacity(chunk.len());
+            for key in chunk {
+                let Some(bytes) = self.objects.get(key).await? else {
+                    continue;
+                };
+                let name = key.rsplit('/').next().unwrap_or_default().to_string();
+                batch.push((key.clone(), name, bytes));
+            }
+            let packs = self.packs().await?.clone();
+            let (moved, durables) = tokio::task::spawn_blocking(move || {
+                let mut moved = Vec::new();
+                let mut durables = Vec::new();
+                for (key, name, bytes) in batch {
+                    let sha256: [u8; 32] = Sha256::digest(&bytes).into();
+                    if hex::encode(sha256) != name || message_key(&name) != key {
+                        moved.push((key, None));
+                        continue;
+                    }
+                    let stored = packs.store_hashed_blocking(&sha256, &bytes)?;
+                    durables.push(stored.durable);
+                    moved.push((key, Some(stored.written)));
+                }
+                Ok::<_, StoreError>((moved, durables))
+            })
+            .await
+            .expect("storing does not panic")?;
+            self.make_durable(&durables).await?;
+            for (key, written) in moved {
+                match written {
+                    None => report.damaged.push(key),
+                    Some(written) => {
+                        self.objects.delete(&key).await?;
+                        report.moved += 1;
+                        report.already_in_packs += u64::from(!written);
+                    }
+                }
+            }
+        }
+        self.objects.sync().await?;
+        self.compact_if_due().await?;
+        Ok(report)
+    }
+
     /// Compacts the pack index once this process has seen enough pack indexes (see
     /// [`PackStore::compaction_due`]); a run that stored nothing never read them, and pays
     /// nothing.
@@ -469,11 +526,12 @@ impl Archive {
     /// A message by its hash: from the packs, else as earlier versions stored it.
     pub async fn get_message(&self, sha256: &str) -> Result<Option<Bytes>, StoreError> {
         let key = self.checked_message_key(sha256)?;
-        let hash = hex::decode(sha256)
-            .ok()
-            .and_then(|h| <[u8; 32]>::try_from(h).ok())
-            .expect("checked to be a SHA-256");
-        if let Some(bytes) = self.packs().await?.read_message(&hash).await? {
+        if let Some(bytes) = self
+            .packs()
+            .await?
+            .read_message(&sha256_bytes(sha256))
+            .await?
+        {
             return Ok(Some(bytes));
         }
         self.objects.get(&key).await
@@ -507,12 +565,24 @@ impl Archive {
     /// The message an index entry names as the storage medium holds it, not as a cache
     /// remembers it: what the deletion pass re-hashes before it deletes the server's copy.
     pub async fn read_back_entry(&self, entry: &IndexEntry) -> Result<ReadBack, StoreError> {
-        let Some(location) = entry.blob else {
-            let key = self.checked_message_key(&entry.sha256)?;
-            return Ok(match self.objects.read_back(&key).await? {
-                Some(bytes) => ReadBack::Read(bytes),
-                None => ReadBack::Missing,
-            });
+        let location = match entry.blob {
+            Some(location) => location,
+            None => {
+                let key = self.checked_message_key(&entry.sha256)?;
+                if let Some(bytes) = self.objects.read_back(&key).await? {
+                    return Ok(ReadBack::Read(bytes));
+                }
+                // Moved into the packs since (`migrate`).
+                match self
+                    .packs()
+                    .await?
+                    .locate(&sha256_bytes(&entry.sha256))
+                    .await?
+                {
+                    Some(location) => location,
+                    None => return Ok(ReadBack::Missing),
+                }
+            }
         };
         match self.packs().await?.read_back(&location).await {
             Ok(bytes) => Ok(ReadBack::Read(bytes)),
@@ -970,6 +1040,17 @@ impl Archive {
     }
 }
 
+/// What [`Archive::migrate`] did.
+#[derive(Debug, Default)]
+pub struct MigrateReport {
+    /// Objects of `messages/` now in packs (and removed).
+    pub moved: u64,
+    /// Of those, messages the packs held already (another writer, an earlier attempt).
+    pub already_in_packs: u64,
+    /// Objects whose content does not match their name, left in place.
+    pub damaged: Vec<String>,
+}
+
 /// A stored message as [`Archive::read_back_entry`] found it.
 #[derive(Debug)]
 pub enum ReadBack {
@@ -1025,6 +1106,14 @@ fn truncate(mut s: String, max: usize) -> String {
         s.truncate(cut);
     }
     s
+}
+
+/// A SHA-256 checked by [`is_sha256`], as bytes.
+fn sha256_bytes(sha256: &str) -> [u8; 32] {
+    hex::decode(sha256)
+        .ok()
+        .and_then(|h| <[u8; 32]>::try_from(h).ok())
+        .expect("checked to be a SHA-256")
 }
 
 fn message_key(sha256: &str) -> String {
