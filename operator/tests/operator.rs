@@ -907,6 +907,46 @@ spec:
     let last = c.wait_run("lost", "lost-m-go");
     assert_eq!(last["result"], "Succeeded", "{last:#}");
 
+    // A profile naming a set that is not there says so at once, with no run due; the
+    // set's arrival makes it ready.
+    c.apply(&profile_yaml(
+        "early",
+        "later",
+        &dovecot,
+        &claim_store("early"),
+    ));
+    let profile = c.wait_profile("early", Duration::from_secs(30), "Ready=False", |p| {
+        p["status"]["conditions"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "False")
+        })
+    });
+    let ready = condition(&profile, "Ready");
+    assert_eq!(ready["reason"], "ReferenceMissing");
+    assert_eq!(
+        ready["message"],
+        "MailboxSet mail/later does not exist; runs wait for it"
+    );
+    c.apply(&format!(
+        "---
+apiVersion: mailvault.io/v1alpha1
+kind: MailboxSet
+metadata:
+  name: later
+  namespace: {NS}
+spec:
+  csv:
+    secretRef:
+      name: nowhere
+"
+    ));
+    c.wait_profile("early", Duration::from_secs(30), "Ready=True", |p| {
+        p["status"]["conditions"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+    });
+
     // A Job the API server refuses (a mount of a volume that does not exist): the run
     // fails with the server's reason, once; the plan goes with it.
     let extra = format!(

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use kube::ResourceExt;
 
-use super::decide::Start;
+use super::decide::{missing_set, Start};
 use crate::operator::context::{Context, Error};
 use crate::operator::mailboxset::{self, Outcome};
 use crate::operator::{history, job};
@@ -51,6 +51,7 @@ fn refused(e: &kube::Error) -> Option<&kube::core::Status> {
 pub async fn start_run(
     ctx: &Context,
     profile: &ArchiveProfile,
+    set: Option<&MailboxSet>,
     namespace: &str,
     run: &str,
     existing: &[&ObjectMeta],
@@ -68,7 +69,7 @@ pub async fn start_run(
                 let name = m.name.clone().unwrap_or_default();
                 delete_ignoring_absent(&secrets, &name, &DeleteParams::default()).await?;
             }
-            match make_plan(ctx, profile, namespace, run).await? {
+            match make_plan(ctx, profile, set, namespace, run).await? {
                 Ok(plan) => plan,
                 Err(start) => return Ok(start),
             }
@@ -113,10 +114,11 @@ pub async fn start_run(
 async fn make_plan(
     ctx: &Context,
     profile: &ArchiveProfile,
+    set: Option<&MailboxSet>,
     namespace: &str,
     run: &str,
 ) -> Result<Result<(Vec<u64>, usize), Start>, Error> {
-    let (bundle, set, mailboxes) = match resolve_set(ctx, profile, namespace).await? {
+    let (bundle, set, mailboxes) = match resolve_set(ctx, profile, set, namespace).await? {
         Ok(resolved) => resolved,
         Err(start) => return Ok(Err(start)),
     };
@@ -166,19 +168,18 @@ async fn make_plan(
     Ok(Ok((sizes, parts)))
 }
 
-/// Reads the profile's MailboxSet and the Secrets it needs, and resolves it, recording the
-/// outcome on the set; returns them and the mailboxes, or why the run cannot start (yet).
+/// Reads the Secrets the profile's MailboxSet (`set`, as observed) needs, and resolves it,
+/// recording the outcome on the set; returns them and the mailboxes, or why the run cannot
+/// start (yet).
 async fn resolve_set(
     ctx: &Context,
     profile: &ArchiveProfile,
+    set: Option<&MailboxSet>,
     namespace: &str,
 ) -> Result<Result<(Bundle, MailboxSet, Vec<Mailbox>), Start>, Error> {
     let set_name = &profile.spec.mailbox_set_ref.name;
-    let sets: Api<MailboxSet> = Api::namespaced(ctx.client.clone(), namespace);
-    let Some(set) = sets.get_opt(set_name).await? else {
-        return Ok(Err(Start::Waiting(format!(
-            "MailboxSet {namespace}/{set_name} does not exist"
-        ))));
+    let Some(set) = set.cloned() else {
+        return Ok(Err(Start::Waiting(missing_set(namespace, set_name))));
     };
     let started = std::time::Instant::now();
     let bundle = mailboxset::load_bundle(ctx, namespace, &set, Some(profile)).await?;
