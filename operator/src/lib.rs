@@ -8,6 +8,7 @@ pub mod controller;
 pub mod engine;
 pub mod export;
 pub mod imap;
+pub mod oauth2;
 pub mod plan;
 pub mod protocol;
 pub mod resources;
