@@ -217,6 +217,24 @@ impl HttpClient {
         }
     }
 
+    /// `GET` with a bearer token (directory APIs).
+    pub async fn get_with_token(
+        &self,
+        url: &Url,
+        token: &crate::secret::Secret,
+    ) -> Result<Response, HttpError> {
+        let mut value =
+            HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
+                HttpError::Protocol {
+                    url: shown(url),
+                    message: "the access token is not a valid header value".into(),
+                }
+            })?;
+        value.set_sensitive(true);
+        self.send(Method::GET, url, &[(header::AUTHORIZATION, value)], None)
+            .await
+    }
+
     async fn send_once(
         &self,
         method: &Method,

@@ -36,6 +36,12 @@ pub const GOOGLE_DIRECTORY_SCOPE: &str =
 /// Google's token endpoint, when the service account key names none.
 pub const GOOGLE_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
 
+/// Text from a server made safe to show: token-like runs shortened, control characters
+/// dropped, the length bounded.
+pub fn clean_server_text(text: &str) -> String {
+    token::clean(text, &[])
+}
+
 /// Who issues the tokens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Provider {

@@ -6,6 +6,8 @@
 
 pub mod csv;
 pub mod directory;
+pub mod google;
+pub mod graph;
 
 use std::collections::HashSet;
 

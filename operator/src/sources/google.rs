@@ -1,0 +1,273 @@
+//! Users from the Google Workspace Admin SDK Directory API
+//! (`MailboxSet.spec.oauth2.directory.googleDirectory`): `users.list` of the customer, page
+//! by page along `nextPageToken`. The service account acts for an administrator
+//! (`adminEmail`): the Directory API answers only administrators, and domain-wide delegation
+//! must include `https://www.googleapis.com/auth/admin.directory.user.readonly`.
+//!
+//! Suspended users are left out; aliases (also those of domain aliases, Google's
+//! `nonEditableAliases`) count as the user's addresses. Any failed page fails the fetch.
+
+use serde::Deserialize;
+use url::Url;
+
+use super::directory::{sort_and_dedupe, unique_addresses, DirectoryError, DirectoryUser};
+use crate::oauth2::http::{self, HttpClient};
+use crate::oauth2::{Tokens, GOOGLE_DIRECTORY_SCOPE};
+
+pub const DEFAULT_ENDPOINT: &str = "https://admin.googleapis.com";
+/// All users of the account the administrator belongs to.
+pub const DEFAULT_CUSTOMER: &str = "my_customer";
+const SERVICE: &str = "Google Directory API";
+/// The API's largest page.
+const PAGE_SIZE: u32 = 500;
+const MAX_PAGES: usize = 20_000;
+
+#[derive(Clone, Debug, Default)]
+pub struct GoogleDirectorySettings {
+    /// `https://admin.googleapis.com` unless given.
+    pub endpoint: Option<String>,
+    /// `my_customer` unless given (or the customer ID, `C0…`).
+    pub customer: Option<String>,
+    /// An administrator the service account acts for.
+    pub admin_email: String,
+}
+
+impl GoogleDirectorySettings {
+    fn endpoint(&self) -> Result<Url, String> {
+        http::parse_url(
+            "googleDirectory.endpoint",
+            self.endpoint.as_deref().unwrap_or(DEFAULT_ENDPOINT),
+        )
+    }
+}
+
+/// Problems found without asking the server, as (field, message).
+pub fn validate(settings: &GoogleDirectorySettings) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    if let Err(e) = settings.endpoint() {
+        let message = e
+            .trim_start_matches("googleDirectory.endpoint: ")
+            .to_string();
+        problems.push(("googleDirectory.endpoint".into(), message));
+    }
+    let admin = settings.admin_email.trim();
+    if admin.is_empty() || !admin.contains('@') {
+        problems.push((
+            "googleDirectory.adminEmail".into(),
+            "must be the address of a Google Workspace administrator (the Directory API answers \
+             only administrators)"
+                .into(),
+        ));
+    }
+    if settings
+        .customer
+        .as_deref()
+        .is_some_and(|c| c.is_empty() || !c.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+    {
+        problems.push((
+            "googleDirectory.customer".into(),
+            "must be my_customer or a customer ID like C03az79cb".into(),
+        ));
+    }
+    problems
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Page {
+    #[serde(default)]
+    users: Vec<GoogleUser>,
+    next_page_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GoogleUser {
+    id: Option<String>,
+    primary_email: Option<String>,
+    #[serde(default)]
+    suspended: bool,
+    #[serde(default)]
+    aliases: Vec<String>,
+    #[serde(default)]
+    non_editable_aliases: Vec<String>,
+}
+
+/// Reads the users, sorted by name (the primary address) and unique regardless of case.
+pub async fn fetch_users(
+    settings: &GoogleDirectorySettings,
+    tokens: &Tokens,
+    client: &HttpClient,
+) -> Result<Vec<DirectoryUser>, DirectoryError> {
+    let fail = |message: String| DirectoryError::Api {
+        service: SERVICE,
+        message,
+    };
+    let problems = validate(settings);
+    if !problems.is_empty() {
+        return Err(DirectoryError::InvalidSpec(problems));
+    }
+    let endpoint = settings.endpoint().map_err(fail)?;
+    let admin = settings.admin_email.trim();
+    let scopes = vec![GOOGLE_DIRECTORY_SCOPE.to_string()];
+    let base = endpoint.as_str().trim_end_matches('/');
+    let first =
+        Url::parse(&format!("{base}/admin/directory/v1/users")).map_err(|e| fail(e.to_string()))?;
+    let mut users = Vec::new();
+    let mut suspended = 0usize;
+    let mut page_token: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        pages += 1;
+        if pages > MAX_PAGES {
+            return Err(fail(format!("more than {MAX_PAGES} pages; giving up")));
+        }
+        let mut url = first.clone();
+        url.query_pairs_mut()
+            .append_pair(
+                "customer",
+                settings.customer.as_deref().unwrap_or(DEFAULT_CUSTOMER),
+            )
+            .append_pair("maxResults", &PAGE_SIZE.to_string())
+            .append_pair("projection", "basic");
+        if let Some(token) = &page_token {
+            url.query_pairs_mut().append_pair("pageToken", token);
+        }
+        let token = tokens
+            .get(&scopes, Some(admin))
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let response = client
+            .get_with_token(&url, &token.token)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        if !response.status.is_success() {
+            return Err(fail(google_failure(
+                response.status.as_u16(),
+                &response.body,
+                admin,
+            )));
+        }
+        let page: Page = serde_json::from_slice(&response.body)
+            .map_err(|e| fail(format!("{}: not a page of users ({e})", http::shown(&url))))?;
+        for user in page.users {
+            let Some(primary) = user
+                .primary_email
+                .as_deref()
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+            else {
+                return Err(fail("a user came back without primaryEmail".into()));
+            };
+            if user.suspended {
+                suspended += 1;
+                continue;
+            }
+            let emails = unique_addresses(
+                std::iter::once(primary)
+                    .chain(user.aliases.iter().map(String::as_str))
+                    .chain(user.non_editable_aliases.iter().map(String::as_str)),
+            );
+            users.push(DirectoryUser {
+                name: primary.to_string(),
+                emails,
+                dn: user.id.unwrap_or_default(),
+            });
+        }
+        match page.next_page_token.filter(|t| !t.is_empty()) {
+            None => break,
+            Some(next) if page_token.as_deref() == Some(next.as_str()) => {
+                return Err(fail("nextPageToken repeats the same page".into()));
+            }
+            next => page_token = next,
+        }
+    }
+    tracing::info!(
+        users = users.len(),
+        suspended,
+        pages,
+        "read users from the Google Directory API"
+    );
+    Ok(sort_and_dedupe(users))
+}
+
+/// A failed Directory API request in plain words, with Google's reason kept.
+fn google_failure(status: u16, body: &[u8], admin: &str) -> String {
+    #[derive(Deserialize)]
+    struct Answer {
+        error: Error,
+    }
+    #[derive(Deserialize)]
+    struct Error {
+        message: Option<String>,
+        #[serde(default)]
+        errors: Vec<Detail>,
+    }
+    #[derive(Deserialize)]
+    struct Detail {
+        reason: Option<String>,
+    }
+    let Ok(Answer { error }) = serde_json::from_slice::<Answer>(body) else {
+        return format!("HTTP {status} without an error description");
+    };
+    let reason = error
+        .errors
+        .first()
+        .and_then(|d| d.reason.clone())
+        .unwrap_or_default();
+    let what = format!(
+        "{} ({reason})",
+        crate::oauth2::clean_server_text(error.message.as_deref().unwrap_or(""))
+    );
+    let hint = match (status, reason.as_str()) {
+        (403, "insufficientPermissions") => format!(
+            "; add {GOOGLE_DIRECTORY_SCOPE} to the service account's domain-wide delegation"
+        ),
+        (403, _) => format!(
+            "; is {admin} (adminEmail) a Google Workspace administrator who may read users?"
+        ),
+        (401, _) => "; the token was refused".to_string(),
+        (400, _) => "; check googleDirectory.customer".to_string(),
+        _ => String::new(),
+    };
+    format!("HTTP {status}: {what}{hint}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_checked() {
+        let good = GoogleDirectorySettings {
+            endpoint: None,
+            customer: None,
+            admin_email: "admin@example.org".into(),
+        };
+        assert!(validate(&good).is_empty());
+        let bad = GoogleDirectorySettings {
+            endpoint: Some("http://admin.example.org".into()),
+            customer: Some("my customer&x=1".into()),
+            admin_email: "admin".into(),
+        };
+        let fields: Vec<String> = validate(&bad).into_iter().map(|p| p.0).collect();
+        assert_eq!(
+            fields,
+            [
+                "googleDirectory.endpoint",
+                "googleDirectory.adminEmail",
+                "googleDirectory.customer"
+            ]
+        );
+    }
+
+    #[test]
+    fn failures_say_what_to_do() {
+        let body = br#"{"error":{"code":403,"message":"Not Authorized to access this resource/api","errors":[{"message":"Not Authorized to access this resource/api","domain":"global","reason":"forbidden"}]}}"#;
+        let m = google_failure(403, body, "boss@example.org");
+        assert!(
+            m.contains("forbidden") && m.contains("boss@example.org"),
+            "{m}"
+        );
+    }
+}
