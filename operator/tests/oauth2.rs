@@ -145,12 +145,7 @@ async fn microsoft_client_secret_request_is_as_documented_and_cached() {
     );
 
     let path = format!("/{TENANT}/oauth2/v2.0/token");
-    let requests = cloud.update(|s| {
-        s.requests_to(&path)
-            .into_iter()
-            .cloned()
-            .collect::<Vec<_>>()
-    });
+    let requests = cloud.update(|s| s.requests_to(&path));
     assert_eq!(requests.len(), 1);
     let request = &requests[0];
     assert_eq!(request.method, "POST");
@@ -213,12 +208,7 @@ async fn microsoft_certificate_assertions_are_signed_as_documented() {
     tokens.get(&[graph_scope], None).await.unwrap();
 
     let path = format!("/{TENANT}/oauth2/v2.0/token");
-    let requests = cloud.update(|s| {
-        s.requests_to(&path)
-            .into_iter()
-            .cloned()
-            .collect::<Vec<_>>()
-    });
+    let requests = cloud.update(|s| s.requests_to(&path));
     assert_eq!(requests.len(), 2);
     let mut ids = Vec::new();
     for request in &requests {
@@ -456,12 +446,7 @@ async fn google_grants_are_signed_per_user_as_documented() {
         "cached per user, any case"
     );
 
-    let requests = cloud.update(|s| {
-        s.requests_to("/token")
-            .into_iter()
-            .cloned()
-            .collect::<Vec<_>>()
-    });
+    let requests = cloud.update(|s| s.requests_to("/token"));
     assert_eq!(requests.len(), 2);
     let request = &requests[0];
     let mut fields: Vec<&str> = request.form.iter().map(|(k, _)| k.as_str()).collect();
@@ -683,14 +668,30 @@ async fn concurrent_logins_share_one_token_request_and_renew_it_before_expiry() 
 
 // ---- IMAP logins against an OAuth2-only Dovecot ----
 
-fn oauth2_dovecot(cloud: &Cloud, mechanisms: &[&str]) -> Dovecot {
+/// An OAuth2-only Dovecot offering `mechanisms`, with `users`, of whom the Microsoft app
+/// may open those in `app_may_open`.
+fn oauth2_dovecot(
+    cloud: &Cloud,
+    mechanisms: &[&str],
+    users: &[&str],
+    app_may_open: &[&str],
+) -> Dovecot {
     let mut login = OAuth2Login::new(&cloud.introspection_url());
     login.mechanisms = mechanisms.iter().map(|m| m.to_string()).collect();
-    Dovecot::start_with(DovecotOptions {
+    let dovecot = Dovecot::start_with(DovecotOptions {
         oauth2: Some(login),
         ..DovecotOptions::default()
     })
-    .unwrap()
+    .unwrap();
+    for user in users {
+        dovecot.add_user(user, "unused-password").unwrap();
+    }
+    for user in app_may_open {
+        dovecot
+            .grant_oauth2(&app_principal(CLIENT_ID), user)
+            .unwrap();
+    }
+    dovecot
 }
 
 fn server(dovecot: &Dovecot, security: Security) -> ServerConfig {
@@ -729,13 +730,8 @@ async fn xoauth2_and_oauthbearer_logins_over_tls_and_starttls() {
     let cloud = microsoft_cloud();
     let tokens = microsoft_tokens(&cloud, SECRET).for_imap();
     for mechanism in ["xoauth2", "oauthbearer"] {
-        let dovecot = oauth2_dovecot(&cloud, &[mechanism]);
-        dovecot
-            .add_user("alice@contoso.com", "unused-password")
-            .unwrap();
-        dovecot
-            .grant_oauth2(&app_principal(CLIENT_ID), "alice@contoso.com")
-            .unwrap();
+        let alice = ["alice@contoso.com"];
+        let dovecot = oauth2_dovecot(&cloud, &[mechanism], &alice, &alice);
         for security in [Security::Tls, Security::StartTls] {
             let found = folders(
                 &server(&dovecot, security),
@@ -754,13 +750,12 @@ async fn xoauth2_and_oauthbearer_logins_over_tls_and_starttls() {
 #[tokio::test]
 async fn mailbox_permission_and_app_roles_decide_per_mailbox_in_plain_words() {
     let cloud = microsoft_cloud();
-    let dovecot = oauth2_dovecot(&cloud, &["xoauth2", "oauthbearer"]);
-    for user in ["alice@contoso.com", "bob@contoso.com"] {
-        dovecot.add_user(user, "unused-password").unwrap();
-    }
-    dovecot
-        .grant_oauth2(&app_principal(CLIENT_ID), "alice@contoso.com")
-        .unwrap();
+    let dovecot = oauth2_dovecot(
+        &cloud,
+        &["xoauth2", "oauthbearer"],
+        &["alice@contoso.com", "bob@contoso.com"],
+        &["alice@contoso.com"],
+    );
     let tokens = microsoft_tokens(&cloud, SECRET).for_imap();
     let tls = server(&dovecot, Security::Tls);
     folders(&tls, &oauth("alice@contoso.com", &tokens))
@@ -804,9 +799,9 @@ async fn mailbox_permission_and_app_roles_decide_per_mailbox_in_plain_words() {
 #[tokio::test]
 async fn google_logins_use_each_users_own_token() {
     let (cloud, account) = google_cloud();
-    let dovecot = oauth2_dovecot(&cloud, &["xoauth2"]);
-    for user in ["alice@example.org", "bob@example.org"] {
-        dovecot.add_user(user, "unused-password").unwrap();
+    let users = ["alice@example.org", "bob@example.org"];
+    let dovecot = oauth2_dovecot(&cloud, &["xoauth2"], &users, &[]);
+    for user in users {
         dovecot.grant_oauth2(&user_principal(user), user).unwrap();
     }
     let tokens = google_tokens(&cloud, &account).for_imap();
@@ -832,8 +827,7 @@ async fn google_logins_use_each_users_own_token() {
 async fn tokens_never_cross_a_plain_connection_or_go_to_a_server_without_oauth2() {
     let cloud = microsoft_cloud();
     let tokens = microsoft_tokens(&cloud, SECRET).for_imap();
-    let dovecot = oauth2_dovecot(&cloud, &["xoauth2"]);
-    dovecot.add_user("alice@contoso.com", "pw").unwrap();
+    let dovecot = oauth2_dovecot(&cloud, &["xoauth2"], &["alice@contoso.com"], &[]);
     let e = folders(
         &server(&dovecot, Security::None),
         &oauth("alice@contoso.com", &tokens),
@@ -864,11 +858,8 @@ async fn tokens_never_cross_a_plain_connection_or_go_to_a_server_without_oauth2(
 async fn an_expired_token_is_replaced_between_logins_of_a_long_run() {
     let cloud = microsoft_cloud();
     cloud.update(|s| s.token_lifetime = Duration::from_secs(2));
-    let dovecot = oauth2_dovecot(&cloud, &["xoauth2", "oauthbearer"]);
-    dovecot.add_user("alice@contoso.com", "pw").unwrap();
-    dovecot
-        .grant_oauth2(&app_principal(CLIENT_ID), "alice@contoso.com")
-        .unwrap();
+    let alice = ["alice@contoso.com"];
+    let dovecot = oauth2_dovecot(&cloud, &["xoauth2", "oauthbearer"], &alice, &alice);
     let tokens = microsoft_tokens(&cloud, SECRET).for_imap();
     let tls = server(&dovecot, Security::Tls);
     folders(&tls, &oauth("alice@contoso.com", &tokens))
@@ -984,7 +975,7 @@ async fn graph_users_come_page_by_page_without_disabled_accounts_and_guests() {
         let scope = s.requests_to(&format!("/{TENANT}/oauth2/v2.0/token"))[0]
             .field("scope")
             .map(str::to_string);
-        (pages.into_iter().cloned().collect::<Vec<_>>(), scope)
+        (pages, scope)
     });
     assert_eq!(pages.len(), 3, "five users, two per page");
     assert_eq!(token_scope, Some(format!("{}/.default", cloud.https_url())));
@@ -1150,10 +1141,7 @@ async fn google_directory_pages_leave_out_suspended_users_and_keep_aliases() {
     );
     let (pages, grant) = cloud.update(|s| {
         (
-            s.requests_to("/admin/directory/v1/users")
-                .into_iter()
-                .cloned()
-                .collect::<Vec<_>>(),
+            s.requests_to("/admin/directory/v1/users"),
             s.requests_to("/token")[0].clone(),
         )
     });
@@ -1234,12 +1222,12 @@ async fn no_secret_appears_in_any_message_or_log() {
         s.users = graph_people();
         s.tenants[0].apps[0].certificates.push(key.clone());
     });
-    let dovecot = oauth2_dovecot(&cloud, &["xoauth2"]);
-    dovecot.add_user("alice@contoso.com", "pw").unwrap();
-    dovecot.add_user("bob@contoso.com", "pw").unwrap();
-    dovecot
-        .grant_oauth2(&app_principal(CLIENT_ID), "alice@contoso.com")
-        .unwrap();
+    let dovecot = oauth2_dovecot(
+        &cloud,
+        &["xoauth2"],
+        &["alice@contoso.com", "bob@contoso.com"],
+        &["alice@contoso.com"],
+    );
     let tls = server(&dovecot, Security::Tls);
 
     for secret in [SECRET, "wrong-secret-value"] {

@@ -62,8 +62,18 @@ fn is_loopback(host: &Host<&str>) -> bool {
 
 /// Parses and checks a URL from a resource; `field` names it in the error.
 pub fn parse_url(field: &str, text: &str) -> Result<Url, String> {
-    let url = Url::parse(text.trim()).map_err(|e| format!("{field}: not a URL: {e}"))?;
-    check_url(&url).map_err(|e| format!("{field}: {e}"))?;
+    parse_checked(text).map_err(|e| format!("{field}: {e}"))
+}
+
+/// An API endpoint from a resource, `given` or else `default`, checked; the error as
+/// (field, message), as resource validation reports problems.
+pub fn endpoint(field: &str, given: Option<&str>, default: &str) -> Result<Url, (String, String)> {
+    parse_checked(given.unwrap_or(default)).map_err(|e| (field.to_string(), e))
+}
+
+fn parse_checked(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text.trim()).map_err(|e| format!("not a URL: {e}"))?;
+    check_url(&url)?;
     Ok(url)
 }
 

@@ -294,6 +294,23 @@ impl Tokens {
         Ok(token)
     }
 
+    /// `GET url` with a token for `scopes` (acting as `subject`), asked for right before
+    /// the request, so that a long listing of many pages never meets an expired token. The
+    /// error is in plain words.
+    pub async fn authorized_get(
+        &self,
+        client: &HttpClient,
+        url: &Url,
+        scopes: &[String],
+        subject: Option<&str>,
+    ) -> Result<http::Response, String> {
+        let token = self.get(scopes, subject).await.map_err(|e| e.to_string())?;
+        client
+            .get_with_token(url, &token.token)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// Tokens for IMAP logins: the provider's IMAP scope unless the resource overrides it;
     /// per user for Google, one for every mailbox otherwise.
     pub fn for_imap(self: &Arc<Self>) -> ImapTokens {

@@ -33,10 +33,11 @@ pub struct GoogleDirectorySettings {
 }
 
 impl GoogleDirectorySettings {
-    fn endpoint(&self) -> Result<Url, String> {
-        http::parse_url(
+    fn endpoint(&self) -> Result<Url, (String, String)> {
+        http::endpoint(
             "googleDirectory.endpoint",
-            self.endpoint.as_deref().unwrap_or(DEFAULT_ENDPOINT),
+            self.endpoint.as_deref(),
+            DEFAULT_ENDPOINT,
         )
     }
 }
@@ -44,11 +45,8 @@ impl GoogleDirectorySettings {
 /// Problems found without asking the server, as (field, message).
 pub fn validate(settings: &GoogleDirectorySettings) -> Vec<(String, String)> {
     let mut problems = Vec::new();
-    if let Err(e) = settings.endpoint() {
-        let message = e
-            .trim_start_matches("googleDirectory.endpoint: ")
-            .to_string();
-        problems.push(("googleDirectory.endpoint".into(), message));
+    if let Err(problem) = settings.endpoint() {
+        problems.push(problem);
     }
     let admin = settings.admin_email.trim();
     if admin.is_empty() || !admin.contains('@') {
@@ -107,7 +105,7 @@ pub async fn fetch_users(
     if !problems.is_empty() {
         return Err(DirectoryError::InvalidSpec(problems));
     }
-    let endpoint = settings.endpoint().map_err(fail)?;
+    let endpoint = settings.endpoint().map_err(|(_, e)| fail(e))?;
     let admin = settings.admin_email.trim();
     let scopes = vec![GOOGLE_DIRECTORY_SCOPE.to_string()];
     let base = endpoint.as_str().trim_end_matches('/');
@@ -133,14 +131,10 @@ pub async fn fetch_users(
         if let Some(token) = &page_token {
             url.query_pairs_mut().append_pair("pageToken", token);
         }
-        let token = tokens
-            .get(&scopes, Some(admin))
+        let response = tokens
+            .authorized_get(client, &url, &scopes, Some(admin))
             .await
-            .map_err(|e| fail(e.to_string()))?;
-        let response = client
-            .get_with_token(&url, &token.token)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(fail)?;
         if !response.status.is_success() {
             return Err(fail(google_failure(
                 response.status.as_u16(),

@@ -37,10 +37,11 @@ pub struct GraphSettings {
 }
 
 impl GraphSettings {
-    fn endpoint(&self) -> Result<Url, String> {
-        http::parse_url(
+    fn endpoint(&self) -> Result<Url, (String, String)> {
+        http::endpoint(
             "microsoftGraph.endpoint",
-            self.endpoint.as_deref().unwrap_or(DEFAULT_ENDPOINT),
+            self.endpoint.as_deref(),
+            DEFAULT_ENDPOINT,
         )
     }
 }
@@ -48,11 +49,8 @@ impl GraphSettings {
 /// Problems found without asking the server, as (field, message).
 pub fn validate(settings: &GraphSettings) -> Vec<(String, String)> {
     let mut problems = Vec::new();
-    if let Err(e) = settings.endpoint() {
-        let message = e
-            .trim_start_matches("microsoftGraph.endpoint: ")
-            .to_string();
-        problems.push(("microsoftGraph.endpoint".into(), message));
+    if let Err(problem) = settings.endpoint() {
+        problems.push(problem);
     }
     if let Some(id) = &settings.group_id {
         if !is_guid(id) {
@@ -112,7 +110,7 @@ pub async fn fetch_users(
     if !problems.is_empty() {
         return Err(DirectoryError::InvalidSpec(problems));
     }
-    let endpoint = settings.endpoint().map_err(fail)?;
+    let endpoint = settings.endpoint().map_err(|(_, e)| fail(e))?;
     let origin = endpoint.origin().ascii_serialization();
     let scopes = vec![format!("{origin}/.default")];
     let base = endpoint.as_str().trim_end_matches('/');
@@ -133,15 +131,10 @@ pub async fn fetch_users(
         if pages > MAX_PAGES {
             return Err(fail(format!("more than {MAX_PAGES} pages; giving up")));
         }
-        // Asked per page: a long listing may outlive a token.
-        let token = tokens
-            .get(&scopes, None)
+        let response = tokens
+            .authorized_get(client, &url, &scopes, None)
             .await
-            .map_err(|e| fail(e.to_string()))?;
-        let response = client
-            .get_with_token(&url, &token.token)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(fail)?;
         if !response.status.is_success() {
             return Err(fail(graph_failure(
                 response.status.as_u16(),

@@ -268,9 +268,13 @@ impl Default for State {
 }
 
 impl State {
-    /// The requests to a path (exactly).
-    pub fn requests_to(&self, path: &str) -> Vec<&Logged> {
-        self.requests.iter().filter(|r| r.path == path).collect()
+    /// Copies of the requests to a path (exactly).
+    pub fn requests_to(&self, path: &str) -> Vec<Logged> {
+        self.requests
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
     }
 
     fn principal_of(&self, token: &str) -> Option<&Issued> {
