@@ -274,10 +274,18 @@ async fn microsoft_errors_name_the_code_and_what_to_do() {
     let cloud = microsoft_cloud();
     let scopes = vec![IMAP_SCOPE.to_string()];
 
-    let e = microsoft_tokens(&cloud, "wrong-secret-value")
-        .get(&scopes, None)
-        .await
-        .unwrap_err();
+    let wrong = microsoft_tokens(&cloud, "wrong-secret-value");
+    let e = wrong.get(&scopes, None).await.unwrap_err();
+    // Asked again for every mailbox of a run: answered from memory, not by the server.
+    for _ in 0..5 {
+        wrong
+            .for_imap()
+            .token_for("x@contoso.com")
+            .await
+            .unwrap_err();
+    }
+    let path = format!("/{TENANT}/oauth2/v2.0/token");
+    assert_eq!(cloud.update(|s| s.requests_to(&path).len()), 1);
     let (code, message) = refused(&e);
     assert_eq!(code, "invalid_client");
     assert!(message.contains("AADSTS7000215"), "{message}");
@@ -339,7 +347,6 @@ async fn microsoft_errors_name_the_code_and_what_to_do() {
     assert!(message.contains("AADSTS1002012"), "{message}");
 
     // Overload: retried, then the token comes.
-    let path = format!("/{TENANT}/oauth2/v2.0/token");
     cloud.update(|s| {
         for _ in 0..2 {
             s.faults.push_back(Fault {

@@ -227,7 +227,14 @@ type Slot = Arc<tokio::sync::Mutex<Option<AccessToken>>>;
 pub struct Tokens {
     client: token::TokenClient,
     cache: Mutex<HashMap<Key, Slot>>,
+    /// A refusal that no retry fixes and that hits every mailbox (a wrong client secret),
+    /// and when it came: returned again for a while instead of asking the server once per
+    /// mailbox, which would only earn a lockout or throttling for thousands of requests.
+    refused: Mutex<Option<(TokenError, Instant)>>,
 }
+
+/// How long a refusal that hits every mailbox is answered from memory.
+const REFUSAL_MEMORY: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -250,6 +257,7 @@ impl Tokens {
         Ok(Tokens {
             client: token::TokenClient::new(provider, settings, credential, http)?,
             cache: Mutex::new(HashMap::new()),
+            refused: Mutex::new(None),
         })
     }
 
@@ -289,9 +297,28 @@ impl Tokens {
         if let Some(token) = slot.as_ref().filter(|t| t.fresh(Instant::now())) {
             return Ok(token.clone());
         }
-        let token = self.client.request(scopes, subject).await?;
-        *slot = Some(token.clone());
-        Ok(token)
+        if let Some((error, _)) = self
+            .refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .filter(|(_, at)| at.elapsed() < REFUSAL_MEMORY)
+        {
+            return Err(error.clone());
+        }
+        match self.client.request(scopes, subject).await {
+            Ok(token) => {
+                *slot = Some(token.clone());
+                Ok(token)
+            }
+            Err(error) => {
+                if error.is_permanent() && error.affects_every_mailbox() {
+                    *self.refused.lock().unwrap_or_else(PoisonError::into_inner) =
+                        Some((error.clone(), Instant::now()));
+                }
+                Err(error)
+            }
+        }
     }
 
     /// `GET url` with a token for `scopes` (acting as `subject`), asked for right before
