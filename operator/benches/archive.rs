@@ -3,7 +3,15 @@
 //!
 //! ```sh
 //! cargo bench -p mailvault --bench archive     # MAILVAULT_BENCH_REPS=5 by default
+//! MAILVAULT_BENCH_SECTIONS=rerun,deletion MAILVAULT_BENCH_BASELINE=/tmp/mailvault-old \
+//!     cargo bench -p mailvault --bench archive
 //! ```
+//!
+//! `MAILVAULT_BENCH_SECTIONS` picks sections (`first`, `rerun`, `scaling`, `memory`, `s3`,
+//! `deletion`; all by default). `MAILVAULT_BENCH_BASELINE` names another `mailvault` binary
+//! (an earlier build) that the first-archive, re-run and deletion sections measure in turns
+//! with this one, so that a change is compared under the same load rather than against
+//! figures of another day.
 //!
 //! Every figure is the median of several repetitions, each from a fresh target directory.
 //! The contenders take turns within a repetition, so that drift of the machine (page cache,
@@ -25,9 +33,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mailvault::imap::uid_set;
-use mailvault::testkit::dovecot::Dovecot;
-use mailvault::testkit::garage::Garage;
-use mailvault::testkit::mail;
+use mailvault_testkit::dovecot::Dovecot;
+use mailvault_testkit::garage::Garage;
+use mailvault_testkit::mail;
 
 const PASSWORD: &str = "bench-password";
 /// 2025-01-06, as INTERNALDATE of every seeded message.
@@ -40,6 +48,8 @@ const MANY_USERS: usize = 50;
 const MANY_MESSAGES: u64 = 200;
 const PARALLELISM: [usize; 3] = [1, 4, 8];
 const MEMORY_USER: &str = "memory@bench.test";
+const DELETE_USER: &str = "delete@bench.test";
+const DELETE_MESSAGES: u64 = 2_000;
 const LARGE_MESSAGE: usize = 50 << 20;
 const SMALL_MESSAGES: u64 = 3_000;
 /// Messages per command of the bare client, as mailvault's own batches.
@@ -66,13 +76,61 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .filter(|&n: &usize| n > 0)
         .unwrap_or(DEFAULT_REPS);
-    if let Err(e) = bench(reps) {
+    let sections = match Sections::from_env() {
+        Ok(sections) => sections,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = bench(reps, &sections) {
         eprintln!("benchmark failed: {e}");
         std::process::exit(1);
     }
 }
 
-fn bench(reps: usize) -> io::Result<()> {
+/// The sections to run and the baseline binary, from the environment.
+struct Sections {
+    names: Vec<String>,
+    baseline: Option<PathBuf>,
+}
+
+impl Sections {
+    const ALL: [&'static str; 6] = ["first", "rerun", "scaling", "memory", "s3", "deletion"];
+
+    fn from_env() -> Result<Sections, String> {
+        let names: Vec<String> = match std::env::var("MAILVAULT_BENCH_SECTIONS") {
+            Ok(list) if !list.trim().is_empty() => list
+                .split(',')
+                .map(|s| s.trim().to_lowercase())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            _ => Self::ALL.iter().map(|s| s.to_string()).collect(),
+        };
+        if let Some(unknown) = names.iter().find(|n| !Self::ALL.contains(&n.as_str())) {
+            return Err(format!(
+                "MAILVAULT_BENCH_SECTIONS: unknown section {unknown:?}; known: {}",
+                Self::ALL.join(", ")
+            ));
+        }
+        let baseline = std::env::var_os("MAILVAULT_BENCH_BASELINE").map(PathBuf::from);
+        if let Some(path) = &baseline {
+            if !path.is_file() {
+                return Err(format!(
+                    "MAILVAULT_BENCH_BASELINE: {} is not a file",
+                    path.display()
+                ));
+            }
+        }
+        Ok(Sections { names, baseline })
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n == name)
+    }
+}
+
+fn bench(reps: usize, sections: &Sections) -> io::Result<()> {
     let mailvault = PathBuf::from(env!("CARGO_BIN_EXE_mailvault"));
     // Targets live in cargo's per-target scratch directory, on the same file system as the
     // project (never a tmpfs /tmp, where fsync would cost nothing).
@@ -84,12 +142,13 @@ fn bench(reps: usize) -> io::Result<()> {
     let dovecot = Dovecot::start()?;
     let work = Work {
         mailvault,
+        baseline: sections.baseline.clone(),
         root: scratch.path().to_path_buf(),
         runs: std::cell::Cell::new(0),
         server: ServerCpu::find(&dovecot)?,
     };
-    let seeded = seed(&dovecot)?;
-    check_space(&work.root, reps, &seeded)?;
+    let seeded = seed(&dovecot, sections)?;
+    check_space(&work.root, reps, &seeded, work.baseline.is_some())?;
     sync_all();
     progress(&format!(
         "seeded in {:.1} s; {reps} repetitions (MAILVAULT_BENCH_REPS)",
@@ -100,10 +159,26 @@ fn bench(reps: usize) -> io::Result<()> {
         load_before: load_average(),
         ..Report::default()
     };
-    first_archive(&work, &dovecot, &seeded, reps, &mut report)?;
-    scaling(&work, &dovecot, reps, &mut report)?;
-    peak_memory(&work, &dovecot, reps, &mut report)?;
-    report.s3 = s3_store(&work, &dovecot, reps)?;
+    let store = if sections.has("first") {
+        Some(first_archive(&work, &dovecot, &seeded, reps, &mut report)?)
+    } else {
+        None
+    };
+    if sections.has("rerun") {
+        rerun(&work, &dovecot, store, reps, &mut report)?;
+    }
+    if sections.has("scaling") {
+        scaling(&work, &dovecot, reps, &mut report)?;
+    }
+    if sections.has("memory") {
+        peak_memory(&work, &dovecot, reps, &mut report)?;
+    }
+    if sections.has("s3") {
+        report.s3 = s3_store(&work, &dovecot, reps)?;
+    }
+    if sections.has("deletion") {
+        deletion(&work, &dovecot, reps, &mut report)?;
+    }
     report.load_after = load_average();
     print!("{}", report.render(reps, &seeded));
     Ok(())
@@ -116,7 +191,8 @@ struct Seeded {
     memory_bytes: u64,
 }
 
-fn seed(dovecot: &Dovecot) -> io::Result<Seeded> {
+/// Seeds the mailboxes of the chosen sections (the others stay empty, 0 bytes).
+fn seed(dovecot: &Dovecot, sections: &Sections) -> io::Result<Seeded> {
     let deliver = |user: &str, messages: Vec<Vec<u8>>| -> io::Result<u64> {
         dovecot.add_user(user, PASSWORD)?;
         let bytes = messages.iter().map(|m| m.len() as u64).sum();
@@ -124,12 +200,32 @@ fn seed(dovecot: &Dovecot) -> io::Result<Seeded> {
         dovecot.deliver_many(user, "INBOX", &dated)?;
         Ok(bytes)
     };
-    let big_bytes = deliver(BIG_USER, mail::mailbox(1, BIG_USER, BIG_MESSAGES))?;
-    let mut many_bytes = 0;
-    for i in 0..MANY_USERS {
-        let user = many_user(i);
-        many_bytes += deliver(&user, mail::mailbox(100 + i as u64, &user, MANY_MESSAGES))?;
+    let mut seeded = Seeded {
+        big_bytes: 0,
+        many_bytes: 0,
+        memory_bytes: 0,
+    };
+    if ["first", "rerun", "s3"].iter().any(|s| sections.has(s)) {
+        seeded.big_bytes = deliver(BIG_USER, mail::mailbox(1, BIG_USER, BIG_MESSAGES))?;
     }
+    if sections.has("scaling") {
+        for i in 0..MANY_USERS {
+            let user = many_user(i);
+            seeded.many_bytes +=
+                deliver(&user, mail::mailbox(100 + i as u64, &user, MANY_MESSAGES))?;
+        }
+    }
+    if sections.has("memory") {
+        seeded.memory_bytes = deliver(MEMORY_USER, memory_mailbox())?;
+    }
+    if sections.has("deletion") {
+        dovecot.add_user(DELETE_USER, PASSWORD)?;
+    }
+    Ok(seeded)
+}
+
+/// Many small messages with one very large one in the middle.
+fn memory_mailbox() -> Vec<Vec<u8>> {
     let mut rng = mail::Rng::new(7);
     let mut memory: Vec<Vec<u8>> = (0..SMALL_MESSAGES)
         .map(|n| {
@@ -146,29 +242,25 @@ fn seed(dovecot: &Dovecot) -> io::Result<Seeded> {
         LARGE_MESSAGE,
     );
     memory.insert(memory.len() / 2, large);
-    let memory_bytes = deliver(MEMORY_USER, memory)?;
-    Ok(Seeded {
-        big_bytes,
-        many_bytes,
-        memory_bytes,
-    })
+    memory
 }
 
 fn many_user(i: usize) -> String {
     format!("user{i:02}@bench.test")
 }
 
-/// Sections 1 and 2: one large mailbox, archived from scratch and then again with nothing
-/// new.
+/// Section 1: one large mailbox, archived from scratch. Returns the last repetition's
+/// targets (mailvault's store, mbsync's directory) for the re-run.
 fn first_archive(
     work: &Work,
     dovecot: &Dovecot,
     seeded: &Seeded,
     reps: usize,
     report: &mut Report,
-) -> io::Result<()> {
-    let input = work.mailvault_input(dovecot, &[BIG_USER], 4)?;
+) -> io::Result<(PathBuf, PathBuf)> {
+    let input = work.mailvault_input(dovecot, &[BIG_USER], 4, "")?;
     let mut mv = Vec::new();
+    let mut old = Vec::new();
     let mut mbsync_fsync = Vec::new();
     let mut mbsync_nofsync = Vec::new();
     let mut bare = Vec::new();
@@ -176,10 +268,16 @@ fn first_archive(
     let mut last_maildir = None;
     for rep in 1..=reps {
         let store = work.fresh("store")?;
-        let run = work.mailvault_run(&input, &store)?;
+        let run = work.mailvault_run(&work.mailvault, &input, &store)?;
         run.expect_archived(BIG_MESSAGES, 0)?;
         mv.push(run.measured);
         last_store = Some(store);
+        if let Some(baseline) = &work.baseline {
+            let store = work.fresh("store")?;
+            let run = work.mailvault_run(baseline, &input, &store)?;
+            run.expect_archived(BIG_MESSAGES, 0)?;
+            old.push(run.measured);
+        }
 
         let maildir = work.fresh("mbsync")?;
         mbsync_fsync.push(work.mbsync(dovecot, BIG_USER, &maildir, true)?);
@@ -220,18 +318,62 @@ fn first_archive(
         Row::new("mbsync, FSync no", mbsync_nofsync),
         Row::new("bare fetch client", bare),
     ];
+    if !old.is_empty() {
+        report.first.push(Row::new("baseline mailvault run", old));
+    }
 
-    let (store, maildir) = (
+    Ok((
         last_store.expect("reps > 0"),
         last_maildir.expect("reps > 0"),
-    );
+    ))
+}
+
+/// Section 2: the large mailbox again, with nothing new: into the targets of section 1, or
+/// into ones archived untimed here when section 1 did not run.
+fn rerun(
+    work: &Work,
+    dovecot: &Dovecot,
+    targets: Option<(PathBuf, PathBuf)>,
+    reps: usize,
+    report: &mut Report,
+) -> io::Result<()> {
+    let input = work.mailvault_input(dovecot, &[BIG_USER], 4, "")?;
+    let (store, maildir) = match targets {
+        Some(targets) => targets,
+        None => {
+            progress("archiving the large mailbox once for the re-runs (untimed)");
+            let store = work.fresh("store")?;
+            work.mailvault_run(&work.mailvault, &input, &store)?
+                .expect_archived(BIG_MESSAGES, 0)?;
+            let maildir = work.fresh("mbsync")?;
+            work.mbsync(dovecot, BIG_USER, &maildir, true)?;
+            expect_maildir(&maildir, BIG_MESSAGES)?;
+            (store, maildir)
+        }
+    };
+    // The baseline gets a store of its own: it need not read what this build wrote.
+    let baseline_store = match &work.baseline {
+        Some(baseline) => {
+            let store = work.fresh("store")?;
+            work.mailvault_run(baseline, &input, &store)?
+                .expect_archived(BIG_MESSAGES, 0)?;
+            Some((baseline, store))
+        }
+        None => None,
+    };
     let mut mv = Vec::new();
+    let mut old = Vec::new();
     let mut mbsync = Vec::new();
     let mut start = Vec::new();
     for rep in 1..=reps {
-        let run = work.mailvault_run(&input, &store)?;
+        let run = work.mailvault_run(&work.mailvault, &input, &store)?;
         run.expect_archived(0, BIG_MESSAGES)?;
         mv.push(run.measured);
+        if let Some((baseline, store)) = &baseline_store {
+            let run = work.mailvault_run(baseline, &input, store)?;
+            run.expect_archived(0, BIG_MESSAGES)?;
+            old.push(run.measured);
+        }
         mbsync.push(work.mbsync(dovecot, BIG_USER, &maildir, true)?);
         expect_maildir(&maildir, BIG_MESSAGES)?;
         start.push(work.measure(
@@ -241,8 +383,11 @@ fn first_archive(
             Stdio::null(),
         )?);
         progress(&format!(
-            "re-run {rep}/{reps}: mailvault {}, mbsync {}, mailvault --version {}",
+            "re-run {rep}/{reps}: mailvault {}{}, mbsync {}, mailvault --version {}",
             secs(mv[rep - 1].wall),
+            old.last()
+                .map(|m| format!(" (baseline {})", secs(m.wall)))
+                .unwrap_or_default(),
             secs(mbsync[rep - 1].wall),
             secs(start[rep - 1].wall)
         ));
@@ -252,6 +397,9 @@ fn first_archive(
         Row::new("mbsync", mbsync),
         Row::new("mailvault --version (process start)", start),
     ];
+    if !old.is_empty() {
+        report.rerun.push(Row::new("baseline mailvault run", old));
+    }
     Ok(())
 }
 
@@ -261,13 +409,13 @@ fn scaling(work: &Work, dovecot: &Dovecot, reps: usize, report: &mut Report) -> 
     let users: Vec<&str> = users.iter().map(String::as_str).collect();
     let inputs = PARALLELISM
         .iter()
-        .map(|&p| work.mailvault_input(dovecot, &users, p))
+        .map(|&p| work.mailvault_input(dovecot, &users, p, ""))
         .collect::<io::Result<Vec<_>>>()?;
     let mut times = vec![Vec::new(); PARALLELISM.len()];
     for rep in 1..=reps {
         for (i, input) in inputs.iter().enumerate() {
             let store = work.fresh("store")?;
-            let run = work.mailvault_run(input, &store)?;
+            let run = work.mailvault_run(&work.mailvault, input, &store)?;
             run.expect_archived(MANY_USERS as u64 * MANY_MESSAGES, 0)?;
             times[i].push(run.measured);
         }
@@ -291,12 +439,12 @@ fn scaling(work: &Work, dovecot: &Dovecot, reps: usize, report: &mut Report) -> 
 
 /// Section 4: peak memory with one very large message among many small ones.
 fn peak_memory(work: &Work, dovecot: &Dovecot, reps: usize, report: &mut Report) -> io::Result<()> {
-    let input = work.mailvault_input(dovecot, &[MEMORY_USER], 4)?;
+    let input = work.mailvault_input(dovecot, &[MEMORY_USER], 4, "")?;
     let mut mv = Vec::new();
     let mut mbsync = Vec::new();
     for rep in 1..=reps {
         let store = work.fresh("store")?;
-        let run = work.mailvault_run(&input, &store)?;
+        let run = work.mailvault_run(&work.mailvault, &input, &store)?;
         run.expect_archived(SMALL_MESSAGES + 1, 0)?;
         mv.push(run.measured);
         // Without fsync, which changes nothing about memory and takes minutes here.
@@ -325,7 +473,7 @@ fn s3_store(work: &Work, dovecot: &Dovecot, reps: usize) -> io::Result<Vec<Row>>
     // The child processes inherit the credentials, as a user's shell would pass them.
     std::env::set_var("AWS_ACCESS_KEY_ID", garage.access_key_id());
     std::env::set_var("AWS_SECRET_ACCESS_KEY", garage.secret_access_key());
-    let input = work.mailvault_input(dovecot, &[BIG_USER], 4)?;
+    let input = work.mailvault_input(dovecot, &[BIG_USER], 4, "")?;
     let endpoint = garage.endpoint();
     let extra: [&OsStr; 5] = [
         "--s3-endpoint".as_ref(),
@@ -337,10 +485,10 @@ fn s3_store(work: &Work, dovecot: &Dovecot, reps: usize) -> io::Result<Vec<Row>>
     let (mut first, mut rerun) = (Vec::new(), Vec::new());
     for rep in 1..=reps {
         let url = format!("s3://{}/rep-{rep}", garage.bucket());
-        let run = work.mailvault_run_on(&input, url.as_ref(), &extra)?;
+        let run = work.mailvault_run_on(&work.mailvault, &input, url.as_ref(), &extra)?;
         run.expect_archived(BIG_MESSAGES, 0)?;
         first.push(run.measured);
-        let run = work.mailvault_run_on(&input, url.as_ref(), &extra)?;
+        let run = work.mailvault_run_on(&work.mailvault, &input, url.as_ref(), &extra)?;
         run.expect_archived(0, BIG_MESSAGES)?;
         rerun.push(run.measured);
         progress(&format!(
@@ -355,9 +503,66 @@ fn s3_store(work: &Work, dovecot: &Dovecot, reps: usize) -> io::Result<Vec<Row>>
     ])
 }
 
-/// Where the runs write, the binary under test, and the server's CPU meter.
+/// Section 6: the deletion pass. A mailbox archived by an untimed run, then a timed run
+/// with `deletion.mode: AfterArchiving` that finds nothing new and deletes every message:
+/// listing, identity checks, reading every stored copy back and re-hashing it, flagging and
+/// expunging. The mailbox is seeded again before each contender's turn.
+fn deletion(work: &Work, dovecot: &Dovecot, reps: usize, report: &mut Report) -> io::Result<()> {
+    let keep = work.mailvault_input(dovecot, &[DELETE_USER], 4, "")?;
+    let delete = work.mailvault_input(
+        dovecot,
+        &[DELETE_USER],
+        4,
+        "  deletion:\n    mode: AfterArchiving\n    keepUnread: false\n",
+    )?;
+    let messages: Vec<(Vec<u8>, i64)> = mail::mailbox(11, DELETE_USER, DELETE_MESSAGES)
+        .into_iter()
+        .map(|m| (m, DATE))
+        .collect();
+    let contenders: Vec<&Path> = std::iter::once(work.mailvault.as_path())
+        .chain(work.baseline.as_deref())
+        .collect();
+    let mut times = vec![Vec::new(); contenders.len()];
+    for rep in 1..=reps {
+        for (i, binary) in contenders.iter().enumerate() {
+            dovecot.deliver_many(DELETE_USER, "INBOX", &messages)?;
+            let store = work.fresh("store")?;
+            work.mailvault_run(binary, &keep, &store)?
+                .expect_archived(DELETE_MESSAGES, 0)?;
+            let run = work.mailvault_run(binary, &delete, &store)?;
+            run.expect_archived(0, DELETE_MESSAGES)?;
+            if run.protocol["totals"]["deleted"] != DELETE_MESSAGES {
+                return Err(io::Error::other(format!(
+                    "the deletion run deleted {} messages, expected {DELETE_MESSAGES}",
+                    run.protocol["totals"]["deleted"]
+                )));
+            }
+            times[i].push(run.measured);
+        }
+        progress(&format!(
+            "deletion {rep}/{reps}: {}",
+            times
+                .iter()
+                .map(|t| secs(t[rep - 1].wall))
+                .collect::<Vec<_>>()
+                .join(", baseline ")
+        ));
+    }
+    let mut times = times.into_iter();
+    report.deletion = vec![Row::new("mailvault run", times.next().unwrap_or_default())];
+    if let Some(old) = times.next() {
+        report
+            .deletion
+            .push(Row::new("baseline mailvault run", old));
+    }
+    Ok(())
+}
+
+/// Where the runs write, the binaries under test, and the server's CPU meter.
 struct Work {
     mailvault: PathBuf,
+    /// Another build, measured in turns with `mailvault` (`MAILVAULT_BENCH_BASELINE`).
+    baseline: Option<PathBuf>,
     root: PathBuf,
     /// Counter for unique directory names.
     runs: std::cell::Cell<u64>,
@@ -404,12 +609,14 @@ impl Work {
         Ok(dir)
     }
 
-    /// A profile for `users` on the plain listener, as a YAML file.
+    /// A profile for `users` on the plain listener, with `extra_spec` (indented lines of
+    /// the profile's spec), as a YAML file.
     fn mailvault_input(
         &self,
         dovecot: &Dovecot,
         users: &[&str],
         max_parallel: usize,
+        extra_spec: &str,
     ) -> io::Result<PathBuf> {
         let mut csv = String::from("    user;password\n");
         for user in users {
@@ -429,7 +636,7 @@ spec:
     security: None
     timeoutSeconds: 120
   maxParallelJobs: {max_parallel}
----
+{extra_spec}---
 apiVersion: mailvault.io/v1alpha1
 kind: MailboxSet
 metadata:
@@ -449,22 +656,20 @@ stringData:
 {csv}",
             port = dovecot.imap_port()
         );
-        let path = self.root.join(format!(
-            "input-{}-{max_parallel}.yaml",
-            users.first().copied().unwrap_or("none")
-        ));
+        let path = self.fresh("input")?.join("input.yaml");
         fs::write(&path, yaml)?;
         Ok(path)
     }
 
-    fn mailvault_run(&self, input: &Path, store: &Path) -> io::Result<MailvaultRun> {
-        self.mailvault_run_on(input, store.as_os_str(), &[])
+    fn mailvault_run(&self, binary: &Path, input: &Path, store: &Path) -> io::Result<MailvaultRun> {
+        self.mailvault_run_on(binary, input, store.as_os_str(), &[])
     }
 
-    /// `mailvault run` into the store `store` (a directory or `s3://...`), with `extra`
-    /// arguments (how to reach S3).
+    /// `mailvault run` of `binary` into the store `store` (a directory or `s3://...`), with
+    /// `extra` arguments (how to reach S3).
     fn mailvault_run_on(
         &self,
+        binary: &Path,
         input: &Path,
         store: &OsStr,
         extra: &[&OsStr],
@@ -480,12 +685,7 @@ stringData:
             "json".as_ref(),
         ];
         args.extend_from_slice(extra);
-        let measured = self.measure(
-            "mailvault",
-            &self.mailvault,
-            &args,
-            fs::File::create(&out)?.into(),
-        )?;
+        let measured = self.measure("mailvault", binary, &args, fs::File::create(&out)?.into())?;
         let stdout = fs::read(&out)?;
         let protocol = serde_json::from_slice(&stdout).map_err(|e| {
             io::Error::other(format!(
@@ -890,9 +1090,10 @@ fn expect_maildir(dir: &Path, expected: u64) -> io::Result<()> {
 
 /// Fails early unless the targets of every repetition fit on the disk, since they are all
 /// kept until the end (see [`Work::fresh`]).
-fn check_space(dir: &Path, reps: usize, seeded: &Seeded) -> io::Result<()> {
+fn check_space(dir: &Path, reps: usize, seeded: &Seeded, baseline: bool) -> io::Result<()> {
     // Each contender's copy of the mail, plus a tenth for file-system overhead and indexes.
-    let per_rep = 3 * seeded.big_bytes + 3 * seeded.many_bytes + 2 * seeded.memory_bytes;
+    let big_copies = if baseline { 4 } else { 3 };
+    let per_rep = big_copies * seeded.big_bytes + 3 * seeded.many_bytes + 2 * seeded.memory_bytes;
     let needed = per_rep * reps as u64 / 10 * 11;
     let path =
         std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
@@ -1001,6 +1202,7 @@ struct Report {
     scaling: Vec<Row>,
     memory: Vec<Row>,
     s3: Vec<Row>,
+    deletion: Vec<Row>,
 }
 
 impl Report {
@@ -1037,102 +1239,140 @@ impl Report {
             self.load_after
         ));
 
-        w(format!(
-            "1. First archive: {BIG_MESSAGES} messages, {:.1} MB, into a local directory",
-            mb(seeded.big_bytes)
-        ));
-        w(header(&format!(
-            " {:>8} {:>7} {:>9} {:>7}",
-            "msg/s", "MB/s", "/ mbsync", "/ bare"
-        )));
-        let mbsync = self.first[1].median();
-        let bare = self.first[3].median();
-        for row in &self.first {
-            let t = row.median();
+        if !self.first.is_empty() {
             w(format!(
-                "{} {:>8.0} {:>7.1} {:>9.2} {:>7.2}",
-                timing(row),
-                BIG_MESSAGES as f64 / t,
-                mb(seeded.big_bytes) / t,
-                t / mbsync,
-                t / bare
+                "1. First archive: {BIG_MESSAGES} messages, {:.1} MB, into a local directory",
+                mb(seeded.big_bytes)
             ));
+            w(header(&format!(
+                " {:>8} {:>7} {:>9} {:>7}",
+                "msg/s", "MB/s", "/ mbsync", "/ bare"
+            )));
+            let mbsync = self.first[1].median();
+            let bare = self.first[3].median();
+            for row in &self.first {
+                let t = row.median();
+                w(format!(
+                    "{} {:>8.0} {:>7.1} {:>9.2} {:>7.2}",
+                    timing(row),
+                    BIG_MESSAGES as f64 / t,
+                    mb(seeded.big_bytes) / t,
+                    t / mbsync,
+                    t / bare
+                ));
+            }
         }
 
-        w("\n2. Re-run with nothing new".into());
-        w(header(""));
-        for row in &self.rerun {
-            w(timing(row));
+        if !self.rerun.is_empty() {
+            w("\n2. Re-run with nothing new".into());
+            w(header(&format!(" {:>11}", "/ this run")));
+            let this = self.rerun[0].median();
+            for row in &self.rerun {
+                w(format!("{} {:>11.2}", timing(row), row.median() / this));
+            }
         }
 
-        w(format!(
-            "\n3. {MANY_USERS} mailboxes of {MANY_MESSAGES} messages, {:.1} MB",
-            mb(seeded.many_bytes)
-        ));
-        w(header(&format!(
-            " {:>8} {:>7} {:>8}",
-            "msg/s", "MB/s", "speedup"
-        )));
-        let one = self.scaling[0].median();
-        for row in &self.scaling {
-            let t = row.median();
+        if !self.scaling.is_empty() {
             w(format!(
-                "{} {:>8.0} {:>7.1} {:>8.2}",
-                timing(row),
-                (MANY_USERS as u64 * MANY_MESSAGES) as f64 / t,
-                mb(seeded.many_bytes) / t,
-                one / t
+                "\n3. {MANY_USERS} mailboxes of {MANY_MESSAGES} messages, {:.1} MB",
+                mb(seeded.many_bytes)
             ));
+            w(header(&format!(
+                " {:>8} {:>7} {:>8}",
+                "msg/s", "MB/s", "speedup"
+            )));
+            let one = self.scaling[0].median();
+            for row in &self.scaling {
+                let t = row.median();
+                w(format!(
+                    "{} {:>8.0} {:>7.1} {:>8.2}",
+                    timing(row),
+                    (MANY_USERS as u64 * MANY_MESSAGES) as f64 / t,
+                    mb(seeded.many_bytes) / t,
+                    one / t
+                ));
+            }
         }
 
-        w(format!(
-            "\n4. Peak memory: one {} MiB message among {SMALL_MESSAGES} small ones, {:.1} MB",
-            LARGE_MESSAGE >> 20,
-            mb(seeded.memory_bytes)
-        ));
-        w(header(&format!(" {:>13}", "peak RSS")));
-        for row in &self.memory {
-            w(format!("{} {:>9.1} MiB", timing(row), row.rss_mib()));
+        if !self.memory.is_empty() {
+            w(format!(
+                "\n4. Peak memory: one {} MiB message among {SMALL_MESSAGES} small ones, {:.1} MB",
+                LARGE_MESSAGE >> 20,
+                mb(seeded.memory_bytes)
+            ));
+            w(header(&format!(" {:>13}", "peak RSS")));
+            for row in &self.memory {
+                w(format!("{} {:>9.1} MiB", timing(row), row.rss_mib()));
+            }
         }
 
-        w("\n5. S3 store".into());
-        if self.s3.is_empty() {
-            w("   not measured".into());
+        if !self.s3.is_empty() {
+            w("\n5. S3 store".into());
+            for row in &self.s3 {
+                w(timing(row));
+            }
         }
-        for row in &self.s3 {
-            w(timing(row));
+
+        if !self.deletion.is_empty() {
+            w(format!(
+                "\n6. Deletion run: {DELETE_MESSAGES} archived messages checked, read back, \
+                 deleted"
+            ));
+            w(header(&format!(" {:>8} {:>11}", "msg/s", "/ this run")));
+            let this = self.deletion[0].median();
+            for row in &self.deletion {
+                let t = row.median();
+                w(format!(
+                    "{} {:>8.0} {:>11.2}",
+                    timing(row),
+                    DELETE_MESSAGES as f64 / t,
+                    t / this
+                ));
+            }
         }
 
         w("\nTargets".into());
         let check = |ok: bool| if ok { "met" } else { "NOT met" };
-        let mv = self.first[0].median();
-        w(format!(
-            "   (1) first archive ≤ 0.5 × mbsync and ≤ 3 × bare: {:.2} × mbsync, {:.2} × bare: {}",
-            mv / mbsync,
-            mv / bare,
-            check(mv <= 0.5 * mbsync && mv <= 3.0 * bare)
-        ));
-        let (noop, noop_mbsync, start) = (
-            self.rerun[0].median(),
-            self.rerun[1].median(),
-            self.rerun[2].median(),
-        );
-        w(format!(
-            "   (2) re-run ≤ mbsync's + process start: {noop:.3} s ≤ {noop_mbsync:.3} + {start:.3} s: {}",
-            check(noop <= noop_mbsync + start)
-        ));
-        let four = self.scaling[1].median();
-        w(format!(
-            "   (3) maxParallelJobs 4 ≥ 1.6 × faster than 1: {:.2} ×: {}",
-            one / four,
-            check(one / four >= 1.6)
-        ));
-        let limit = 2.0 * (LARGE_MESSAGE >> 20) as f64 + 64.0;
-        let rss = self.memory[0].rss_mib();
-        w(format!(
-            "   (4) peak RSS < 2 × largest message + 64 MiB: {rss:.1} < {limit:.0} MiB: {}",
-            check(rss < limit)
-        ));
+        if !self.first.is_empty() {
+            let (mv, mbsync, bare) = (
+                self.first[0].median(),
+                self.first[1].median(),
+                self.first[3].median(),
+            );
+            w(format!(
+                "   (1) first archive ≤ 0.5 × mbsync and ≤ 3 × bare: {:.2} × mbsync, {:.2} × bare: {}",
+                mv / mbsync,
+                mv / bare,
+                check(mv <= 0.5 * mbsync && mv <= 3.0 * bare)
+            ));
+        }
+        if !self.rerun.is_empty() {
+            let (noop, noop_mbsync, start) = (
+                self.rerun[0].median(),
+                self.rerun[1].median(),
+                self.rerun[2].median(),
+            );
+            w(format!(
+                "   (2) re-run ≤ mbsync's + process start: {noop:.3} s ≤ {noop_mbsync:.3} + {start:.3} s: {}",
+                check(noop <= noop_mbsync + start)
+            ));
+        }
+        if !self.scaling.is_empty() {
+            let (one, four) = (self.scaling[0].median(), self.scaling[1].median());
+            w(format!(
+                "   (3) maxParallelJobs 4 ≥ 1.6 × faster than 1: {:.2} ×: {}",
+                one / four,
+                check(one / four >= 1.6)
+            ));
+        }
+        if !self.memory.is_empty() {
+            let limit = 2.0 * (LARGE_MESSAGE >> 20) as f64 + 64.0;
+            let rss = self.memory[0].rss_mib();
+            w(format!(
+                "   (4) peak RSS < 2 × largest message + 64 MiB: {rss:.1} < {limit:.0} MiB: {}",
+                check(rss < limit)
+            ));
+        }
         out
     }
 }

@@ -9,8 +9,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use mailvault::cli::{self, Cli};
-use mailvault::testkit::dovecot::{Dovecot, DovecotOptions};
-use mailvault::testkit::mail;
+use mailvault_testkit::dovecot::{Dovecot, DovecotOptions};
+use mailvault_testkit::mail;
 
 /// Must match examples/local/profile.yaml and mailboxset.yaml.
 const IMAP_PORT: u16 = 10143;
@@ -47,7 +47,7 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("the async runtime starts");
     for round in ["First run", "Second run: only what is new is archived"] {
         println!("\n== {round}: mailvault run -f examples/local/\n");
-        let code = runtime.block_on(cli::main(Cli::parse_from([
+        let code = runtime.block_on(cli::execute(Cli::parse_from([
             "mailvault",
             "run",
             "-f",
@@ -58,12 +58,12 @@ fn main() -> ExitCode {
         }
     }
     println!("== What is in the archive: mailvault list\n");
-    let code = runtime.block_on(cli::main(Cli::parse_from(["mailvault", "list"])));
+    let code = runtime.block_on(cli::execute(Cli::parse_from(["mailvault", "list"])));
     if code != ExitCode::SUCCESS {
         return code;
     }
     println!("\n== Every stored message re-hashed: mailvault verify\n");
-    let code = runtime.block_on(cli::main(Cli::parse_from(["mailvault", "verify"])));
+    let code = runtime.block_on(cli::execute(Cli::parse_from(["mailvault", "verify"])));
     println!(
         "\nNext, for example:\n  cargo run --release -- export --user alice --out alice-export\n  \
          cargo run --release -- run --help\nDovecot is stopped now; run the demo again to restart it."

@@ -6,5 +6,5 @@ fn main() -> std::process::ExitCode {
         .enable_all()
         .build()
         .expect("the async runtime starts");
-    runtime.block_on(mailvault::cli::main(cli))
+    runtime.block_on(mailvault::cli::execute(cli))
 }

@@ -36,12 +36,19 @@ pub struct RunProtocol {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Totals {
+    /// Mailboxes in the run.
     pub mailboxes: u64,
+    /// Of those, mailboxes that failed.
     pub mailboxes_failed: u64,
+    /// Messages newly archived.
     pub archived: u64,
+    /// Messages found already in the archive (not downloaded again).
     pub already_archived: u64,
+    /// Messages that could not be archived.
     pub failed: u64,
+    /// Messages deleted from the server after archiving (`deletion.mode: AfterArchiving`).
     pub deleted: u64,
+    /// Bytes of the newly archived messages.
     pub bytes: u64,
     /// Messages left out by the profile's filter (too old, too young, too large).
     pub skipped: u64,
@@ -52,6 +59,22 @@ pub struct Totals {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+impl Totals {
+    /// Adds `other` in: the one place totals are summed, for a run's mailboxes and for an
+    /// operator run's shards alike.
+    pub fn add(&mut self, other: &Totals) {
+        self.mailboxes += other.mailboxes;
+        self.mailboxes_failed += other.mailboxes_failed;
+        self.archived += other.archived;
+        self.already_archived += other.already_archived;
+        self.failed += other.failed;
+        self.deleted += other.deleted;
+        self.bytes += other.bytes;
+        self.skipped += other.skipped;
+        self.would_delete += other.would_delete;
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -125,14 +148,24 @@ impl MailboxProtocol {
         }
     }
 
-    /// Adds a folder's counts to the mailbox's.
+    /// Adds a folder's counts to the mailbox's (and to the folder's, when it is listed
+    /// already: archived again after the deletion pass).
     pub fn add_folder(&mut self, folder: FolderProtocol) {
         self.archived += folder.archived;
         self.already_archived += folder.already_archived;
         self.failed += folder.failed;
         self.skipped += folder.skipped;
         self.bytes += folder.bytes;
-        self.folders.push(folder);
+        match self.folders.iter_mut().find(|f| f.name == folder.name) {
+            Some(listed) => {
+                listed.archived += folder.archived;
+                listed.already_archived += folder.already_archived;
+                listed.failed += folder.failed;
+                listed.skipped += folder.skipped;
+                listed.bytes += folder.bytes;
+            }
+            None => self.folders.push(folder),
+        }
     }
 
     /// Adds a folder's deletion counts (the deletion pass runs after every folder was
@@ -143,6 +176,21 @@ impl MailboxProtocol {
         if let Some(f) = self.folders.iter_mut().find(|f| f.name == folder) {
             f.deleted += deleted;
             f.would_delete += would_delete;
+        }
+    }
+
+    /// The mailbox's counts as the totals of a run of this one mailbox.
+    pub fn totals(&self) -> Totals {
+        Totals {
+            mailboxes: 1,
+            mailboxes_failed: u64::from(self.result != RunResult::Succeeded),
+            archived: self.archived,
+            already_archived: self.already_archived,
+            failed: self.failed,
+            deleted: self.deleted,
+            bytes: self.bytes,
+            skipped: self.skipped,
+            would_delete: self.would_delete,
         }
     }
 
@@ -162,21 +210,9 @@ impl MailboxProtocol {
 impl RunProtocol {
     /// Totals and the overall result from the mailboxes.
     pub fn settle(&mut self) {
-        let mut t = Totals {
-            mailboxes: self.mailboxes.len() as u64,
-            ..Totals::default()
-        };
+        let mut t = Totals::default();
         for m in &self.mailboxes {
-            if m.result != RunResult::Succeeded {
-                t.mailboxes_failed += 1;
-            }
-            t.archived += m.archived;
-            t.already_archived += m.already_archived;
-            t.failed += m.failed;
-            t.deleted += m.deleted;
-            t.bytes += m.bytes;
-            t.skipped += m.skipped;
-            t.would_delete += m.would_delete;
+            t.add(&m.totals());
         }
         self.result = if t.mailboxes_failed == 0 {
             RunResult::Succeeded
@@ -328,6 +364,35 @@ mod tests {
         assert_eq!(p.result, RunResult::Failed);
         let p = run(vec![mailbox(RunResult::PartiallyFailed, 1)]);
         assert_eq!(p.result, RunResult::PartiallyFailed);
+    }
+
+    #[test]
+    fn totals_count_every_field() {
+        let mut m = mailbox(RunResult::PartiallyFailed, 2);
+        (
+            m.already_archived,
+            m.failed,
+            m.deleted,
+            m.bytes,
+            m.skipped,
+            m.would_delete,
+        ) = (3, 4, 5, 6, 7, 8);
+        let p = run(vec![m.clone(), m]);
+        let t = &p.totals;
+        assert_eq!(
+            [
+                t.mailboxes,
+                t.mailboxes_failed,
+                t.archived,
+                t.already_archived,
+                t.failed,
+                t.deleted,
+                t.bytes,
+                t.skipped,
+                t.would_delete
+            ],
+            [2, 2, 4, 6, 8, 10, 12, 14, 16]
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
-//! The Argo CD health checks under `manifests/argocd/`: every case of
-//! `manifests/argocd/health/health_test.yaml` runs through the real Lua interpreter
-//! (`lua5.4`), in a sandbox like the one Argo CD gives custom health scripts, and the
-//! argocd-cm patch must hold the `.lua` files byte for byte.
+//! The Argo CD health checks and resource actions under `manifests/argocd/`: every case of
+//! `health/health_test.yaml` and `actions/ArchiveProfile/action_test.yaml` runs through the
+//! real Lua interpreter (`lua5.4`), in a sandbox like the one Argo CD gives custom scripts,
+//! and the argocd-cm patch must hold the `.lua` files byte for byte.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -25,38 +25,94 @@ const HEALTH_STATUSES: [&str; 6] = [
     "Unknown",
 ];
 
-/// Runs a health script the way Argo CD does: `obj` and Lua's base and table libraries, no
-/// string or math library, no methods on strings. Before it, the test defines `OBJ`,
-/// `SCRIPT` and `CHUNKNAME`. Prints the status, a newline and the message.
-const DRIVER: &str = r#"
-local write = io.write
+/// Runs a script the way Argo CD does: `obj`, Lua's base and table libraries and the
+/// globals in `EXTRA`, no string or math library, no methods on strings; the script's value
+/// is then `result`, and the string methods are back. Before it, the test defines `OBJ`,
+/// `SCRIPT`, `CHUNKNAME` and `EXTRA`; after it comes what prints the result.
+const SANDBOX: &str = r#"
 local env = { obj = OBJ, table = table }
+local given = { obj = true, table = true }
+for name, value in pairs(EXTRA) do
+  env[name] = value
+  given[name] = true
+end
 local base = {
   "assert", "error", "getmetatable", "ipairs", "next", "pairs", "pcall", "print",
   "rawequal", "rawget", "rawset", "select", "setmetatable", "tonumber", "tostring",
   "type", "unpack", "xpcall",
 }
-local given = { obj = true, table = true }
 for _, name in ipairs(base) do
   env[name] = _G[name]
   given[name] = true
 end
 getmetatable("").__index = nil
 local chunk = assert(load(SCRIPT, CHUNKNAME, "t", env))
-local hs = chunk()
+local result = chunk()
 for name in pairs(env) do
   if not given[name] then
     error("the script set the global " .. tostring(name))
   end
 end
-if type(hs) ~= "table" then
-  error("the script returned a " .. type(hs) .. ", not a table")
+getmetatable("").__index = string
+"#;
+
+/// A health script: nothing more than the base and table libraries. Prints the status, a
+/// newline and the message.
+const HEALTH: (&str, &str) = (
+    "{}",
+    r#"
+if type(result) ~= "table" then
+  error("the script returned a " .. type(result) .. ", not a table")
 end
-if type(hs.status) ~= "string" or type(hs.message) ~= "string" then
+if type(result.status) ~= "string" or type(result.message) ~= "string" then
   error("hs.status and hs.message must be strings")
 end
-write(hs.status, "\n", hs.message)
-"#;
+io.write(result.status, "\n", result.message)
+"#,
+);
+
+/// An action or discovery script: also a safe `os` with only `date` and `time`. Prints what
+/// the script returns as JSON (keys sorted; an empty table as `{}`).
+const ACTION: (&str, &str) = (
+    "{ os = { date = os.date, time = os.time } }",
+    r#"
+local function json_string(s)
+  return '"' .. s:gsub('[%c"\\\\]', function(c)
+    return string.format("\\\\u%04x", c:byte())
+  end) .. '"'
+end
+local function encode(v)
+  local t = type(v)
+  if t == "table" then
+    local count = 0
+    for _ in pairs(v) do count = count + 1 end
+    if count > 0 and count == #v then
+      local parts = {}
+      for i = 1, #v do parts[i] = encode(v[i]) end
+      return "[" .. table.concat(parts, ",") .. "]"
+    end
+    local keys = {}
+    for k in pairs(v) do
+      assert(type(k) == "string", "a key that is not a string")
+      keys[#keys + 1] = k
+    end
+    table.sort(keys)
+    local parts = {}
+    for i, k in ipairs(keys) do parts[i] = json_string(k) .. ":" .. encode(v[k]) end
+    return "{" .. table.concat(parts, ",") .. "}"
+  elseif t == "string" then
+    return json_string(v)
+  elseif t == "number" then
+    if math.type(v) == "integer" then return string.format("%d", v) end
+    return string.format("%.17g", v)
+  elseif t == "boolean" then
+    return tostring(v)
+  end
+  error("cannot encode a " .. t)
+end
+io.write(encode(result))
+"#,
+);
 
 fn argocd_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/argocd")
@@ -196,15 +252,28 @@ fn lua_string(s: &str, out: &mut String) {
     out.push('"');
 }
 
-/// Runs `script` on `obj` and returns what it printed.
+/// Runs `script` on `obj` as a health script and returns what it printed.
 fn run_lua(chunk_name: &str, script: &str, obj: &Value) -> Result<String, String> {
+    run_driver(HEALTH, chunk_name, script, obj)
+}
+
+/// Runs `script` on `obj` in the [`SANDBOX`] with a kind's extra globals and printer.
+fn run_driver(
+    (extra, print): (&str, &str),
+    chunk_name: &str,
+    script: &str,
+    obj: &Value,
+) -> Result<String, String> {
     let mut program = String::from("local OBJ = ");
     lua_literal(obj, &mut program);
     program.push_str("\nlocal SCRIPT = ");
     lua_string(script, &mut program);
     program.push_str("\nlocal CHUNKNAME = ");
     lua_string(&format!("={chunk_name}"), &mut program);
-    program.push_str(DRIVER);
+    program.push_str("\nlocal EXTRA = ");
+    program.push_str(extra);
+    program.push_str(SANDBOX);
+    program.push_str(print);
 
     let mut file = tempfile::Builder::new()
         .suffix(".lua")
@@ -315,6 +384,7 @@ fn argocd_cm_patch_embeds_the_scripts() {
     assert_eq!(patch["metadata"]["name"].as_str(), Some("argocd-cm"));
     assert_eq!(patch["metadata"]["namespace"].as_str(), Some("argocd"));
     let data = patch["data"].as_mapping().expect("data");
+    let stale = "differs from the scripts: run manifests/argocd/update-patch.sh";
     let mut keys = Vec::new();
     for kind in KINDS {
         let key = format!("resource.customizations.health.mailvault.io_{kind}");
@@ -323,17 +393,187 @@ fn argocd_cm_patch_embeds_the_scripts() {
             .and_then(Value::as_str)
             .unwrap_or_else(|| panic!("argocd-cm-patch.yaml has no {key}"));
         let script = read(&health_dir().join(format!("{kind}.lua")));
-        assert!(
-            embedded == script,
-            "{key} differs from health/{kind}.lua: copy it again (manifests/argocd/README.md)"
-        );
+        assert!(embedded == script, "{key} {stale}");
         keys.push(key);
     }
+
+    let key = "resource.customizations.actions.mailvault.io_ArchiveProfile";
+    let actions: Value = serde_yaml::from_str(data[key].as_str().expect(key)).unwrap();
+    let dir = actions_dir();
+    assert!(
+        actions["discovery.lua"].as_str() == Some(read(&dir.join("discovery.lua")).as_str()),
+        "discovery.lua {stale}"
+    );
+    let definitions = actions["definitions"].as_sequence().unwrap();
+    let names: BTreeSet<&str> = definitions
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, action_names().iter().map(String::as_str).collect());
+    for definition in definitions {
+        let name = definition["name"].as_str().unwrap();
+        let script = read(&dir.join(name).join("action.lua"));
+        assert!(
+            definition["action.lua"].as_str() == Some(script.as_str()),
+            "{name}/action.lua {stale}"
+        );
+    }
+    keys.push(key.to_string());
+
+    // The action sets spec.trigger, which Git does not hold: without this, Argo CD shows
+    // the profile OutOfSync, and self-heal could remove the value before the operator saw it.
+    let key = "resource.customizations.ignoreDifferences.mailvault.io_ArchiveProfile";
+    let ignored: Value = serde_yaml::from_str(data[key].as_str().expect(key)).unwrap();
+    assert_eq!(ignored["jsonPointers"][0].as_str(), Some("/spec/trigger"));
+    keys.push(key.to_string());
+
     assert_eq!(
         data.len(),
         keys.len(),
         "argocd-cm-patch.yaml has other keys"
     );
+}
+
+fn actions_dir() -> PathBuf {
+    argocd_dir().join("actions/ArchiveProfile")
+}
+
+/// The actions defined: the directories with an `action.lua`.
+fn action_names() -> BTreeSet<String> {
+    std::fs::read_dir(actions_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("action.lua").is_file())
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ActionTests {
+    discovery_tests: Vec<DiscoveryTest>,
+    action_tests: Vec<ActionTest>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DiscoveryTest {
+    input_path: String,
+    result: Vec<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ActionTest {
+    action: String,
+    input_path: String,
+    expected_output_path: String,
+}
+
+fn action_tests() -> ActionTests {
+    let path = actions_dir().join("action_test.yaml");
+    serde_yaml::from_str(&read(&path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn fixture(path: &str) -> Value {
+    let path = actions_dir().join(path);
+    serde_yaml::from_str(&read(&path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Runs an action script as Argo CD would and returns what it made of `obj`.
+fn run_action(chunk_name: &str, script: &str, obj: &Value) -> serde_json::Value {
+    let printed = run_driver(ACTION, chunk_name, script, obj)
+        .unwrap_or_else(|e| panic!("{chunk_name} failed: {e}"));
+    serde_json::from_str(&printed).unwrap_or_else(|e| panic!("{chunk_name}: {e}: {printed}"))
+}
+
+/// Empty lists as empty maps: Lua has one empty table for both.
+fn as_lua_sees_it(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Array(items) if items.is_empty() => serde_json::json!({}),
+        serde_json::Value::Array(items) => items.into_iter().map(as_lua_sees_it).collect(),
+        serde_json::Value::Object(map) => map
+            .into_iter()
+            .map(|(k, v)| (k, as_lua_sees_it(v)))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+        other => other,
+    }
+}
+
+#[test]
+fn archive_profile_actions_are_offered() {
+    let script = read(&actions_dir().join("discovery.lua"));
+    for case in action_tests().discovery_tests {
+        let offered = run_action("discovery.lua", &script, &fixture(&case.input_path));
+        let mut expected = serde_json::Map::new();
+        for action in &case.result {
+            let mut fields = action.as_object().unwrap().clone();
+            let name = fields.remove("name").unwrap();
+            expected.insert(name.as_str().unwrap().to_string(), fields.into());
+        }
+        assert_eq!(
+            offered,
+            serde_json::Value::Object(expected),
+            "{}",
+            case.input_path
+        );
+        let names: BTreeSet<String> = offered.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(names, action_names(), "discovery offers what is defined");
+    }
+}
+
+/// "Run now" sets spec.trigger.manual to a new value, the time it ran, and nothing else.
+#[test]
+fn run_now_sets_the_trigger_to_now_and_changes_nothing_else() {
+    let tests = action_tests();
+    assert!(!tests.action_tests.is_empty());
+    for case in tests.action_tests {
+        let name = format!("{}/action.lua", case.action);
+        let script = read(&actions_dir().join(&name));
+        let input = fixture(&case.input_path);
+        let before = chrono::Utc::now().timestamp();
+        let output = run_action(&name, &script, &input);
+        let after = chrono::Utc::now().timestamp();
+        let now = output["spec"]["trigger"]["manual"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let ran = chrono::DateTime::parse_from_rfc3339(&now)
+            .unwrap_or_else(|e| panic!("{}: {now:?}: {e}", case.input_path))
+            .timestamp();
+        assert!((before..=after).contains(&ran), "{now} is not now");
+        assert!(now.ends_with('Z') && now.len() == 20, "{now}");
+        assert_ne!(
+            input["spec"]["trigger"]["manual"].as_str(),
+            Some(now.as_str()),
+            "the value must be new"
+        );
+        let expected =
+            read(&actions_dir().join(&case.expected_output_path)).replace("${NOW}", &now);
+        let expected: serde_json::Value = serde_yaml::from_str(&expected).unwrap();
+        assert_eq!(output, as_lua_sees_it(expected), "{}", case.input_path);
+    }
+}
+
+#[test]
+fn every_action_fixture_is_a_listed_case() {
+    let tests = action_tests();
+    let mut listed: BTreeSet<String> = tests
+        .discovery_tests
+        .iter()
+        .map(|c| c.input_path.clone())
+        .collect();
+    for case in &tests.action_tests {
+        assert!(action_names().contains(&case.action), "{}", case.action);
+        listed.insert(case.input_path.clone());
+        listed.insert(case.expected_output_path.clone());
+    }
+    let on_disk: BTreeSet<String> = std::fs::read_dir(actions_dir().join("testdata"))
+        .unwrap()
+        .map(|e| format!("testdata/{}", e.unwrap().file_name().to_string_lossy()))
+        .collect();
+    assert_eq!(on_disk, listed);
 }
 
 #[test]

@@ -7,9 +7,7 @@ use std::process::{Command, Output};
 
 use mailvault::resources::SyncRecord;
 use mailvault::store::StoreLocation;
-use mailvault::testkit::slapd::{
-    Slapd, PEOPLE_DN, READER_DN, READER_PASSWORD, SAMPLE_LDIF, SUFFIX,
-};
+use mailvault_testkit::slapd::{Slapd, PEOPLE_DN, READER_DN, READER_PASSWORD, SAMPLE_LDIF, SUFFIX};
 use serde_json::{json, Value};
 
 const MASTER_PASSWORD: &str = "master-pw-5d1e";
@@ -284,7 +282,7 @@ async fn mailboxes_lists_directory_users_and_applies_the_guard_of_a_store() {
     // An archive that knew nine users: losing five of them is refused, and
     // the record is only read.
     let store = dir.path().join("archive");
-    let archive = mailvault::cli::open_store(&StoreLocation::Local(store.clone()))
+    let archive = mailvault::store::open(&StoreLocation::Local(store.clone()))
         .await
         .unwrap();
     let known = record(&[
@@ -387,7 +385,15 @@ async fn run_keeps_the_sync_in_the_archive_and_refuses_a_suspicious_one() {
     let output = mailvault(&args);
     let (stdout, stderr) = texts(&output, &secrets);
     assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
-    let archive = mailvault::cli::open_store(&StoreLocation::Local(store.clone()))
+    // The directory is read over plain ldap://: the protocol says so.
+    assert!(
+        stdout.contains(&format!(
+            "the directory {} is read without encryption",
+            slapd.url()
+        )),
+        "{stdout}"
+    );
+    let archive = mailvault::store::open(&StoreLocation::Local(store.clone()))
         .await
         .unwrap();
     let first: SyncRecord = archive

@@ -6,11 +6,11 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use bytes::Bytes;
-use mailvault::secret::Secret;
+use mailvault::sensitive::Sensitive;
 use mailvault::store::s3::{S3Config, S3Credentials, S3Store};
 use mailvault::store::{Archive, Direction, FolderKey, IndexEntry, ObjectStore, PreparedMessage};
-use mailvault::testkit::garage::Garage;
-use mailvault::testkit::mail;
+use mailvault_testkit::garage::Garage;
+use mailvault_testkit::mail;
 
 /// The binary with a clean environment: no AWS configuration of this machine leaks in.
 fn mailvault(home: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
@@ -38,7 +38,7 @@ async fn open(garage: &Garage, prefix: &str) -> S3Store {
         force_path_style: true,
         credentials: Some(S3Credentials {
             access_key_id: garage.access_key_id().to_string(),
-            secret_access_key: Secret::new(garage.secret_access_key()),
+            secret_access_key: Sensitive::new(garage.secret_access_key()),
         }),
         server_side_encryption: None,
     })
@@ -48,16 +48,13 @@ async fn open(garage: &Garage, prefix: &str) -> S3Store {
 
 /// One folder of one user, committed as the engine does.
 async fn archive_messages(archive: &Archive, messages: &[Vec<u8>]) {
-    let key = FolderKey {
-        user: "alice".into(),
-        mailbox: "alice@example.org".into(),
-        folder: "INBOX".into(),
-    };
+    let key = FolderKey::new("alice", "alice@example.org", "INBOX");
     archive
         .ensure_mailbox(&key.user, &key.mailbox)
         .await
         .unwrap();
-    let mut state = archive.load_state(&key).await.unwrap();
+    let source = "imap.example.org:993 alice";
+    let mut state = archive.load_state(&key, source).await.unwrap().state;
     state.uid_validity = 1;
     let mut entries = Vec::new();
     for (uid, message) in (1..).zip(messages) {
@@ -66,10 +63,12 @@ async fn archive_messages(archive: &Archive, messages: &[Vec<u8>]) {
         archive.put_message(&prepared.sha256, body).await.unwrap();
         entries.push(IndexEntry {
             folder: key.folder.clone(),
+            source: Some(source.into()),
             uid_validity: 1,
             uid,
             sha256: prepared.sha256,
             size: prepared.size,
+            server_size: None,
             internal_date: None,
             flags: vec![],
             message_id: None,
@@ -79,6 +78,7 @@ async fn archive_messages(archive: &Archive, messages: &[Vec<u8>]) {
             date: None,
             direction: Direction::Incoming,
             archived_at: "2025-01-06T10:00:00Z".into(),
+            alias: false,
         });
         state.archived.insert(uid);
     }

@@ -1,144 +1,23 @@
-//! The ArchiveProfile controller against a mock API server (tower-test, as in kube-rs's
-//! controller-rs): each scenario lists the requests the reconcile must make, in order, and
-//! answers them as the API server would. A missing or extra request fails the test.
+//! The controllers against a mock API server (`kubeapi`, tower-test as in kube-rs's
+//! controller-rs). Each ArchiveProfile scenario lists the requests the reconcile must make,
+//! in order, and answers them as the API server would: a missing or extra request fails the
+//! test. And the table of every request the operator sends (`API_CALLS`, which its RBAC
+//! grants) is checked against what both controllers send to an in-memory cluster.
 
+mod kubeapi;
+
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use http::{Method, Request, Response};
-use kube::client::Body;
+use http::Method;
 use kube::runtime::controller::Action;
-use kube::Client;
 use serde_json::{json, Value};
 
-use mailvault::controller::context::Context;
-use mailvault::controller::metrics::Metrics;
-use mailvault::controller::profile;
-use mailvault::resources::ArchiveProfile;
-
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-
-struct ApiServer(Handle);
-
-impl ApiServer {
-    /// Expects a request `method` on `path` (without query), answers `respond(body)`, and
-    /// returns the request's JSON body.
-    async fn expect(
-        &mut self,
-        method: Method,
-        path: &str,
-        respond: impl FnOnce(&Value) -> (u16, Value),
-    ) -> Value {
-        let (request, send) = tokio::time::timeout(Duration::from_secs(5), self.0.next_request())
-            .await
-            .unwrap_or_else(|_| panic!("no request; expected {method} {path}"))
-            .expect("the client is alive");
-        let actual = format!("{} {}", request.method(), request.uri().path());
-        assert_eq!(actual, format!("{method} {path}"), "uri {}", request.uri());
-        let bytes = request.into_body().collect_bytes().await.unwrap();
-        let body: Value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap()
-        };
-        let (status, answer) = respond(&body);
-        send.send_response(
-            Response::builder()
-                .status(status)
-                .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-                .unwrap(),
-        );
-        body
-    }
-
-    /// Expects no further request.
-    async fn done(mut self) {
-        let next = tokio::time::timeout(Duration::from_millis(200), self.0.next_request()).await;
-        if let Ok(Some((request, _))) = next {
-            panic!("unexpected request {} {}", request.method(), request.uri());
-        }
-    }
-}
-
-fn not_found() -> (u16, Value) {
-    (
-        404,
-        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
-    )
-}
-
-fn list(items: Vec<Value>) -> (u16, Value) {
-    (
-        200,
-        json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items}),
-    )
-}
-
-fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-}
-
-fn setup(now: &str) -> (Arc<Context>, ApiServer) {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, "mail");
-    let now = at(now);
-    let ctx = Context::new(
-        client,
-        Arc::new(move || now),
-        "mailvault:test".into(),
-        Arc::new(Metrics::default()),
-    );
-    (Arc::new(ctx), ApiServer(handle))
-}
-
-fn profile(extra_spec: Value, status: Value) -> ArchiveProfile {
-    let mut spec = json!({
-        "mailboxSetRef": {"name": "staff"},
-        "server": {"host": "imap.example.org"},
-        "maxParallelJobs": 4,
-        "schedule": {"cron": "0 2 * * *"},
-    });
-    spec.as_object_mut()
-        .unwrap()
-        .extend(extra_spec.as_object().unwrap().clone());
-    serde_json::from_value(json!({
-        "apiVersion": "mailvault.io/v1alpha1",
-        "kind": "ArchiveProfile",
-        "metadata": {"name": "nightly", "namespace": "mail", "uid": "profile-uid", "generation": 2,
-                     "creationTimestamp": "2025-01-06T10:00:00Z"},
-        "spec": spec,
-        "status": status,
-    }))
-    .unwrap()
-}
-
-const JOBS: &str = "/apis/batch/v1/namespaces/mail/jobs";
-const STATUS: &str = "/apis/mailvault.io/v1alpha1/namespaces/mail/archiveprofiles/nightly/status";
-const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/mail/events";
-
-fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
-    status["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == type_)
-        .unwrap_or_else(|| panic!("no condition {type_} in {status:#}"))
-}
-
-/// Answers a create with the object.
-fn echo(body: &Value) -> (u16, Value) {
-    (200, body.clone())
-}
-
-/// Answers a status patch of `object` with the object and the patched status.
-fn patched(object: Value) -> impl FnOnce(&Value) -> (u16, Value) {
-    move |body| {
-        let mut object = object;
-        object["status"] = body["status"].clone();
-        (200, object)
-    }
-}
+use kubeapi::*;
+use mailvault::operator::api::API_CALLS;
+use mailvault::operator::{self, mailboxset, profile};
+use mailvault::resources::MailboxSet;
 
 #[tokio::test]
 async fn new_profile_gets_a_status_and_waits_for_its_slot() {
@@ -147,6 +26,7 @@ async fn new_profile_gets_a_status_and_waits_for_its_slot() {
     let this = serde_json::to_value(&*p).unwrap();
     let server = tokio::spawn(async move {
         api.expect(Method::GET, JOBS, |_| list(vec![])).await;
+        api.expect(Method::GET, SECRETS, |_| list(vec![])).await;
         let patch = api
             .expect(Method::PATCH, STATUS, patched(this.clone()))
             .await;
@@ -165,28 +45,8 @@ async fn new_profile_gets_a_status_and_waits_for_its_slot() {
     assert_eq!(action, Action::requeue(Duration::from_secs(3600)));
 }
 
-fn mailbox_set() -> Value {
-    json!({
-        "apiVersion": "mailvault.io/v1alpha1", "kind": "MailboxSet",
-        "metadata": {"name": "staff", "namespace": "mail", "uid": "set-uid", "generation": 1},
-        "spec": {"masterPassword": {
-            "credentialsSecretRef": {"name": "master"},
-            "staticUsers": [{"name": "alice", "email": "alice@example.org"},
-                            {"name": "bob", "email": "bob@example.org"}]}}
-    })
-}
-
-fn secret(name: &str, data: Value) -> Value {
-    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "mail"}, "data": data})
-}
-
-fn b64(s: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(s)
-}
-
 #[tokio::test]
-async fn a_due_run_creates_its_job_and_plan_secret() {
+async fn a_due_run_creates_its_plan_secret_then_its_job() {
     let (ctx, mut api) = setup("2025-01-07T02:00:30Z");
     let p = Arc::new(profile(
         json!({}),
@@ -195,12 +55,8 @@ async fn a_due_run_creates_its_job_and_plan_secret() {
     let this = serde_json::to_value(&*p).unwrap();
     let server = tokio::spawn(async move {
         api.expect(Method::GET, JOBS, |_| list(vec![])).await;
-        api.expect(
-            Method::GET,
-            "/apis/mailvault.io/v1alpha1/namespaces/mail/mailboxsets/staff",
-            |_| (200, mailbox_set()),
-        )
-        .await;
+        api.expect(Method::GET, SECRETS, |_| list(vec![])).await;
+        api.expect(Method::GET, SET, |_| (200, mailbox_set())).await;
         api.expect(
             Method::GET,
             "/api/v1/namespaces/mail/secrets/master",
@@ -222,16 +78,15 @@ async fn a_due_run_creates_its_job_and_plan_secret() {
                 patched(mailbox_set()),
             )
             .await;
+        // The plan first: a pod never waits for a Secret that is not there yet.
+        let plan = api
+            .expect(Method::POST, SECRETS, |b| (201, b.clone()))
+            .await;
         let job = api
             .expect(Method::POST, JOBS, |body| {
                 let mut job = body.clone();
                 job["metadata"]["uid"] = json!("job-uid");
                 (201, job)
-            })
-            .await;
-        let plan = api
-            .expect(Method::POST, "/api/v1/namespaces/mail/secrets", |b| {
-                (201, b.clone())
             })
             .await;
         let patch = api
@@ -263,15 +118,38 @@ async fn a_due_run_creates_its_job_and_plan_secret() {
     // The password travels only in the plan Secret.
     assert!(!job.to_string().contains("s3cret-master"));
 
+    assert_eq!(
+        job["spec"]["template"]["spec"]["volumes"][0]["projected"]["sources"],
+        json!([{"secret": {"name": "nightly-202501070200-plan"}}])
+    );
     assert_eq!(plan["metadata"]["name"], "nightly-202501070200-plan");
-    assert_eq!(plan["metadata"]["ownerReferences"][0]["uid"], "job-uid");
-    use base64::Engine;
-    let plan_json = base64::engine::general_purpose::STANDARD
-        .decode(plan["data"]["plan.json"].as_str().unwrap())
+    assert_eq!(plan["metadata"]["ownerReferences"][0]["uid"], "profile-uid");
+    assert_eq!(
+        plan["metadata"]["labels"]["mailvault.io/run"],
+        "nightly-202501070200"
+    );
+    assert_eq!(
+        plan["metadata"]["annotations"]["mailvault.io/shard-sizes"],
+        "1,1"
+    );
+    let data = |key: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(plan["data"][key].as_str().unwrap())
+            .unwrap()
+    };
+    let plan_json: Value = serde_json::from_slice(&data("plan.json")).unwrap();
+    assert_eq!(plan_json["shards"], 2);
+    assert_eq!(plan_json["storeDurable"], true);
+    assert!(!plan_json.to_string().contains("s3cret-master"));
+    let mut shard = String::new();
+    use std::io::Read;
+    flate2::read::GzDecoder::new(&data("shard-1.json.gz")[..])
+        .read_to_string(&mut shard)
         .unwrap();
-    let plan_json: Value = serde_json::from_slice(&plan_json).unwrap();
-    assert_eq!(plan_json["shards"].as_array().unwrap().len(), 2);
-    assert_eq!(plan_json["passwords"], json!(["s3cret-master"]));
+    let shard: Value = serde_json::from_str(&shard).unwrap();
+    assert_eq!(shard[0]["user"], "bob");
+    assert_eq!(shard[0]["password"], "s3cret-master");
 
     let status = &patch["status"];
     assert_eq!(status["activeRun"]["name"], "nightly-202501070200");
@@ -281,18 +159,6 @@ async fn a_due_run_creates_its_job_and_plan_secret() {
     assert_eq!(condition(status, "Ready")["status"], "True");
     assert!(!patch.to_string().contains("s3cret-master"));
     assert_eq!(event["reason"], "RunStarted");
-}
-
-fn job(name: &str, sizes: &str, status: Value) -> Value {
-    json!({
-        "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {"name": name, "namespace": "mail", "uid": format!("{name}-uid"),
-                     "creationTimestamp": "2025-01-07T02:00:31Z",
-                     "labels": {"mailvault.io/profile": "nightly", "mailvault.io/run": name},
-                     "annotations": {"mailvault.io/shard-sizes": sizes}},
-        "spec": {"template": {"spec": {"containers": []}}},
-        "status": status,
-    })
 }
 
 #[tokio::test]
@@ -314,6 +180,7 @@ async fn a_running_job_shows_as_active_run_and_ready_stays_true() {
             )])
         })
         .await;
+        api.expect(Method::GET, SECRETS, |_| list(vec![])).await;
         let patch = api
             .expect(Method::PATCH, STATUS, patched(this.clone()))
             .await;
@@ -333,26 +200,10 @@ async fn a_running_job_shows_as_active_run_and_ready_stays_true() {
         ),
         (Some(8), Some(3), Some(2))
     );
+    assert_eq!(active["progress"], "5/8 mailboxes, 2 failed");
     let ready = condition(&patch["status"], "Ready");
     assert_eq!(ready["status"], "True");
     assert_eq!(ready["lastTransitionTime"], "2025-01-06T10:05:00Z");
-}
-
-fn pod(job: &str, index: u32, phase: &str, message: Value) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": format!("{job}-{index}-abcde"), "namespace": "mail",
-                     "creationTimestamp": "2025-01-07T02:00:33Z",
-                     "annotations": {"batch.kubernetes.io/job-completion-index": index.to_string()}},
-        "status": {"phase": phase, "containerStatuses": [{
-            "name": "worker", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
-            "state": {"terminated": {"exitCode": 0, "message": message.to_string()}}}]}
-    })
-}
-
-fn totals(mailboxes: u64, failed: u64, archived: u64) -> Value {
-    json!({"mailboxes": mailboxes, "mailboxesFailed": failed, "archived": archived, "alreadyArchived": 1,
-           "failed": 0, "deleted": 0, "bytes": archived * 100, "skipped": 0})
 }
 
 #[tokio::test]
@@ -378,7 +229,7 @@ async fn a_finished_job_is_aggregated_recorded_and_old_runs_pruned() {
             ])
         })
         .await;
-        api.expect(Method::GET, "/api/v1/namespaces/mail/pods", |_| {
+        api.expect(Method::GET, PODS, |_| {
             list(vec![
                 pod(run, 0, "Succeeded", json!({"index": 0, "result": "Succeeded", "totals": totals(2, 0, 10),
                                                  "protocol": "runs/mail/nightly/x-0.json"})),
@@ -387,16 +238,24 @@ async fn a_finished_job_is_aggregated_recorded_and_old_runs_pruned() {
             ])
         })
         .await;
-        api.expect(
-            Method::DELETE,
-            &format!("/api/v1/namespaces/mail/secrets/{run}-plan"),
-            |_| {
-                (
-                    200,
-                    json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
-                )
-            },
-        )
+        api.expect(Method::GET, SECRETS, |_| {
+            list(vec![
+                plan_secret(run, "nightly-202501070200-plan"),
+                // Another profile's, and a user's Secret with the same labels: kept.
+                {
+                    let mut s = plan_secret(run, "nightly-202501070200-plan-1");
+                    s["metadata"]["ownerReferences"][0]["uid"] = json!("other-uid");
+                    s
+                },
+            ])
+        })
+        .await;
+        api.expect(Method::DELETE, &format!("{SECRETS}/{run}-plan"), |_| {
+            (
+                200,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+            )
+        })
         .await;
         api.expect(
             Method::DELETE,
@@ -427,7 +286,7 @@ async fn a_finished_job_is_aggregated_recorded_and_old_runs_pruned() {
     assert_eq!(last["totals"]["mailboxesFailed"], 1);
     assert_eq!(last["failedMailboxes"][0]["mailbox"], "carol@example.org");
     assert_eq!(last["completionTime"], "2025-01-07T02:20:00Z");
-    assert_eq!(last["protocolRef"], "mailvault-archive/runs/mail/nightly/");
+    assert_eq!(last["protocolRef"], "pvc:archive/runs/mail/nightly/");
     assert_eq!(status["runs"][0]["name"], run);
     assert_eq!(status["runs"][1]["name"], "nightly-202501060200");
     assert!(status.get("activeRun").is_none());
@@ -451,15 +310,12 @@ async fn an_invalid_csv_fails_the_run_visibly_without_a_job() {
     let this = serde_json::to_value(&*p).unwrap();
     let server = tokio::spawn(async move {
         api.expect(Method::GET, JOBS, |_| list(vec![])).await;
-        api.expect(
-            Method::GET,
-            "/apis/mailvault.io/v1alpha1/namespaces/mail/mailboxsets/staff",
-            |_| {
-                let mut set = mailbox_set();
-                set["spec"] = json!({"csv": {"secretRef": {"name": "mailboxes"}}});
-                (200, set)
-            },
-        )
+        api.expect(Method::GET, SECRETS, |_| list(vec![])).await;
+        api.expect(Method::GET, SET, |_| {
+            let mut set = mailbox_set();
+            set["spec"] = json!({"csv": {"secretRef": {"name": "mailboxes"}}});
+            (200, set)
+        })
         .await;
         api.expect(
             Method::GET,
@@ -527,6 +383,7 @@ async fn a_manual_trigger_starts_a_run_named_after_it_and_adopts_an_existing_job
             list(vec![job("nightly-m-ticket-42", "1", json!({"active": 1}))])
         })
         .await;
+        api.expect(Method::GET, SECRETS, |_| list(vec![])).await;
         let patch = api
             .expect(Method::PATCH, STATUS, patched(this.clone()))
             .await;
@@ -554,7 +411,8 @@ async fn a_deleted_profile_is_left_to_owner_references() {
 }
 
 #[tokio::test]
-async fn a_missing_mailbox_set_fails_the_run_without_a_job() {
+async fn a_run_waits_for_a_mailbox_set_that_does_not_exist_yet() {
+    // Objects applied together arrive in any order: the profile may come first.
     let (ctx, mut api) = setup("2025-01-07T02:00:30Z");
     let p = Arc::new(profile(
         json!({}),
@@ -563,11 +421,208 @@ async fn a_missing_mailbox_set_fails_the_run_without_a_job() {
     let this = serde_json::to_value(&*p).unwrap();
     let server = tokio::spawn(async move {
         api.expect(Method::GET, JOBS, |_| list(vec![])).await;
+        api.expect(Method::GET, SECRETS, |_| list(vec![])).await;
+        api.expect(Method::GET, SET, |_| not_found()).await;
+        let patch = api.expect(Method::PATCH, STATUS, patched(this)).await;
+        let event = api.expect(Method::POST, EVENTS, echo).await;
+        api.done().await;
+        (patch, event)
+    });
+    let action = profile::reconcile(p, ctx).await.unwrap();
+    let (patch, event) = server.await.unwrap();
+    let status = &patch["status"];
+    let ready = condition(status, "Ready");
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("False"), Some("ReferenceMissing"))
+    );
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("MailboxSet mail/staff does not exist"),
+        "{ready:#}"
+    );
+    // The slot is not taken: the run starts once the set is there.
+    assert_eq!(status["lastScheduleTime"], "2025-01-06T02:00:00Z");
+    assert!(status.get("lastRun").is_none());
+    assert_eq!(condition(status, "Stalled")["status"], "False");
+    assert_eq!(event["reason"], "RunWaiting");
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+}
+
+#[tokio::test]
+async fn a_retry_uses_the_plan_an_earlier_attempt_made() {
+    // The plan Secrets were made, then creating the Job failed (the API server was away):
+    // the retry creates the Job from them, without reading the MailboxSet or directory.
+    let (ctx, mut api) = setup("2025-01-07T02:01:30Z");
+    let p = Arc::new(profile(
+        json!({}),
+        json!({"lastScheduleTime": "2025-01-06T02:00:00Z"}),
+    ));
+    let run = "nightly-202501070200";
+    let this = serde_json::to_value(&*p).unwrap();
+    let server = tokio::spawn(async move {
+        api.expect(Method::GET, JOBS, |_| list(vec![])).await;
+        api.expect(Method::GET, SECRETS, |_| {
+            let mut first = plan_secret(run, &format!("{run}-plan"));
+            first["metadata"]["annotations"] = json!({"mailvault.io/plan-parts": "2",
+                "mailvault.io/shard-sizes": "3,2", "mailvault.io/profile-generation": "2"});
+            list(vec![first, plan_secret(run, &format!("{run}-plan-1"))])
+        })
+        .await;
+        let job = api.expect(Method::POST, JOBS, |b| (201, b.clone())).await;
+        let patch = api.expect(Method::PATCH, STATUS, patched(this)).await;
+        api.expect(Method::POST, EVENTS, echo).await;
+        api.done().await;
+        (job, patch)
+    });
+    profile::reconcile(p, ctx).await.unwrap();
+    let (job, patch) = server.await.unwrap();
+    assert_eq!(
+        job["metadata"]["annotations"]["mailvault.io/shard-sizes"],
+        "3,2"
+    );
+    assert_eq!(
+        job["spec"]["template"]["spec"]["volumes"][0]["projected"]["sources"],
+        json!([{"secret": {"name": format!("{run}-plan")}},
+               {"secret": {"name": format!("{run}-plan-1")}}])
+    );
+    assert_eq!(patch["status"]["activeRun"]["mailboxes"], 5);
+}
+
+#[tokio::test]
+async fn a_job_the_api_server_refuses_fails_the_run_visibly_once() {
+    let (ctx, mut api) = setup("2025-01-07T02:00:30Z");
+    let p = Arc::new(profile(
+        json!({}),
+        json!({"lastScheduleTime": "2025-01-06T02:00:00Z"}),
+    ));
+    let run = "nightly-202501070200";
+    let this = serde_json::to_value(&*p).unwrap();
+    let server = tokio::spawn(async move {
+        api.expect(Method::GET, JOBS, |_| list(vec![])).await;
+        api.expect(Method::GET, SECRETS, |_| list(vec![])).await;
+        api.expect(Method::GET, SET, |_| (200, mailbox_set())).await;
+        api.expect(Method::GET, &format!("{SECRETS}/master"), |_| {
+            (
+                200,
+                secret(
+                    "master",
+                    json!({"username": b64("m"), "password": b64("pw")}),
+                ),
+            )
+        })
+        .await;
         api.expect(
-            Method::GET,
-            "/apis/mailvault.io/v1alpha1/namespaces/mail/mailboxsets/staff",
-            |_| not_found(),
+            Method::PATCH,
+            &format!("{SET}/status"),
+            patched(mailbox_set()),
         )
+        .await;
+        api.expect(Method::POST, SECRETS, |b| (201, b.clone()))
+            .await;
+        api.expect(Method::POST, JOBS, |_| {
+            (422, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                         "reason": "Invalid", "code": 422,
+                         "message": "Job.batch \"x\" is invalid: spec.template.spec.containers[0].volumeMounts[4].name: Not found: \"data\""}))
+        })
+        .await;
+        // Its plan goes at once: the run is over.
+        api.expect(Method::DELETE, &format!("{SECRETS}/{run}-plan"), |_| {
+            ok_status()
+        })
+        .await;
+        let patch = api.expect(Method::PATCH, STATUS, patched(this)).await;
+        let event = api.expect(Method::POST, EVENTS, echo).await;
+        api.done().await;
+        (patch, event)
+    });
+    let action = profile::reconcile(p, ctx).await.unwrap();
+    let (patch, event) = server.await.unwrap();
+    let status = &patch["status"];
+    let message = status["lastRun"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("refused the run's Job") && message.contains("volumeMounts[4].name"),
+        "{message}"
+    );
+    assert_eq!(status["lastRun"]["name"], run);
+    assert_eq!(condition(status, "Stalled")["reason"], "JobRejected");
+    assert_eq!(event["reason"], "RunNotStarted");
+    // The slot is taken: no retry until the next slot or a fix of the spec.
+    assert_eq!(status["lastScheduleTime"], "2025-01-07T02:00:00Z");
+    assert_ne!(action, Action::requeue(Duration::from_secs(5)));
+}
+
+#[tokio::test]
+async fn a_store_that_vanishes_with_the_pod_is_refused_without_a_job() {
+    let (ctx, mut api) = setup("2025-01-07T02:00:30Z");
+    let p = Arc::new(profile(
+        json!({"store": {"local": {"path": "/tmp/archive"}},
+               "deletion": {"mode": "AfterArchiving"}}),
+        json!({"lastScheduleTime": "2025-01-06T02:00:00Z"}),
+    ));
+    let this = serde_json::to_value(&*p).unwrap();
+    let server = tokio::spawn(async move {
+        api.expect(Method::GET, JOBS, |_| list(vec![])).await;
+        api.expect(Method::GET, SECRETS, |_| list(vec![])).await;
+        let patch = api.expect(Method::PATCH, STATUS, patched(this)).await;
+        let event = api.expect(Method::POST, EVENTS, echo).await;
+        api.done().await;
+        (patch, event)
+    });
+    profile::reconcile(p, ctx).await.unwrap();
+    let (patch, event) = server.await.unwrap();
+    let status = &patch["status"];
+    let ready = condition(status, "Ready");
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("False"), Some("StoreNotDurable"))
+    );
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.contains("/tmp/archive") && message.contains("persistentVolumeClaim"),
+        "{message}"
+    );
+    assert_eq!(condition(status, "Stalled")["reason"], "StoreNotDurable");
+    assert_eq!(status["lastRun"]["result"], "Failed");
+    assert_eq!(event["reason"], "RunNotStarted");
+}
+
+#[tokio::test]
+async fn a_run_none_of_whose_pods_can_start_is_failed_and_stopped() {
+    let (ctx, mut api) = setup("2025-01-07T02:20:00Z");
+    let run = "nightly-202501070200";
+    let p = Arc::new(profile(
+        json!({"jobTemplate": {"pendingDeadlineSeconds": 600}}),
+        json!({"lastScheduleTime": "2025-01-07T02:00:00Z",
+               "activeRun": {"name": run, "mailboxes": 3, "mailboxesDone": 0, "mailboxesFailed": 0}}),
+    ));
+    let this = serde_json::to_value(&*p).unwrap();
+    let server = tokio::spawn(async move {
+        api.expect(Method::GET, JOBS, |_| {
+            list(vec![job(run, "2,1", json!({"active": 2, "ready": 0}))])
+        })
+        .await;
+        api.expect(Method::GET, PODS, |_| {
+            list(vec![json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": format!("{run}-0-abcde"), "namespace": "mail",
+                             "annotations": {"batch.kubernetes.io/job-completion-index": "0"}},
+                "status": {"phase": "Pending", "containerStatuses": [{"name": "worker", "image": "i",
+                    "imageID": "", "ready": false, "restartCount": 0,
+                    "state": {"waiting": {"reason": "ErrImagePull", "message": "pull access denied"}}}]}})])
+        })
+        .await;
+        // Everything is read before anything is done.
+        api.expect(Method::GET, SECRETS, |_| {
+            list(vec![plan_secret(run, &format!("{run}-plan"))])
+        })
+        .await;
+        api.expect(Method::DELETE, &format!("{JOBS}/{run}"), |_| ok_status())
+            .await;
+        api.expect(Method::DELETE, &format!("{SECRETS}/{run}-plan"), |_| {
+            ok_status()
+        })
         .await;
         let patch = api.expect(Method::PATCH, STATUS, patched(this)).await;
         let event = api.expect(Method::POST, EVENTS, echo).await;
@@ -577,11 +632,118 @@ async fn a_missing_mailbox_set_fails_the_run_without_a_job() {
     profile::reconcile(p, ctx).await.unwrap();
     let (patch, event) = server.await.unwrap();
     let status = &patch["status"];
-    assert_eq!(
-        status["lastRun"]["message"],
-        "MailboxSet mail/staff does not exist"
+    assert!(status.get("activeRun").is_none(), "{status:#}");
+    assert_eq!(status["lastRun"]["name"], run);
+    assert_eq!(status["lastRun"]["result"], "Failed");
+    assert_eq!(status["lastRun"]["totals"]["mailboxesFailed"], 3);
+    let reason = status["lastRun"]["failedMailboxes"][0]["reason"]
+        .as_str()
+        .unwrap();
+    assert!(
+        reason.contains("ErrImagePull: pull access denied") && reason.contains("1169 s"),
+        "{reason}"
     );
-    assert_eq!(condition(status, "LastRunSucceeded")["reason"], "Failed");
-    assert_eq!(condition(status, "Stalled")["status"], "True");
-    assert_eq!(event["reason"], "RunNotStarted");
+    assert_eq!(event["reason"], "RunFailed");
+}
+
+#[tokio::test]
+async fn a_manual_trigger_value_used_before_says_so() {
+    let (ctx, mut api) = setup("2025-01-08T12:00:00Z");
+    let p = Arc::new(profile(
+        json!({"trigger": {"manual": "a"}}),
+        json!({"lastManualTrigger": "b", "lastScheduleTime": "2025-01-08T02:00:00Z",
+               "runs": [{"name": "nightly-m-b", "result": "Succeeded", "totals": totals(1, 0, 1)},
+                        {"name": "nightly-m-a", "result": "Succeeded", "totals": totals(1, 0, 1)}]}),
+    ));
+    let this = serde_json::to_value(&*p).unwrap();
+    let server = tokio::spawn(async move {
+        api.expect(Method::GET, JOBS, |_| {
+            let done = json!({"conditions": [{"type": "Complete", "status": "True"}]});
+            let mut a = job("nightly-m-a", "1", done.clone());
+            a["metadata"]["creationTimestamp"] = json!("2025-01-07T00:00:00Z");
+            list(vec![a, job("nightly-m-b", "1", done)])
+        })
+        .await;
+        api.expect(Method::GET, SECRETS, |_| list(vec![])).await;
+        let patch = api.expect(Method::PATCH, STATUS, patched(this)).await;
+        let event = api.expect(Method::POST, EVENTS, echo).await;
+        api.done().await;
+        (patch, event)
+    });
+    profile::reconcile(p, ctx).await.unwrap();
+    let (patch, event) = server.await.unwrap();
+    assert_eq!(patch["status"]["lastManualTrigger"], "a");
+    assert!(patch["status"].get("activeRun").is_none());
+    assert_eq!(event["reason"], "TriggerAlreadyUsed");
+    assert_eq!(event["type"], "Warning");
+    assert!(
+        event["note"].as_str().unwrap().contains("set a new value"),
+        "{event:#}"
+    );
+}
+
+#[tokio::test]
+async fn the_api_calls_table_is_what_the_operator_sends() {
+    let run = "nightly-202501060200";
+    let done = json!({"conditions": [{"type": "Complete", "status": "True"}],
+                      "completionTime": "2025-01-07T01:00:00Z"});
+    let p = profile(
+        json!({"trigger": {"manual": "now"}, "successfulRunsHistoryLimit": 0,
+               "failedRunsHistoryLimit": 0}),
+        Value::Null,
+    );
+    let set = mailbox_set();
+    let cluster = Arc::new(tokio::sync::Mutex::new(Cluster::with([
+        serde_json::to_value(&p).unwrap(),
+        set.clone(),
+        secret(
+            "master",
+            json!({"username": b64("master"), "password": b64("pw")}),
+        ),
+        // A finished run, and its plan Secret, deleted once the run is recorded.
+        job(run, "1", done),
+        plan_secret(run, &format!("{run}-plan")),
+    ])));
+    let (ctx, api) = setup("2025-01-07T02:30:00Z");
+    api.serve(cluster.clone());
+
+    // Both controllers start: their watches (list, then watch).
+    let controllers = tokio::spawn(operator::controllers(
+        ctx.client.clone(),
+        ctx.clone(),
+        operator::Readiness::new(&[]),
+    ));
+    let want_watches = 4; // profiles, sets, secrets, jobs
+    for _ in 0..400 {
+        let calls = cluster.lock().await.calls.clone();
+        if calls.iter().filter(|c| c.2 == "watch").count() >= want_watches {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    controllers.abort();
+
+    // A profile reconcile that records a finished run (deleting its plan Secret), starts
+    // (adopts) a manual one and prunes; twice, so that its events repeat. Then a
+    // MailboxSet reconcile.
+    for _ in 0..2 {
+        profile::reconcile(Arc::new(p.clone()), ctx.clone())
+            .await
+            .unwrap();
+    }
+    let set: MailboxSet = serde_json::from_value(set).unwrap();
+    mailboxset::reconcile(Arc::new(set), ctx).await.unwrap();
+
+    let sent = cluster.lock().await.calls.clone();
+    let table: BTreeSet<Call> = API_CALLS
+        .iter()
+        .map(|c| (c.group.into(), c.resource.into(), c.verb.into()))
+        .collect();
+    assert_eq!(table.len(), API_CALLS.len(), "duplicates in API_CALLS");
+    let missing: Vec<_> = sent.difference(&table).collect();
+    let unused: Vec<_> = table.difference(&sent).collect();
+    assert!(
+        missing.is_empty() && unused.is_empty(),
+        "sent but not in API_CALLS: {missing:?}; in API_CALLS but never sent: {unused:?}"
+    );
 }

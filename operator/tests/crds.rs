@@ -43,15 +43,59 @@ fn version(crd: &Value) -> &Value {
     &crd["spec"]["versions"][0]
 }
 
-fn columns(crd: &Value) -> Vec<(String, String)> {
+/// The steps of a JSONPath such as `.status.conditions[?(@.type=="Ready")].status`: dots
+/// inside brackets do not separate steps.
+fn steps(path: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut depth) = (1, 0);
+    for (i, c) in path.char_indices().skip(1) {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            '.' if depth == 0 => {
+                out.push(&path[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&path[start..]);
+    out
+}
+
+/// The printer columns as "name type priority jsonPath", checking on the way that each
+/// path names a field of the schema (a misspelt path shows an empty column, silently).
+fn columns(crd: &Value) -> Vec<String> {
+    let schema = &version(crd)["schema"]["openAPIV3Schema"];
     version(crd)["additionalPrinterColumns"]
         .as_array()
         .unwrap()
         .iter()
         .map(|c| {
-            (
-                c["name"].as_str().unwrap().to_string(),
-                c["jsonPath"].as_str().unwrap().to_string(),
+            let path = c["jsonPath"].as_str().unwrap();
+            if !path.starts_with(".metadata.") {
+                let mut node = schema;
+                for step in steps(path) {
+                    let (field, filter) = match step.split_once('[') {
+                        Some((field, filter)) => (field, Some(filter)),
+                        None => (step, None),
+                    };
+                    node = &node["properties"][field];
+                    if filter.is_some() {
+                        node = &node["items"];
+                    }
+                    assert!(
+                        node.is_object(),
+                        "column {}: {path} is not in the schema",
+                        c["name"]
+                    );
+                }
+            }
+            format!(
+                "{} {} {} {path}",
+                c["name"].as_str().unwrap(),
+                c["type"].as_str().unwrap(),
+                c["priority"].as_i64().unwrap_or(0)
             )
         })
         .collect()
@@ -115,10 +159,21 @@ fn archive_profile_crd() {
     assert_eq!(crd["metadata"]["name"], "archiveprofiles.mailvault.io");
     assert_eq!(crd["spec"]["names"]["shortNames"][0], "ap");
     assert!(version(crd)["subresources"]["status"].is_object());
-    let names: Vec<String> = columns(crd).into_iter().map(|c| c.0).collect();
+    // Next Run is text: a `date` column prints a time in the future as `<invalid>`.
+    let ready = r#"conditions[?(@.type=="Ready")]"#;
     assert_eq!(
-        names,
-        ["Schedule", "Last Run", "Result", "Archived", "Next Run", "Age"]
+        columns(crd),
+        [
+            format!("Ready string 0 .status.{ready}.status"),
+            "Schedule string 1 .spec.schedule.cron".into(),
+            "Last Run date 0 .status.lastRun.completionTime".into(),
+            "Result string 0 .status.lastRun.result".into(),
+            "Archived integer 0 .status.lastRun.totals.archived".into(),
+            "Progress string 0 .status.activeRun.progress".into(),
+            "Next Run string 0 .status.nextScheduleTime".into(),
+            "Age date 0 .metadata.creationTimestamp".into(),
+            format!("Message string 1 .status.{ready}.message"),
+        ]
     );
     let schema = &version(crd)["schema"]["openAPIV3Schema"];
     assert_structural(schema, "");
@@ -155,8 +210,18 @@ fn mailbox_set_crd() {
     assert_eq!(crd["metadata"]["name"], "mailboxsets.mailvault.io");
     assert_eq!(crd["spec"]["names"]["shortNames"][0], "mbs");
     assert!(version(crd)["subresources"]["status"].is_object());
-    let names: Vec<String> = columns(crd).into_iter().map(|c| c.0).collect();
-    assert_eq!(names, ["Mode", "Mailboxes", "Synced", "Age"]);
+    let ready = r#"conditions[?(@.type=="Ready")]"#;
+    assert_eq!(
+        columns(crd),
+        [
+            format!("Ready string 0 .status.{ready}.status"),
+            "Mode string 0 .status.mode".into(),
+            "Mailboxes integer 0 .status.mailboxes".into(),
+            "Synced date 0 .status.lastSync.time".into(),
+            "Age date 0 .metadata.creationTimestamp".into(),
+            format!("Message string 1 .status.{ready}.message"),
+        ]
+    );
     let schema = &version(crd)["schema"]["openAPIV3Schema"];
     assert_structural(schema, "");
     let mut found = Vec::new();
@@ -165,4 +230,99 @@ fn mailbox_set_crd() {
     let status = &schema["properties"]["status"]["properties"];
     assert_eq!(status["mailboxes"]["type"], "integer");
     assert!(status["lastSync"].is_object());
+}
+
+/// Properties without a description, below `schema` (named by their path).
+fn undescribed(schema: &Value, path: &str, out: &mut Vec<String>) {
+    let described = |s: &Value| {
+        s["description"]
+            .as_str()
+            .is_some_and(|d| !d.trim().is_empty() && !d.contains("Auto-generated"))
+    };
+    if let Some(Value::Object(props)) = schema.get("properties") {
+        for (name, property) in props {
+            let here = format!("{path}.{name}");
+            if !described(property) {
+                out.push(here.clone());
+            }
+            undescribed(property, &here, out);
+        }
+    }
+    if let Some(items) = schema.get("items") {
+        undescribed(items, &format!("{path}[]"), out);
+    }
+    if let Some(v @ Value::Object(_)) = schema.get("additionalProperties") {
+        undescribed(v, &format!("{path}{{}}"), out);
+    }
+}
+
+/// `kubectl explain` shows a description for both kinds and every field, down to the
+/// Kubernetes types embedded in the job template.
+#[test]
+fn every_field_has_a_description() {
+    for crd in generated() {
+        let kind = crd["spec"]["names"]["kind"].as_str().unwrap().to_string();
+        let schema = &version(&crd)["schema"]["openAPIV3Schema"];
+        let description = schema["description"].as_str().unwrap_or_default();
+        assert!(
+            !description.is_empty() && !description.contains("Auto-generated"),
+            "{kind}: {description:?}"
+        );
+        let mut missing = Vec::new();
+        for part in ["spec", "status"] {
+            let part_schema = &schema["properties"][part];
+            assert!(part_schema.is_object(), "{kind} has no {part}");
+            if part_schema["description"]
+                .as_str()
+                .is_none_or(str::is_empty)
+            {
+                missing.push(part.to_string());
+            }
+            undescribed(part_schema, part, &mut missing);
+        }
+        assert!(
+            missing.is_empty(),
+            "{kind}: {} fields without a description:\n{}",
+            missing.len(),
+            missing.join("\n")
+        );
+    }
+}
+
+/// Conditions as in Kubernetes' own `meta/v1` Condition: merged by type under server-side
+/// apply, a status that is one of three words, and a timestamp the API server checks.
+#[test]
+fn conditions_follow_the_api_conventions() {
+    for crd in generated() {
+        let kind = crd["spec"]["names"]["kind"].as_str().unwrap().to_string();
+        let schema = &version(&crd)["schema"]["openAPIV3Schema"];
+        let conditions = &schema["properties"]["status"]["properties"]["conditions"];
+        assert_eq!(conditions["x-kubernetes-list-type"], "map", "{kind}");
+        assert_eq!(
+            conditions["x-kubernetes-list-map-keys"],
+            serde_json::json!(["type"]),
+            "{kind}"
+        );
+        let condition = &conditions["items"];
+        let required: Vec<&str> = condition["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        for key in ["type", "status", "lastTransitionTime", "reason", "message"] {
+            assert!(required.contains(&key), "{kind}: {key} is not required");
+        }
+        let fields = &condition["properties"];
+        assert_eq!(
+            fields["status"]["enum"],
+            serde_json::json!(["True", "False", "Unknown"]),
+            "{kind}"
+        );
+        assert_eq!(
+            fields["lastTransitionTime"]["format"], "date-time",
+            "{kind}"
+        );
+        assert_eq!(fields["observedGeneration"]["minimum"].as_f64(), Some(0.0));
+    }
 }

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use ldap3::{LdapConnAsync, Scope};
 use mailvault::resources::{load_paths, Bundle, Flavor, LdapSpec, SyncRecord};
-use mailvault::secret::Secret;
+use mailvault::sensitive::Sensitive;
 use mailvault::sources::directory::{fetch_users, Bind, DirectoryError, DirectoryUser};
 use mailvault::sources::{self, Resolved, SourceError};
-use mailvault::testkit::slapd::{
+use mailvault_testkit::slapd::{
     Slapd, PEOPLE_DN as PEOPLE, READER_DN, READER_PASSWORD, SAMPLE_LDIF, SUFFIX,
 };
 use rcgen::{
@@ -32,7 +32,7 @@ fn spec(slapd: &Slapd) -> LdapSpec {
 fn reader() -> Bind {
     Bind {
         dn: READER_DN.to_owned(),
-        password: Secret::new(READER_PASSWORD),
+        password: Sensitive::new(READER_PASSWORD),
     }
 }
 
@@ -178,7 +178,7 @@ async fn wrong_password_is_a_bind_error_without_the_password() {
     let slapd = seeded();
     let wrong = Bind {
         dn: READER_DN.to_owned(),
-        password: Secret::new("not-the-password-91c2"),
+        password: Sensitive::new("not-the-password-91c2"),
     };
     let error = fetch_users(&spec(&slapd), Some(&wrong), None)
         .await
@@ -200,7 +200,7 @@ async fn empty_password_is_refused_before_it_becomes_an_anonymous_bind() {
     let slapd = seeded();
     let empty = Bind {
         dn: READER_DN.to_owned(),
-        password: Secret::new(""),
+        password: Sensitive::new(""),
     };
     let error = fetch_users(&spec(&slapd), Some(&empty), None)
         .await
@@ -489,7 +489,7 @@ async fn paged_search_returns_more_users_than_the_size_limit() {
     };
     let reader = Bind {
         dn: reader_dn,
-        password: Secret::new(READER_PASSWORD),
+        password: Sensitive::new(READER_PASSWORD),
     };
     let users = fetch_users(&spec, Some(&reader), None).await.unwrap();
     assert_eq!(users.len(), USERS);

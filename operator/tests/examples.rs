@@ -5,9 +5,9 @@
 mod yamlfiles;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use mailvault::controller::schedule::Schedule;
+use mailvault::operator::schedule::Schedule;
 use mailvault::resources::{self, load_paths, validate_mailbox_set, validate_profile};
 use serde_json::Value;
 use yamlfiles::{assert_object, documents, relative, root, yaml_files};
@@ -179,8 +179,133 @@ fn every_object_matches_its_crd_schema() {
     assert!(ours >= 10, "only {ours} mailvault objects found");
 }
 
+/// The Secrets that the `kubectl create secret generic` commands in the comments of an
+/// example file create, as YAML: the examples name their Secrets' keys only there. A value
+/// from the shell (`"$PASSWORD"`) becomes a stand-in; `--from-file=PATH` reads PATH in the
+/// example's directory, or the `.example` file the comment says to copy to it.
+fn secrets_from_comments(file: &Path) -> String {
+    let text = std::fs::read_to_string(file).unwrap();
+    let comments: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix('#'))
+        .map(str::trim)
+        .collect();
+    let mut yaml = String::new();
+    let mut command = String::new();
+    for line in comments {
+        command.push_str(line.trim_end_matches('\\'));
+        command.push(' ');
+        if line.ends_with('\\') {
+            continue;
+        }
+        let text = std::mem::take(&mut command);
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let Some(at) = words
+            .windows(3)
+            .position(|w| w == ["create", "secret", "generic"])
+        else {
+            continue;
+        };
+        assert_eq!(words[0], "kubectl", "{}: {words:?}", relative(file));
+        let namespace = words
+            .windows(2)
+            .find(|w| w[0] == "-n")
+            .map(|w| w[1])
+            .expect("the command names its namespace");
+        let name = words[at + 3];
+        let mut data = Vec::new();
+        for word in &words[at + 4..] {
+            if let Some(literal) = word.strip_prefix("--from-literal=") {
+                let (key, value) = literal.split_once('=').unwrap();
+                let value = value.trim_matches('"').trim_matches('\'');
+                let value = if value.starts_with('$') {
+                    "stand-in"
+                } else {
+                    value
+                };
+                data.push((key.to_string(), value.to_string()));
+            } else if let Some(from) = word.strip_prefix("--from-file=") {
+                let (key, path) = from.split_once('=').unwrap_or((from, from));
+                let dir = file.parent().unwrap();
+                let mut source = dir.join(path);
+                if !source.exists() {
+                    let (stem, ext) = path.rsplit_once('.').unwrap();
+                    source = dir.join(format!("{stem}.example.{ext}"));
+                }
+                let value = std::fs::read_to_string(&source)
+                    .unwrap_or_else(|e| panic!("{}: {e}", relative(&source)));
+                data.push((key.to_string(), value));
+            } else {
+                panic!("{}: unexpected {word} in {words:?}", relative(file));
+            }
+        }
+        let data: serde_json::Map<String, Value> = data
+            .into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect();
+        let secret = serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": namespace}, "stringData": data});
+        yaml.push_str("---\n");
+        yaml.push_str(&serde_yaml::to_string(&secret).unwrap());
+    }
+    yaml
+}
+
+/// The YAML files of an example directory, with the Secrets their comments create in a
+/// file of their own (kept alive by the returned directory).
+fn example_with_secrets(files: &[PathBuf]) -> (Vec<PathBuf>, tempfile::TempDir) {
+    let secrets: String = files.iter().map(|f| secrets_from_comments(f)).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = files.to_vec();
+    if !secrets.is_empty() {
+        let path = dir.path().join("secrets.yaml");
+        std::fs::write(&path, secrets).unwrap();
+        files.push(path);
+    }
+    (files, dir)
+}
+
+/// Examples carry no Secret with made-up values, which `kubectl apply` would write over a
+/// real one: the cluster examples say how to create their Secrets instead, and those
+/// commands create exactly the keys the resources need (the validation below).
+#[test]
+fn examples_carry_no_placeholder_secrets() {
+    for file in yaml_files(&root().join("examples")) {
+        for object in documents(&file) {
+            if object["kind"] != "Secret" {
+                continue;
+            }
+            assert!(
+                relative(&file).starts_with("examples/local/"),
+                "{}: a Secret in a cluster example; say how to create it instead",
+                relative(&file)
+            );
+            let text = serde_json::to_string(&object).unwrap();
+            assert!(
+                !text.contains("CHANGE"),
+                "{}: a placeholder",
+                relative(&file)
+            );
+        }
+    }
+    let cluster = yaml_files(&root().join("examples/cluster"));
+    let created: String = cluster.iter().map(|f| secrets_from_comments(f)).collect();
+    for name in [
+        "shared-mailboxes",
+        "imap-master",
+        "ldap-reader",
+        "s3-credentials",
+    ] {
+        assert!(
+            created.contains(&format!("name: {name}\n")),
+            "no command creates {name}"
+        );
+    }
+}
+
 /// Every example directory loads as `mailvault run -f DIR` would load it, and every profile
-/// and set in it validates with the references resolved inside the directory.
+/// and set in it validates with the references resolved inside the directory (the cluster
+/// examples' Secrets as their comments create them).
 #[test]
 fn example_directories_load_and_validate() {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(root().join("examples"))
@@ -197,6 +322,7 @@ fn example_directories_load_and_validate() {
             .map(|e| e.unwrap().path())
             .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
             .collect();
+        let (files, _secrets) = example_with_secrets(&files);
         let bundle = load_paths(&files).unwrap_or_else(|e| panic!("{}: {e}", relative(&dir)));
         assert!(
             !bundle.profiles.is_empty(),
@@ -221,7 +347,9 @@ fn example_directories_load_and_validate() {
 /// The CSV example resolves to its mailboxes exactly as `mailvault mailboxes` shows them.
 #[tokio::test]
 async fn the_csv_example_resolves() {
-    let bundle = load_paths(&[root().join("examples/cluster/mailboxset-csv.yaml")]).unwrap();
+    let (files, _secrets) =
+        example_with_secrets(&[root().join("examples/cluster/mailboxset-csv.yaml")]);
+    let bundle = load_paths(&files).unwrap();
     let resolved = mailvault::sources::resolve(&bundle, &bundle.mailbox_sets[0], None)
         .await
         .unwrap();

@@ -9,9 +9,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use mailvault::testkit::dovecot::Dovecot;
-use mailvault::testkit::mail;
-use mailvault::testkit::proxy::{Fault, Proxy};
+use mailvault_testkit::dovecot::Dovecot;
+use mailvault_testkit::mail;
+use mailvault_testkit::proxy::{Fault, Proxy};
 
 const PW: &str = "S3cret-user-pw!";
 
@@ -173,6 +173,17 @@ fn a_damaged_stored_copy_is_never_deleted_from_the_server() {
     assert_eq!(p["totals"]["deleted"], 2, "{p:#}");
     let left = server_flags(&dovecot, user, "INBOX");
     assert_eq!(left.keys().copied().collect::<Vec<_>>(), [2], "{left:?}");
+    let warnings = p["mailboxes"][0]["warnings"].to_string();
+    assert!(
+        warnings.contains("does not hash to its SHA-256") && warnings.contains("UIDs 2"),
+        "{warnings}"
+    );
+
+    // The damaged copy was replaced by the server's, so the next run deletes the message.
+    assert!(std::fs::read(store.join("messages").join(rel)).unwrap() == second);
+    let p = run(&delete, &store).json();
+    assert_eq!(p["totals"]["deleted"], 1, "{p:#}");
+    assert!(server_flags(&dovecot, user, "INBOX").is_empty());
 }
 
 #[test]
@@ -369,6 +380,14 @@ fn runs_killed_at_any_moment_lose_nothing_and_duplicate_nothing() {
         child.wait().unwrap();
     }
     assert!(killed >= 3, "only {killed} runs were killed mid-way");
+    let leftovers = || -> Vec<String> {
+        std::fs::read_dir(store.join("tmp"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name != "lock")
+            .collect()
+    };
     let last = run(&input, &store);
     assert_eq!(last.code, 0, "{}", last.stderr);
     let p = last.json();
@@ -386,6 +405,9 @@ fn runs_killed_at_any_moment_lose_nothing_and_duplicate_nothing() {
             dir.path(),
         );
     }
+    // No temporary file of a killed run is left: each run removes those of runs before it
+    // that were killed (a unit test of the local store covers a live writer's).
+    assert_eq!(leftovers(), Vec::<String>::new());
     // And the next run has nothing left to do.
     assert_eq!(run(&input, &store).json()["totals"]["archived"], 0);
 }
@@ -549,7 +571,7 @@ fn hostile_folder_names_and_messages_stay_inside_the_archive_and_export() {
 
 #[test]
 fn an_s3_store_that_goes_away_mid_run_fails_cleanly_and_the_next_run_completes() {
-    use mailvault::testkit::garage::Garage;
+    use mailvault_testkit::garage::Garage;
     let users = ["s3gone@example.org"];
     let (dovecot, expected) = seeded(&users);
     let mut garage = Garage::start().unwrap();

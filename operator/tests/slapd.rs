@@ -5,7 +5,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use mailvault::testkit::slapd::{Slapd, SUFFIX};
+use mailvault_testkit::slapd::{Slapd, SUFFIX};
 
 fn whoami(slapd: &Slapd, dn: &str, password: &str) -> std::process::Output {
     Command::new("ldapwhoami")

@@ -4,7 +4,7 @@
 
 use std::net::TcpStream;
 
-use mailvault::testkit::slapd::Slapd;
+use mailvault_testkit::slapd::Slapd;
 
 #[test]
 fn drop_kills_the_server_and_removes_its_directory() {

@@ -9,15 +9,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mailvault::export::{self, Format};
-use mailvault::secret::Secret;
+use mailvault::sensitive::Sensitive;
 use mailvault::store::local::LocalStore;
 use mailvault::store::s3::{S3Config, S3Credentials, S3Store, MULTIPART_THRESHOLD};
 use mailvault::store::{
     Archive, Direction, FolderKey, FolderState, IndexEntry, ObjectStore, PreparedMessage,
     StoreError,
 };
-use mailvault::testkit::garage::Garage;
-use mailvault::testkit::mail;
+use mailvault_testkit::garage::Garage;
+use mailvault_testkit::mail;
 
 /// A store under test, and what keeps it alive.
 struct Backend {
@@ -58,7 +58,7 @@ fn s3_config(garage: &Garage, bucket: &str, prefix: &str) -> S3Config {
         force_path_style: true,
         credentials: Some(S3Credentials {
             access_key_id: garage.access_key_id().to_string(),
-            secret_access_key: Secret::new(garage.secret_access_key()),
+            secret_access_key: Sensitive::new(garage.secret_access_key()),
         }),
         server_side_encryption: None,
     }
@@ -96,6 +96,9 @@ conformance!(
     verify_finds_damaged_and_missing_messages,
     export_is_byte_identical,
     large_message_round_trips,
+    a_state_of_another_source_is_set_aside,
+    aliases_are_identities_not_listings,
+    an_index_names_messages_only_by_hashes,
 );
 
 fn bytes(text: &str) -> Bytes {
@@ -223,20 +226,26 @@ async fn ensure_mailbox_creates_records_once(backend: Backend) {
 }
 
 fn folder_key(user: &str, mailbox: &str, folder: &str) -> FolderKey {
-    FolderKey {
-        user: user.into(),
-        mailbox: mailbox.into(),
-        folder: folder.into(),
-    }
+    FolderKey::new(user, mailbox, folder)
+}
+
+/// The server and login the tests' entries and states belong to.
+const SOURCE: &str = "imap.example.org:993 someone";
+
+/// A hash-shaped name for the `n`th made-up message.
+fn hash(n: u8) -> String {
+    format!("{n:02x}").repeat(32)
 }
 
 fn entry(folder: &str, uid: u32, sha256: &str, size: u64) -> IndexEntry {
     IndexEntry {
         folder: folder.into(),
+        source: Some(SOURCE.into()),
         uid_validity: 7,
         uid,
         sha256: sha256.into(),
         size,
+        server_size: None,
         internal_date: None,
         flags: vec![],
         message_id: None,
@@ -246,6 +255,7 @@ fn entry(folder: &str, uid: u32, sha256: &str, size: u64) -> IndexEntry {
         date: None,
         direction: Direction::Incoming,
         archived_at: "2025-01-06T10:00:00Z".into(),
+        alias: false,
     }
 }
 
@@ -256,7 +266,7 @@ async fn archive_folder(archive: &Archive, key: &FolderKey, messages: &[Vec<u8>]
         .ensure_mailbox(&key.user, &key.mailbox)
         .await
         .unwrap();
-    let mut state = archive.load_state(key).await.unwrap();
+    let mut state = archive.load_state(key, SOURCE).await.unwrap().state;
     state.uid_validity = 7;
     let first_uid = state.archived.len() as u32 + 1;
     let mut entries = Vec::new();
@@ -281,12 +291,16 @@ async fn load_state_picks_up_uncommitted_segments(backend: Backend) {
     let committed = archive
         .append_index(
             &key,
-            &[entry("INBOX", 1, "aa", 1), entry("INBOX", 2, "bb", 1)],
+            &[
+                entry("INBOX", 1, &hash(0xaa), 1),
+                entry("INBOX", 2, &hash(0xbb), 1),
+            ],
         )
         .await
         .unwrap();
     let mut state = FolderState {
         folder: "INBOX".into(),
+        source: Some(SOURCE.into()),
         uid_validity: 7,
         segments: vec![committed.clone()],
         ..FolderState::default()
@@ -296,10 +310,10 @@ async fn load_state_picks_up_uncommitted_segments(backend: Backend) {
     archive.save_state(&key, &state).await.unwrap();
     // A crash after this segment was written, before the state naming it was saved.
     let orphan = archive
-        .append_index(&key, &[entry("INBOX", 3, "cc", 1)])
+        .append_index(&key, &[entry("INBOX", 3, &hash(0xcc), 1)])
         .await
         .unwrap();
-    let loaded = archive.load_state(&key).await.unwrap();
+    let loaded = archive.load_state(&key, SOURCE).await.unwrap().state;
     assert_eq!(loaded.archived.iter().collect::<Vec<_>>(), [1, 2, 3]);
     assert_eq!(loaded.uid_validity, 7);
     assert_eq!(
@@ -314,6 +328,125 @@ async fn load_state_picks_up_uncommitted_segments(backend: Backend) {
         .map(|e| e.uid)
         .collect();
     assert_eq!(uids.len(), 3);
+}
+
+/// Another server's or login's state names other messages under the same UIDs: loaded for
+/// this source, it is set aside, and of the segments it did not account for only this
+/// source's entries count.
+async fn a_state_of_another_source_is_set_aside(backend: Backend) {
+    let archive = Archive::new(backend.store);
+    let key = folder_key("erin", "erin@example.org", "INBOX");
+    let theirs = archive
+        .append_index(&key, &[entry("INBOX", 1, &hash(1), 1)])
+        .await
+        .unwrap();
+    let mut state = FolderState {
+        folder: "INBOX".into(),
+        source: Some("other.example.org:993 erin".into()),
+        uid_validity: 7,
+        segments: vec![theirs.clone()],
+        ..FolderState::default()
+    };
+    state.archived.insert(1);
+    archive.save_state(&key, &state).await.unwrap();
+    // A segment of ours written after that state (a crash before our state was saved).
+    let ours = archive
+        .append_index(&key, &[entry("INBOX", 2, &hash(2), 1)])
+        .await
+        .unwrap();
+    let loaded = archive.load_state(&key, SOURCE).await.unwrap();
+    assert_eq!(
+        loaded.replaced.as_deref(),
+        Some("other.example.org:993 erin")
+    );
+    assert_eq!(loaded.state.source.as_deref(), Some(SOURCE));
+    assert_eq!(loaded.state.archived.to_string(), "2");
+    assert_eq!(
+        loaded.state.segments.iter().collect::<BTreeSet<_>>(),
+        [&theirs, &ours].into_iter().collect()
+    );
+    // The other source's own view is unchanged.
+    let theirs = archive
+        .load_state(&key, "other.example.org:993 erin")
+        .await
+        .unwrap();
+    assert_eq!(theirs.replaced, None);
+    assert_eq!(theirs.state.archived.to_string(), "1");
+    // A state written before sources were recorded is adopted by the first source that
+    // loads it, its source-less entries with it (each still checked by size and date
+    // before its UID counts), and is then that source's alone.
+    state.source = None;
+    archive.save_state(&key, &state).await.unwrap();
+    let legacy = archive.load_state(&key, SOURCE).await.unwrap();
+    assert_eq!(legacy.replaced, None);
+    assert_eq!(legacy.state.source.as_deref(), Some(SOURCE));
+    assert!(legacy.state.legacy_entries);
+    assert_eq!(legacy.state.archived.to_string(), "1:2");
+    archive.save_state(&key, &legacy.state).await.unwrap();
+    let other = archive
+        .load_state(&key, "other.example.org:993 erin")
+        .await
+        .unwrap();
+    assert_eq!(other.replaced.as_deref(), Some(SOURCE));
+    assert!(!other.state.legacy_entries);
+}
+
+/// An alias records where a message the folder lists is now; it is no message of its own.
+async fn aliases_are_identities_not_listings(backend: Backend) {
+    let archive = Archive::new(backend.store);
+    let key = folder_key("fay", "fay@example.org", "INBOX");
+    let alias = IndexEntry {
+        uid: 11,
+        uid_validity: 8,
+        alias: true,
+        ..entry("INBOX", 11, &hash(3), 1)
+    };
+    archive
+        .append_index(&key, &[entry("INBOX", 1, &hash(3), 1), alias])
+        .await
+        .unwrap();
+    let listed: Vec<u32> = archive
+        .folder_entries(&key)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.uid)
+        .collect();
+    assert_eq!(listed, [1]);
+    let identities = archive.folder_identities(&key).await.unwrap();
+    assert_eq!(identities.len(), 2);
+    assert!(identities[1].alias);
+}
+
+/// A hash read from an index becomes a path only if it is a SHA-256.
+async fn an_index_names_messages_only_by_hashes(backend: Backend) {
+    let store = backend.store;
+    let archive = Archive::new(store.clone());
+    let key = folder_key("gus", "gus@example.org", "INBOX");
+    store
+        .put("secret", Bytes::from_static(b"not a message"))
+        .await
+        .unwrap();
+    archive
+        .append_index(&key, &[entry("INBOX", 1, "../../secret", 13)])
+        .await
+        .unwrap();
+    let error = archive.folder_entries(&key).await.unwrap_err().to_string();
+    assert!(
+        error.contains("is damaged") && error.contains("\"../../secret\" is not a SHA-256"),
+        "{error}"
+    );
+    for bad in [
+        "../secret",
+        "",
+        "AB",
+        &"A".repeat(64),
+        &format!("{}/", "a".repeat(63)),
+    ] {
+        let error = archive.get_message(bad).await.unwrap_err().to_string();
+        assert!(error.contains("not a SHA-256"), "{bad:?}: {error}");
+    }
+    assert!(archive.get_message(&hash(9)).await.unwrap().is_none());
 }
 
 async fn messages_are_stored_once_across_users(backend: Backend) {
@@ -555,7 +688,7 @@ async fn s3_wrong_credentials_fail_at_open() {
     let garage = Garage::start().unwrap();
     let wrong_secret = "f".repeat(64);
     let mut config = s3_config(&garage, garage.bucket(), "archive");
-    config.credentials.as_mut().unwrap().secret_access_key = Secret::new(wrong_secret.clone());
+    config.credentials.as_mut().unwrap().secret_access_key = Sensitive::new(wrong_secret.clone());
     let started = Instant::now();
     let message = open_error(S3Store::open(&config).await);
     // Permanent: not retried.
@@ -635,7 +768,7 @@ async fn s3_server_stopped_mid_run_fails_then_continues() {
     // The interrupted batch is simply done again, then the rest.
     archive_folder(&archive, &key, &messages[10..20]).await;
     archive_folder(&archive, &key, &messages[20..]).await;
-    let state = archive.load_state(&key).await.unwrap();
+    let state = archive.load_state(&key, SOURCE).await.unwrap().state;
     assert_eq!(state.archived.len(), 30);
     let report = archive.verify().await.unwrap();
     assert_eq!((report.messages, report.entries), (30, 30));

@@ -3,16 +3,16 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::files_below;
 use mailvault::resources::{LocalStoreSpec, StoreSpec};
-use mailvault::secret::Secret;
+use mailvault::runplan::{plan_files, RunPlan, PLAN_KEY};
+use mailvault::sensitive::Sensitive;
 use mailvault::sources::Mailbox;
-use mailvault::testkit::dovecot::Dovecot;
-use mailvault::testkit::mail;
-use mailvault::worker::RunPlan;
+use mailvault_testkit::dovecot::Dovecot;
+use mailvault_testkit::mail;
 
 const PW: &str = "user-secret-pw";
 const DATE: i64 = 1_736_157_600;
@@ -21,15 +21,16 @@ fn master(dovecot: &Dovecot, user: &str, password: &str) -> Mailbox {
     Mailbox {
         login: dovecot.master_user().to_string(),
         authorization_identity: Some(user.to_string()),
-        password: Secret::new(password),
+        password: Sensitive::new(password),
         email: Some(user.to_string()),
         user: user.split('@').next().unwrap().to_string(),
     }
 }
 
-/// A plan for `shards` against `dovecot` over STARTTLS with its CA, archiving into `store`.
-fn plan(dovecot: &Dovecot, store: &Path, shards: Vec<Vec<Mailbox>>) -> RunPlan {
-    let mut plan = RunPlan {
+/// A plan for `shards` against `dovecot` over STARTTLS with its CA, archiving into `store`,
+/// written into `dir` as the plan Secrets are mounted; returns the plan file.
+fn plan(dovecot: &Dovecot, store: &Path, dir: &Path, shards: Vec<Vec<Mailbox>>) -> PathBuf {
+    let plan = RunPlan {
         namespace: "mail".into(),
         profile: "nightly".into(),
         run: "nightly-202501060200".into(),
@@ -51,11 +52,14 @@ fn plan(dovecot: &Dovecot, store: &Path, shards: Vec<Vec<Mailbox>>) -> RunPlan {
             }),
             s3: None,
         }),
-        passwords: Vec::new(),
-        shards: Vec::new(),
+        store_durable: true,
+        warnings: vec!["a warning from the operator".into()],
+        shards: shards.len() as u32,
     };
-    plan.set_shards(shards);
-    plan
+    for (key, bytes) in plan_files(&plan, shards) {
+        std::fs::write(dir.join(key), bytes).unwrap();
+    }
+    dir.join(PLAN_KEY)
 }
 
 struct Run {
@@ -100,9 +104,10 @@ fn each_index_archives_its_shard_and_reports_a_summary() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("archive");
     let mp = dovecot.master_password().to_string();
-    let plan = plan(
+    let plan_file = plan(
         &dovecot,
         &store,
+        dir.path(),
         vec![
             vec![
                 master(&dovecot, users[0], &mp),
@@ -111,9 +116,6 @@ fn each_index_archives_its_shard_and_reports_a_summary() {
             vec![master(&dovecot, users[1], &mp)],
         ],
     );
-    // Mounted from the plan Secret as a file.
-    let plan_file = dir.path().join("plan.json");
-    std::fs::write(&plan_file, serde_json::to_vec(&plan).unwrap()).unwrap();
 
     let first = worker(dir.path(), &plan_file, 0);
     assert_eq!(first.code, 0, "{}\n{}", first.stdout, first.stderr);
@@ -134,6 +136,10 @@ fn each_index_archives_its_shard_and_reports_a_summary() {
         serde_json::from_slice(&std::fs::read(store.join(&key)).unwrap()).unwrap();
     assert_eq!(protocol["runId"], "nightly-202501060200");
     assert_eq!(protocol["mailboxes"].as_array().unwrap().len(), 2);
+    // What the operator found while planning is in every shard's protocol.
+    assert!(protocol["warnings"]
+        .to_string()
+        .contains("a warning from the operator"));
     // No password in anything the worker wrote or printed.
     for text in [&first.stdout, &first.stderr, &protocol.to_string()] {
         assert!(!text.contains(&mp));
@@ -152,13 +158,12 @@ fn wrong_passwords_fail_the_index_for_good() {
     dovecot.add_user("dave@example.org", PW).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let wrong = "not-the-master-password";
-    let plan = plan(
+    let plan_file = plan(
         &dovecot,
         &dir.path().join("archive"),
+        dir.path(),
         vec![vec![master(&dovecot, "dave@example.org", wrong)]],
     );
-    let plan_file = dir.path().join("plan.json");
-    std::fs::write(&plan_file, serde_json::to_vec(&plan).unwrap()).unwrap();
     let run = worker(dir.path(), &plan_file, 0);
     assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
     assert_eq!(run.summary["result"], "Failed");
@@ -182,8 +187,12 @@ fn an_invalid_plan_or_index_is_reported_without_retrying() {
     assert!(!run.stderr.contains("hunter2"));
 
     let dovecot = Dovecot::start().expect("dovecot starts");
-    let plan = plan(&dovecot, &dir.path().join("archive"), vec![vec![]]);
-    std::fs::write(&plan_file, serde_json::to_vec(&plan).unwrap()).unwrap();
+    let plan_file = plan(
+        &dovecot,
+        &dir.path().join("archive"),
+        dir.path(),
+        vec![vec![]],
+    );
     let run = worker(dir.path(), &plan_file, 5);
     assert_eq!(run.code, 2);
     assert!(run.summary["error"]

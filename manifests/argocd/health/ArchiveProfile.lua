@@ -79,6 +79,22 @@ if ready ~= nil and ready.status == "False" then
   return hs
 end
 
+-- "; run NAME in progress (120/400 mailboxes)" while a run is active, added to the messages
+-- below: a run's progress is visible without making the profile Progressing.
+local running = ""
+if type(status.activeRun) == "table" then
+  local activeRunName = asText(status.activeRun.name)
+  if activeRunName ~= nil then
+    running = "; run " .. activeRunName .. " in progress"
+  else
+    running = "; a run is in progress"
+  end
+  local progress = asText(status.activeRun.progress)
+  if progress ~= nil then
+    running = running .. " (" .. progress .. ")"
+  end
+end
+
 local lastRun = asTable(status.lastRun)
 local lastRunName = asText(lastRun.name)
 local lastRunTitle = "Last run"
@@ -88,13 +104,13 @@ end
 local lastRunSucceeded = findCondition(status, "LastRunSucceeded")
 if lastRunSucceeded ~= nil and lastRunSucceeded.status == "False" then
   hs.status = "Degraded"
-  hs.message = lastRunTitle .. ": " .. describe(lastRunSucceeded, "Failed")
+  hs.message = lastRunTitle .. ": " .. describe(lastRunSucceeded, "Failed") .. running
   return hs
 end
 
 if asTable(spec.schedule).suspend == true then
   hs.status = "Suspended"
-  hs.message = "Schedule suspended"
+  hs.message = "Schedule suspended" .. running
   return hs
 end
 
@@ -120,14 +136,6 @@ if type(status.lastRun) == "table" then
     message = message .. ": " .. archived .. " archived"
   end
 end
-if type(status.activeRun) == "table" then
-  local activeRunName = asText(status.activeRun.name)
-  if activeRunName ~= nil then
-    message = message .. "; run " .. activeRunName .. " in progress"
-  else
-    message = message .. "; a run is in progress"
-  end
-end
 hs.status = "Healthy"
-hs.message = message
+hs.message = message .. running
 return hs

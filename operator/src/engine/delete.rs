@@ -4,19 +4,29 @@
 //! - the profile asks for it (`deletion.mode: AfterArchiving`) and its rules match
 //!   (age, flagged, unread, not already `\Deleted` by the user);
 //! - its whole mailbox was archived in this run without any error;
-//! - the archive holds an index entry for exactly this UID under the folder's current
-//!   UIDVALIDITY, and the stored copy, read back now, hashes to that entry's SHA-256;
+//! - the archive holds an index entry for exactly this UID, written for this server and
+//!   login, under the folder's current UIDVALIDITY, and the server's message there has that
+//!   entry's size and INTERNALDATE: it is the archived message, not one that took its UID
+//!   (another mailbox's, a restored backup's);
+//! - the stored copy, read back from the storage medium now (not from a cache), hashes to
+//!   that entry's SHA-256;
 //! - the server supports UIDPLUS, so that `UID EXPUNGE` removes only our messages.
-
-use std::collections::HashMap;
+//!
+//! A message that fails any of the archive's checks is kept, named in a warning, and
+//! archived again by the caller.
 
 use chrono::{DateTime, Duration, Utc};
+use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
-use super::FolderFailure;
-use crate::imap::{Folder, MessageMeta, Session};
+use super::{identity, FolderFailure, FolderJob};
+use crate::imap::{MessageMeta, Session};
 use crate::resources::{DeletionMode, DeletionSpec};
-use crate::store::{Archive, FolderKey};
+use crate::store::UidSet;
+
+/// Stored copies read back and re-hashed at once (several reads in flight for a store with
+/// latency; hashing off the async threads).
+const READ_BACKS: usize = 8;
 
 /// Whether the rules allow deleting a message with this size, date and flags.
 pub fn deletable(meta: &MessageMeta, rules: &DeletionSpec, now: DateTime<Utc>) -> bool {
@@ -45,87 +55,125 @@ pub fn deletable(meta: &MessageMeta, rules: &DeletionSpec, now: DateTime<Utc>) -
 pub struct Deleted {
     pub deleted: u64,
     pub would_delete: u64,
+    /// Messages the rules would delete but the archive could not prove it holds.
+    pub suspects: UidSet,
+    /// Why, one line per kind of failure.
+    pub reasons: Vec<String>,
 }
 
-/// Deletes (or, in a dry run, counts) the folder's archived messages that the rules allow.
-pub async fn delete_archived(
+/// Why a message is not proven archived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Doubt {
+    NoEntry,
+    Differs,
+    Missing,
+    Damaged,
+}
+
+impl Doubt {
+    fn describe(self) -> &'static str {
+        match self {
+            Doubt::NoEntry => "no index entry of this server and login for the UID",
+            Doubt::Differs => "the server's message differs in size or date from the archived one",
+            Doubt::Missing => "the stored copy is missing",
+            Doubt::Damaged => "the stored copy does not hash to its SHA-256",
+        }
+    }
+}
+
+/// Deletes (or, in a dry run, counts) the folder's archived messages that the rules allow
+/// and the archive proves it holds.
+pub(super) async fn delete_archived(
     session: &mut Session,
-    archive: &Archive,
-    key: &FolderKey,
-    folder: &Folder,
+    job: &FolderJob<'_>,
     rules: &DeletionSpec,
-    now: DateTime<Utc>,
     dry_run: bool,
 ) -> Result<Deleted, FolderFailure> {
-    let state = archive.load_state(key).await?;
+    let archive = job.archive;
+    let loaded = archive.load_state(&job.key, job.source).await?;
+    if loaded.replaced.is_some() {
+        // Another source wrote the folder's state since it was archived: nothing here is
+        // proven.
+        return Ok(Deleted::default());
+    }
+    let state = loaded.state;
     let status = if dry_run {
-        session.examine(folder).await?
+        session.examine(&job.folder).await?
     } else {
-        session.select(folder).await?
+        session.select(&job.folder).await?
     };
     if status.uid_validity != state.uid_validity || status.exists == 0 {
         return Ok(Deleted::default());
     }
-    let archived: Vec<u32> = session
-        .uids()
-        .await?
-        .into_iter()
-        .filter(|&uid| state.archived.contains(uid))
-        .collect();
-    if archived.is_empty() {
-        return Ok(Deleted::default());
-    }
-    // Flags and dates as they are now, not as they were when archived.
+    // Flags, sizes and dates as they are now, not as they were when archived.
     let candidates: Vec<MessageMeta> = session
-        .metadata(&archived)
+        .messages(true)
         .await?
         .into_iter()
-        .filter(|m| deletable(m, rules, now))
+        .filter(|m| state.archived.contains(m.uid) && deletable(m, rules, job.now))
         .collect();
     if candidates.is_empty() {
         return Ok(Deleted::default());
     }
-    let hashes: HashMap<u32, String> = archive
-        .folder_entries(key)
-        .await?
-        .into_iter()
-        .filter(|e| e.uid_validity == status.uid_validity)
-        .map(|e| (e.uid, e.sha256))
-        .collect();
-    let mut verified = Vec::new();
+    // Whatever is still in flight reaches the medium before it is read back from there.
+    archive.sync().await?;
+    let entries = archive.folder_identities(&job.key).await?;
+    let latest = identity::latest_entries(
+        &entries,
+        job.source,
+        state.legacy_entries,
+        state.uid_validity,
+        &job.key.folder,
+    );
+    let mut doubts: Vec<(u32, Doubt)> = Vec::new();
+    let mut to_read = Vec::new();
     for meta in &candidates {
-        let Some(sha256) = hashes.get(&meta.uid) else {
-            // Matched by content after a UIDVALIDITY change: archived, but without an entry
-            // for this UID. Kept, to be safe.
-            continue;
-        };
-        let Some(bytes) = archive.get_message(sha256).await? else {
-            continue;
-        };
-        let expected = sha256.clone();
-        let intact =
-            tokio::task::spawn_blocking(move || hex::encode(Sha256::digest(&bytes)) == expected)
-                .await
-                .expect("hashing does not panic");
-        if intact {
-            verified.push(meta.uid);
+        match latest.get(&meta.uid) {
+            None => doubts.push((meta.uid, Doubt::NoEntry)),
+            Some(entry) if meta.internal_date.is_none() || !identity::same_message(entry, meta) => {
+                doubts.push((meta.uid, Doubt::Differs))
+            }
+            Some(entry) => to_read.push((meta.uid, entry.sha256.clone())),
         }
     }
-    if dry_run {
-        return Ok(Deleted {
-            deleted: 0,
-            would_delete: verified.len() as u64,
-        });
+    let mut read = futures::stream::iter(to_read)
+        .map(|(uid, sha256)| async move {
+            let Some(bytes) = archive.read_back_message(&sha256).await? else {
+                return Ok((uid, Some(Doubt::Missing)));
+            };
+            let intact =
+                tokio::task::spawn_blocking(move || hex::encode(Sha256::digest(&bytes)) == sha256)
+                    .await
+                    .expect("hashing does not panic");
+            Ok::<_, crate::store::StoreError>((uid, (!intact).then_some(Doubt::Damaged)))
+        })
+        .buffered(READ_BACKS);
+    let mut verified = Vec::new();
+    while let Some(result) = read.next().await {
+        match result? {
+            (uid, None) => verified.push(uid),
+            (uid, Some(doubt)) => doubts.push((uid, doubt)),
+        }
     }
-    let deleted = if verified.is_empty() {
-        0
-    } else {
-        session.delete_messages(&verified).await?
+    drop(read);
+    let mut kinds: Vec<Doubt> = doubts.iter().map(|&(_, d)| d).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    let mut deleted = Deleted {
+        suspects: doubts.iter().map(|&(uid, _)| uid).collect(),
+        reasons: kinds
+            .into_iter()
+            .map(|d| d.describe().to_string())
+            .collect(),
+        ..Deleted::default()
     };
-    Ok(Deleted {
-        deleted,
-        would_delete: 0,
-    })
+    if dry_run {
+        deleted.would_delete = verified.len() as u64;
+    } else if !verified.is_empty() {
+        verified.sort_unstable();
+        deleted.deleted = session.delete_messages(&verified).await?;
+    }
+    Ok(deleted)
 }
 
 #[cfg(test)]

@@ -1,13 +1,16 @@
 //! Archiving: every mailbox of a run, each incrementally, into the archive.
 //!
-//! Per folder the engine compares the server's UIDs with the UIDs the archive holds (under
-//! the same UIDVALIDITY), reads size and date of the rest to apply the filter, and
-//! downloads what remains in pipelined batches. Downloading and storing overlap: a writer
+//! Per folder the engine lists the server's messages with their sizes and dates in one
+//! command, takes as archived only the UIDs whose archived entry (of the same server and
+//! login, under the same UIDVALIDITY) shows the same size and date, applies the filter to
+//! the rest, and downloads what remains in pipelined batches. Downloading and storing overlap: a writer
 //! task hashes and stores each message as it arrives while the next ones stream in, and
 //! commits in batches (bytes durable, then the index segment, then the sync state).
 
 mod delete;
+mod identity;
 mod select;
+mod settings;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -16,9 +19,10 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
 
-pub use delete::{deletable, Deleted};
 pub use select::{decide, Decision, FolderSelector};
+pub use settings::RunParts;
 
 use crate::imap::{Credentials, Folder, ImapError, MessageMeta, ServerConfig, Session};
 use crate::protocol::{
@@ -26,7 +30,10 @@ use crate::protocol::{
 };
 use crate::resources::{DeletionMode, DeletionSpec, FilterSpec};
 use crate::sources::Mailbox;
-use crate::store::{now, Archive, Direction, FolderKey, FolderState, IndexEntry, StoreError};
+use crate::store::{
+    Archive, Checked, Direction, FolderKey, FolderState, IndexEntry, StoreError, UidSet,
+};
+use crate::time::now;
 
 /// Messages per download command.
 const FETCH_BATCH_MESSAGES: usize = 500;
@@ -68,22 +75,26 @@ pub struct RunSettings {
 }
 
 /// Archives every mailbox, `max_parallel` at a time, and returns the protocol.
-pub async fn run(
+pub async fn archive_mailboxes(
     settings: Arc<RunSettings>,
     archive: Archive,
     mailboxes: Vec<Mailbox>,
 ) -> RunProtocol {
     let start_time = now();
+    // The run's span (profile, run), for the mailboxes' tasks.
+    let span = tracing::Span::current();
     let results: Vec<(usize, MailboxProtocol)> =
         futures::stream::iter(mailboxes.into_iter().enumerate())
             .map(|(i, mailbox)| {
                 let settings = settings.clone();
                 let archive = archive.clone();
+                let span = span.clone();
                 // Each mailbox on its own task, so that two mailboxes use both cores.
                 async move {
-                    let handle = tokio::spawn(async move {
-                        archive_mailbox(&settings, &archive, &mailbox).await
-                    });
+                    let handle = tokio::spawn(
+                        async move { archive_mailbox(&settings, &archive, &mailbox).await }
+                            .instrument(span),
+                    );
                     (i, handle.await.expect("archiving a mailbox does not panic"))
                 }
             })
@@ -109,7 +120,9 @@ pub async fn run(
     protocol
 }
 
-/// Archives one mailbox. Never fails as a whole: what went wrong is in the protocol.
+/// Archives one mailbox. Never fails as a whole: what went wrong is in the protocol. Its
+/// logs carry the mailbox and the archive user.
+#[tracing::instrument(skip_all, fields(mailbox = %mailbox.label(), user = %mailbox.user))]
 pub async fn archive_mailbox(
     settings: &RunSettings,
     archive: &Archive,
@@ -173,56 +186,54 @@ async fn archive_folders(
         .await
         .map_err(|e| e.to_string())?;
     let folders = session.folders().await.map_err(|e| e.to_string())?;
+    let source = identity::source(&settings.server, mailbox);
     let now = Utc::now();
     let mut outcome = Ok(());
     let mut archived_folders = Vec::new();
     for (folder, direction) in settings.folders.select(folders) {
-        let key = FolderKey {
-            user: mailbox.user.clone(),
-            mailbox: label.clone(),
-            folder: folder.path(),
+        let key = if folder.named_by_path {
+            FolderKey::new(&mailbox.user, &label, &folder.path())
+        } else {
+            FolderKey::by_server_name(&mailbox.user, &label, &folder.path(), &folder.raw)
+        };
+        let job = FolderJob {
+            archive,
+            filter: &settings.filter,
+            now,
+            folder,
+            direction,
+            key,
+            source: &source,
         };
         let mut folder_protocol = FolderProtocol {
-            name: folder.path(),
+            name: job.folder.path(),
             ..FolderProtocol::default()
         };
         let result = archive_folder(
             &mut session,
-            archive,
-            &settings.filter,
-            now,
-            &folder,
-            direction,
-            &key,
+            &job,
+            &UidSet::new(),
             &mut folder_protocol,
-            &mut protocol.errors,
+            protocol,
         )
         .await;
         protocol.add_folder(folder_protocol);
         match result {
-            Ok(()) => archived_folders.push((folder, key)),
+            Ok(()) => archived_folders.push(job),
             Err(FolderFailure::Folder(message)) => protocol.errors.push(ProtocolError {
-                folder: Some(folder.path()),
+                folder: Some(job.folder.path()),
                 uid: None,
                 message,
             }),
             Err(FolderFailure::Mailbox(message)) => {
-                outcome = Err(format!("folder {:?}: {message}", folder.path()));
+                outcome = Err(format!("folder {:?}: {message}", job.folder.path()));
                 break;
             }
         }
     }
     let clean = outcome.is_ok() && protocol.errors.is_empty() && protocol.failed == 0;
     if clean && settings.deletion.mode == DeletionMode::AfterArchiving {
-        outcome = delete_pass(
-            settings,
-            archive,
-            &mut session,
-            archived_folders,
-            now,
-            protocol,
-        )
-        .await;
+        outcome = delete_pass(settings, &mut session, &archived_folders, protocol).await;
     }
     if outcome.is_ok() {
         session.logout().await;
@@ -230,13 +241,12 @@ async fn archive_folders(
     outcome
 }
 
-/// Runs the deletion pass over the folders just archived.
+/// Runs the deletion pass over the folders just archived. Messages it finds not proven
+/// archived are archived again, at once.
 async fn delete_pass(
     settings: &RunSettings,
-    archive: &Archive,
     session: &mut Session,
-    folders: Vec<(Folder, FolderKey)>,
-    now: DateTime<Utc>,
+    folders: &[FolderJob<'_>],
     protocol: &mut MailboxProtocol,
 ) -> Result<(), String> {
     let dry_run = settings.dry_run_deletion;
@@ -251,33 +261,70 @@ async fn delete_pass(
         );
         return Ok(());
     }
-    for (folder, key) in folders {
-        match delete::delete_archived(
-            session,
-            archive,
-            &key,
-            &folder,
-            &settings.deletion,
-            now,
-            dry_run,
-        )
-        .await
-        {
-            Ok(d) => protocol.add_deletions(&key.folder, d.deleted, d.would_delete),
-            Err(FolderFailure::Folder(message)) => protocol.errors.push(ProtocolError {
-                folder: Some(key.folder.clone()),
-                uid: None,
-                message: format!("deleting archived messages: {message}"),
-            }),
+    for job in folders {
+        let name = job.folder.path();
+        let deleted = delete::delete_archived(session, job, &settings.deletion, dry_run).await;
+        let deleted = match deleted {
+            Ok(d) => d,
+            Err(FolderFailure::Folder(message)) => {
+                protocol.errors.push(ProtocolError {
+                    folder: Some(name),
+                    uid: None,
+                    message: format!("deleting archived messages: {message}"),
+                });
+                continue;
+            }
             Err(FolderFailure::Mailbox(message)) => {
                 return Err(format!(
-                    "folder {:?}: deleting archived messages: {message}",
-                    key.folder
+                    "folder {name:?}: deleting archived messages: {message}"
                 ));
+            }
+        };
+        protocol.add_deletions(&name, deleted.deleted, deleted.would_delete);
+        if deleted.suspects.is_empty() {
+            continue;
+        }
+        let uids: Vec<u32> = deleted.suspects.iter().collect();
+        protocol.warnings.push(format!(
+            "folder {name:?}: {} archived messages were not deleted because the archive could not prove it holds them ({}; UIDs {}); they are archived again",
+            uids.len(),
+            deleted.reasons.join("; "),
+            identity::some_uids(&uids)
+        ));
+        let mut again = FolderProtocol {
+            name: name.clone(),
+            ..FolderProtocol::default()
+        };
+        let result = archive_folder(session, job, &deleted.suspects, &mut again, protocol).await;
+        // What was counted as archived before is not counted twice.
+        again.already_archived = 0;
+        again.skipped = 0;
+        protocol.add_folder(again);
+        match result {
+            Ok(()) => {}
+            Err(FolderFailure::Folder(message)) => protocol.errors.push(ProtocolError {
+                folder: Some(name),
+                uid: None,
+                message: format!("archiving again: {message}"),
+            }),
+            Err(FolderFailure::Mailbox(message)) => {
+                return Err(format!("folder {name:?}: archiving again: {message}"));
             }
         }
     }
     Ok(())
+}
+
+/// One folder to archive, and what archiving it needs to know.
+struct FolderJob<'a> {
+    archive: &'a Archive,
+    filter: &'a FilterSpec,
+    now: DateTime<Utc>,
+    folder: Folder,
+    direction: Direction,
+    key: FolderKey,
+    /// Whose UIDs these are (see [`identity::source`]).
+    source: &'a str,
 }
 
 enum FolderFailure {
@@ -302,81 +349,169 @@ impl From<StoreError> for FolderFailure {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Archives what the folder has that the archive does not: messages at UIDs the archive
+/// has not seen, and those whose UID it has seen but whose size or date show another
+/// message there now. `recheck` are UIDs to fetch again whatever the archive says (the
+/// deletion pass found them not proven archived); their stored copies are replaced.
 async fn archive_folder(
     session: &mut Session,
-    archive: &Archive,
-    filter: &FilterSpec,
-    now: DateTime<Utc>,
-    folder: &Folder,
-    direction: Direction,
-    key: &FolderKey,
+    job: &FolderJob<'_>,
+    recheck: &UidSet,
     protocol: &mut FolderProtocol,
-    errors: &mut Vec<ProtocolError>,
+    mailbox: &mut MailboxProtocol,
 ) -> Result<(), FolderFailure> {
-    let status = session.examine(folder).await?;
-    let mut state = archive.load_state(key).await?;
+    let archive = job.archive;
+    let name = job.folder.path();
+    let status = session.examine(&job.folder).await?;
+    let loaded = archive.load_state(&job.key, job.source).await?;
+    let mut state = loaded.state;
+    let mut identity_changed = false;
+    if let Some(previous) = loaded.replaced {
+        mailbox.warnings.push(format!(
+            "folder {name:?}: the archive's record of this folder belongs to another source ({previous}), not {}: its messages are checked by their content, nothing is taken as archived by its UID",
+            job.source
+        ));
+        identity_changed = true;
+    }
     // A new UIDVALIDITY means the server renumbered the folder: every message is a
     // candidate again, and content hashes tell which ones the archive already holds.
-    let known_hashes = if state.uid_validity != status.uid_validity && !state.segments.is_empty() {
-        let hashes: HashSet<String> = archive
-            .folder_entries(key)
-            .await?
-            .into_iter()
-            .map(|e| e.sha256)
+    if state.uid_validity != status.uid_validity {
+        identity_changed |= !state.segments.is_empty();
+        state.uid_validity = status.uid_validity;
+        state.archived = UidSet::new();
+        state.checked = None;
+    }
+    let messages = if status.exists == 0 {
+        Vec::new()
+    } else {
+        session.messages(false).await?
+    };
+    let archived: UidSet = messages
+        .iter()
+        .map(|m| m.uid)
+        .filter(|&uid| state.archived.contains(uid))
+        .collect();
+    // The last check still holds when the same UIDs show the same sizes and dates: then
+    // no index segment needs reading.
+    let unchanged = recheck.is_empty()
+        && state.checked.as_ref().is_some_and(|c| {
+            c.uids == archived && c.digest == identity::digest(&messages, &archived)
+        });
+    let mut entries = None;
+    let verified = if unchanged || archived.is_empty() {
+        archived
+    } else {
+        let all = archive.folder_identities(&job.key).await?;
+        let latest = identity::latest_entries(
+            &all,
+            job.source,
+            state.legacy_entries,
+            state.uid_validity,
+            &name,
+        );
+        let mut checked = identity::check(&messages, &archived, &latest);
+        for uid in recheck.iter().filter(|&uid| checked.verified.contains(uid)) {
+            checked.changed.push(uid);
+        }
+        checked.verified = checked
+            .verified
+            .iter()
+            .filter(|&uid| !recheck.contains(uid))
             .collect();
-        Some(hashes)
+        let changed_by_server: Vec<u32> = checked
+            .changed
+            .iter()
+            .copied()
+            .filter(|&uid| !recheck.contains(uid))
+            .collect();
+        if !changed_by_server.is_empty() {
+            mailbox.warnings.push(format!(
+                "folder {name:?}: {} messages differ in size or date from what was archived under their UIDs ({}): the server's messages there are archived as new",
+                changed_by_server.len(),
+                identity::some_uids(&changed_by_server)
+            ));
+        }
+        identity_changed |= !checked.changed.is_empty();
+        entries = Some(all);
+        checked.verified
+    };
+    if !unchanged {
+        // Saved states claim nothing about this listing until it is checked whole.
+        state.checked = None;
+    }
+    // Messages found again by content (renumbered, or from another source) get an entry
+    // that records where they are now, without being listed twice.
+    let known_hashes = if identity_changed {
+        let all = match entries {
+            Some(all) => all,
+            None => archive.folder_identities(&job.key).await?,
+        };
+        Some(all.into_iter().map(|e| e.sha256).collect::<HashSet<_>>())
     } else {
         None
     };
-    if state.uid_validity != status.uid_validity {
-        state.uid_validity = status.uid_validity;
-        state.archived = Default::default();
-    }
-    let server_uids = if status.exists == 0 {
-        Vec::new()
-    } else {
-        session.uids().await?
-    };
-    let candidates: Vec<u32> = server_uids
-        .iter()
-        .copied()
-        .filter(|&uid| !state.archived.contains(uid))
-        .collect();
-    protocol.already_archived = (server_uids.len() - candidates.len()) as u64;
-    if candidates.is_empty() {
-        return Ok(());
-    }
-    let metas = session.metadata(&candidates).await?;
+    protocol.already_archived = verified.len();
     let mut wanted = Vec::new();
-    for meta in metas {
-        match decide(&meta, filter, now) {
-            Decision::Archive => wanted.push(meta),
+    for meta in messages.iter().filter(|m| !verified.contains(m.uid)) {
+        match decide(meta, job.filter, job.now) {
+            Decision::Archive => wanted.push(meta.clone()),
             Decision::Skip => protocol.skipped += 1,
         }
     }
-    let metas: HashMap<u32, MessageMeta> = wanted.iter().map(|m| (m.uid, m.clone())).collect();
-    let (tx, rx) = mpsc::channel(WRITER_QUEUE);
-    let budget = Arc::new(Semaphore::new(WRITER_QUEUE_BYTES as usize));
-    let writer = tokio::spawn(write_folder(
-        archive.clone(),
-        key.clone(),
-        state,
-        direction,
-        metas,
-        known_hashes,
-        rx,
-    ));
-    let download = download(session, &wanted, &tx, &budget, protocol, errors).await;
-    drop(tx);
-    let written = writer.await.expect("the folder writer does not panic");
-    match written {
-        Ok(w) => {
-            protocol.archived += w.archived;
-            protocol.already_archived += w.already_archived;
-            protocol.bytes += w.bytes;
+    let previous_check = state.checked.clone();
+    let (committed, download) = if wanted.is_empty() {
+        (Some((state, UidSet::new())), Ok(()))
+    } else {
+        let metas: HashMap<u32, MessageMeta> = wanted.iter().map(|m| (m.uid, m.clone())).collect();
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+        let budget = Arc::new(Semaphore::new(WRITER_QUEUE_BYTES as usize));
+        let writer = tokio::spawn(write_folder(
+            archive.clone(),
+            Target {
+                key: job.key.clone(),
+                source: job.source.to_string(),
+                direction: job.direction,
+                known_hashes,
+                replace: !recheck.is_empty(),
+            },
+            state,
+            metas,
+            rx,
+        ));
+        let download = download(
+            session,
+            &wanted,
+            &tx,
+            &budget,
+            protocol,
+            &mut mailbox.errors,
+        )
+        .await;
+        drop(tx);
+        let written = writer.await.expect("the folder writer does not panic")?;
+        protocol.archived += written.archived;
+        protocol.already_archived += written.already_archived;
+        protocol.bytes += written.bytes;
+        (
+            download
+                .is_ok()
+                .then_some((written.state, written.committed)),
+            download,
+        )
+    };
+    // Record the check of every UID now proven: those that matched, and those just
+    // archived (their entries carry the sizes and dates listed).
+    if let Some((mut state, committed)) = committed.filter(|(_, c)| !(unchanged && c.is_empty())) {
+        let mut proven = verified;
+        proven.extend(&committed);
+        let check = Checked {
+            digest: identity::digest(&messages, &proven),
+            uids: proven,
+        };
+        if previous_check.as_ref() != Some(&check) {
+            state.checked = Some(check);
+            archive.save_state(&job.key, &state).await?;
         }
-        Err(e) => return Err(e.into()),
     }
     download
 }
@@ -413,6 +548,7 @@ async fn download(
                 .expect("the budget is never closed");
             let downloaded = Downloaded {
                 uid: message.uid,
+                flags: message.flags,
                 bytes,
                 _budget: permit,
             };
@@ -441,6 +577,7 @@ async fn download(
 /// of bytes in between until it is stored.
 struct Downloaded {
     uid: u32,
+    flags: Vec<String>,
     bytes: Bytes,
     _budget: OwnedSemaphorePermit,
 }
@@ -466,43 +603,60 @@ fn batches(metas: &[MessageMeta]) -> Vec<Vec<u32>> {
     out
 }
 
-#[derive(Default)]
+/// What the writer of a folder stores and how.
+struct Target {
+    key: FolderKey,
+    source: String,
+    direction: Direction,
+    /// Hashes the folder already lists, when messages may be ones it holds under another
+    /// UID or source: those get alias entries.
+    known_hashes: Option<HashSet<String>>,
+    /// Replace stored copies rather than keep them.
+    replace: bool,
+}
+
 struct Written {
     archived: u64,
     already_archived: u64,
     bytes: u64,
+    /// The state as last committed.
+    state: FolderState,
+    /// UIDs committed.
+    committed: UidSet,
 }
 
 /// Stores messages as they arrive and has them committed in batches.
 async fn write_folder(
     archive: Archive,
-    key: FolderKey,
+    target: Target,
     state: FolderState,
-    direction: Direction,
     metas: HashMap<u32, MessageMeta>,
-    known_hashes: Option<HashSet<String>>,
     mut rx: mpsc::Receiver<Downloaded>,
 ) -> Result<Written, StoreError> {
     let uid_validity = state.uid_validity;
     let (commits, commit_rx) = mpsc::channel(COMMIT_QUEUE);
     let committer = tokio::spawn(commit_batches(
         archive.clone(),
-        key.clone(),
+        target.key.clone(),
         state,
         commit_rx,
     ));
-    let mut written = Written::default();
+    let (mut archived, mut already_archived, mut bytes) = (0, 0, 0);
     let mut pending = Pending::default();
+    let replace = target.replace;
     // Up to STORE_TRIPS batches are hashed and stored at once, each on its own blocking
     // thread, and their results taken in order.
     let mut stored = futures::stream::poll_fn(|cx| rx.poll_recv(cx))
         .ready_chunks(STORE_BATCH_MESSAGES)
-        .map(|arrived: Vec<Downloaded>| {
-            let uids: Vec<u32> = arrived.iter().map(|m| m.uid).collect();
+        .map(|mut arrived: Vec<Downloaded>| {
+            let uids: Vec<(u32, Vec<String>)> = arrived
+                .iter_mut()
+                .map(|m| (m.uid, std::mem::take(&mut m.flags)))
+                .collect();
             let bodies = arrived.iter().map(|m| m.bytes.clone()).collect();
             let archive = archive.clone();
             async move {
-                let prepared = archive.store_messages(bodies).await?;
+                let prepared = archive.store_messages(bodies, replace).await?;
                 // Their bytes are stored and released: room for more downloads.
                 drop(arrived);
                 Ok::<_, StoreError>((uids, prepared))
@@ -511,38 +665,43 @@ async fn write_folder(
         .buffered(STORE_TRIPS);
     let result = async {
         while let Some(batch) = stored.next().await {
-            // Messages the archive already holds under their hash (after a new UIDVALIDITY)
-            // are stored again, which writes nothing, but get no second index entry.
             let (batch_uids, prepared) = batch?;
-            for (uid, prepared) in batch_uids.into_iter().zip(prepared) {
+            for ((uid, flags), prepared) in batch_uids.into_iter().zip(prepared) {
                 pending.uids.push(uid);
-                if known_hashes
-                    .as_ref()
-                    .is_some_and(|k| k.contains(&prepared.sha256))
-                {
-                    written.already_archived += 1;
-                    continue;
-                }
                 let meta = metas.get(&uid);
+                // A message the folder already lists (found again after a new UIDVALIDITY,
+                // or from another source) gets an alias: where it is now, for the identity
+                // checks, without being listed twice.
+                let alias = target
+                    .known_hashes
+                    .as_ref()
+                    .is_some_and(|k| k.contains(&prepared.sha256));
                 let headers = prepared.headers;
                 pending.entries.push(IndexEntry {
-                    folder: key.folder.clone(),
+                    folder: target.key.folder.clone(),
+                    source: Some(target.source.clone()),
                     uid_validity,
                     uid,
                     sha256: prepared.sha256,
                     size: prepared.size,
+                    server_size: meta.map(|m| m.size).filter(|&s| s != prepared.size),
                     internal_date: meta.and_then(|m| m.internal_date).map(|d| d.to_rfc3339()),
-                    flags: meta.map(|m| m.flags.clone()).unwrap_or_default(),
+                    flags,
                     message_id: headers.message_id,
                     from: headers.from,
                     to: headers.to,
                     subject: headers.subject,
                     date: headers.date,
-                    direction,
+                    direction: target.direction,
                     archived_at: now(),
+                    alias,
                 });
-                written.archived += 1;
-                written.bytes += prepared.size;
+                if alias {
+                    already_archived += 1;
+                    continue;
+                }
+                archived += 1;
+                bytes += prepared.size;
                 pending.bytes += prepared.size;
             }
             let full = pending.uids.len() >= COMMIT_MESSAGES || pending.bytes >= COMMIT_BYTES;
@@ -563,8 +722,14 @@ async fn write_folder(
         .await
         .expect("the folder committer does not panic");
     result?;
-    committed?;
-    Ok(written)
+    let (state, committed) = committed?;
+    Ok(Written {
+        archived,
+        already_archived,
+        bytes,
+        state,
+        committed,
+    })
 }
 
 /// Index entries and UIDs of stored messages, to be made durable together.
@@ -577,23 +742,29 @@ struct Pending {
 
 /// Commits batches one after another while the writer stores the next ones, so that
 /// downloading and storing do not stop for every file-system sync; batches that queue up
-/// meanwhile (a slow disk) are committed together, with fewer syncs.
+/// meanwhile (a slow disk) are committed together, with fewer syncs. Returns the state as
+/// last saved and the UIDs committed.
 async fn commit_batches(
     archive: Archive,
     key: FolderKey,
     mut state: FolderState,
     mut rx: mpsc::Receiver<Pending>,
-) -> Result<(), StoreError> {
+) -> Result<(FolderState, UidSet), StoreError> {
     let mut queued = Vec::with_capacity(COMMIT_QUEUE);
+    let mut committed = UidSet::new();
     while rx.recv_many(&mut queued, COMMIT_QUEUE).await > 0 {
         let mut batch = Pending::default();
         for pending in queued.drain(..) {
             batch.entries.extend(pending.entries);
             batch.uids.extend(pending.uids);
         }
+        let uids = batch.uids.clone();
         commit(&archive, &key, &mut state, batch).await?;
+        for uid in uids {
+            committed.insert(uid);
+        }
     }
-    Ok(())
+    Ok((state, committed))
 }
 
 /// Makes a batch durable in the order the format requires: message bytes, then their
@@ -608,11 +779,9 @@ async fn commit(
     if batch.uids.is_empty() {
         return Ok(());
     }
-    if !batch.entries.is_empty() {
-        archive.sync().await?;
-        let segment = archive.append_index(key, &batch.entries).await?;
-        state.segments.push(segment);
-    }
+    archive.sync().await?;
+    let segment = archive.append_index(key, &batch.entries).await?;
+    state.segments.push(segment);
     archive.sync().await?;
     for uid in batch.uids {
         state.archived.insert(uid);

@@ -153,11 +153,7 @@ mod tests {
     use super::*;
 
     fn folder(path: &str, special_use: Option<SpecialUse>) -> Folder {
-        Folder {
-            raw: path.to_string(),
-            segments: path.split('/').map(str::to_string).collect(),
-            special_use,
-        }
+        Folder::from_listing(path.to_string(), Some("/"), special_use)
     }
 
     fn selected(spec: FolderSpec, folders: Vec<Folder>) -> Vec<(String, Direction)> {

@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 
 use crate::oauth2::ImapTokens;
 use crate::resources::Security;
-use crate::secret::Secret;
+use crate::sensitive::Sensitive;
 use stream::ImapStream;
 
 /// Where and how to connect.
@@ -39,12 +39,12 @@ pub struct ServerConfig {
 #[derive(Clone, Debug)]
 pub enum Credentials {
     /// The user's own name and password (IMAP LOGIN).
-    User { login: String, password: Secret },
+    User { login: String, password: Sensitive },
     /// A master user acting for `authorization_identity` (SASL PLAIN, RFC 4616).
     Master {
         authorization_identity: String,
         master_user: String,
-        password: Secret,
+        password: Sensitive,
     },
     /// An app logging in as `user` (the mailbox address) with an OAuth2 access token,
     /// fetched (or taken from the cache) right before each login.
@@ -111,16 +111,50 @@ type Result<T> = std::result::Result<T, ImapError>;
 pub struct Folder {
     /// The name as the server spells it (modified UTF-7), for EXAMINE.
     pub raw: String,
-    /// UTF-8 path segments (split at the server's hierarchy delimiter).
+    /// UTF-8 path segments (split at the server's hierarchy delimiter). A `/` inside a
+    /// level's name, possible on servers with another delimiter, is shown as that
+    /// delimiter, which no level's name can contain: `a/b` on a server with `.` between
+    /// levels is the level `a.b`, never the folder `b` inside `a`.
     pub segments: Vec<String>,
     /// Special use (RFC 6154), if the server says.
     pub special_use: Option<SpecialUse>,
+    /// Whether [`Folder::path`] tells this folder from every other: the server sent its
+    /// name in the one valid encoding, and the name needed no escaping. Otherwise (a name
+    /// that is not modified UTF-7, a `/` inside a level), the archive keys the folder by
+    /// `raw`.
+    pub named_by_path: bool,
 }
 
 impl Folder {
     /// The UTF-8 path with `/` between levels, as users write it in include/exclude patterns.
     pub fn path(&self) -> String {
         self.segments.join("/")
+    }
+
+    /// A folder as listed: `raw` the server's name, `delimiter` its hierarchy delimiter.
+    pub fn from_listing(
+        raw: String,
+        delimiter: Option<&str>,
+        special_use: Option<SpecialUse>,
+    ) -> Folder {
+        let decoded = utf7::decode(&raw);
+        let canonical = decoded.as_deref().is_some_and(|d| utf7::encode(d) == raw);
+        let name = decoded.unwrap_or_else(|| raw.clone());
+        let (segments, escaped): (Vec<String>, bool) = match delimiter {
+            Some(d) if !d.is_empty() => {
+                let segments: Vec<String> = name.split(d).map(|s| s.replace('/', d)).collect();
+                let escaped = d != "/" && name.contains('/');
+                (segments, escaped)
+            }
+            // A flat server: every name is one level, and the path is the name.
+            _ => (vec![name], false),
+        };
+        Folder {
+            raw,
+            segments,
+            special_use,
+            named_by_path: canonical && !escaped,
+        }
     }
 }
 
@@ -153,6 +187,8 @@ pub struct MessageMeta {
 /// A downloaded message; `bytes` is `None` when the server sent no body for it.
 pub struct FetchedMessage {
     pub uid: u32,
+    /// Its flags as the body was read.
+    pub flags: Vec<String>,
     pub bytes: Option<Bytes>,
 }
 
@@ -349,16 +385,7 @@ impl Session {
                 _ => None,
             });
             let raw = unescape_quoted(name.name());
-            let decoded = utf7::decode(&raw).unwrap_or_else(|| raw.clone());
-            let segments = match name.delimiter() {
-                Some(d) if !d.is_empty() => decoded.split(d).map(str::to_string).collect(),
-                _ => vec![decoded],
-            };
-            folders.push(Folder {
-                raw,
-                segments,
-                special_use,
-            });
+            folders.push(Folder::from_listing(raw, name.delimiter(), special_use));
         }
         folders.sort_by(|a, b| a.segments.cmp(&b.segments));
         Ok(folders)
@@ -429,45 +456,87 @@ impl Session {
         Ok(expunged)
     }
 
-    /// The UIDs of every message in the open folder, ascending.
-    pub async fn uids(&mut self) -> Result<Vec<u32>> {
-        let during = "listing message UIDs";
-        let set = within(self.timeout, during, self.inner.uid_search("ALL"))
-            .await?
-            .map_err(|e| command_error(during, e))?;
-        let mut uids: Vec<u32> = set.into_iter().collect();
-        uids.sort_unstable();
-        Ok(uids)
+    /// UID, size and internal date (and flags, if asked for) of every message in the open
+    /// folder, by ascending UID: one command, whose answer tells which messages are there
+    /// and, by size and date, whether each is still the one archived at its UID. Without
+    /// flags it is the smallest answer that does (flags come with the bodies).
+    pub async fn messages(&mut self, flags: bool) -> Result<Vec<MessageMeta>> {
+        let items = if flags {
+            "(UID RFC822.SIZE INTERNALDATE FLAGS)"
+        } else {
+            "(UID RFC822.SIZE INTERNALDATE)"
+        };
+        self.fetch_meta("1:*", items).await
     }
 
-    /// Size, internal date and flags of the given messages.
-    pub async fn metadata(&mut self, uids: &[u32]) -> Result<Vec<MessageMeta>> {
-        let mut out = Vec::with_capacity(uids.len());
-        for chunk in uids.chunks(2000) {
-            let set = uid_set(chunk);
-            let wanted: HashSet<u32> = chunk.iter().copied().collect();
-            let during = "reading message sizes and dates";
-            let stream = within(
-                self.timeout,
-                during,
-                self.inner
-                    .uid_fetch(&set, "(UID RFC822.SIZE INTERNALDATE FLAGS)"),
-            )
+    /// Runs a FETCH of sizes, dates (and flags) and reads its answer. A folder's listing is
+    /// one response per message, run on every archiving run, so the attributes are taken
+    /// from the parsed responses directly and dates parsed without a format interpreter.
+    async fn fetch_meta(&mut self, set: &str, items: &str) -> Result<Vec<MessageMeta>> {
+        use async_imap::imap_proto::{AttributeValue, Response, Status};
+        let during = "reading message sizes and dates";
+        let command = format!("UID FETCH {set} {items}");
+        let tag = within(self.timeout, during, self.inner.run_command(&command))
             .await?
             .map_err(|e| command_error(during, e))?;
-            let mut stream = Box::pin(stream);
-            while let Some(item) = next_within(self.timeout, during, &mut stream).await? {
-                let Some(uid) = item.uid.filter(|u| wanted.contains(u)) else {
-                    continue;
-                };
-                out.push(MessageMeta {
-                    uid,
-                    size: u64::from(item.size.unwrap_or(0)),
-                    internal_date: item.internal_date(),
-                    flags: item.flags().map(|f| flag_name(&f)).collect(),
-                });
+        let mut out = Vec::new();
+        loop {
+            let response = within(self.timeout, during, self.inner.read_response())
+                .await?
+                .map_err(|e| command_error(during, e.into()))?
+                .ok_or(ImapError::Closed {
+                    during: during.into(),
+                })?;
+            match response.parsed() {
+                Response::Fetch(_, attributes) => {
+                    let mut meta = MessageMeta {
+                        uid: 0,
+                        size: 0,
+                        internal_date: None,
+                        flags: Vec::new(),
+                    };
+                    for attribute in attributes {
+                        match attribute {
+                            AttributeValue::Uid(uid) => meta.uid = *uid,
+                            AttributeValue::Rfc822Size(size) => meta.size = u64::from(*size),
+                            AttributeValue::InternalDate(date) => {
+                                meta.internal_date = parse_internal_date(date)
+                            }
+                            AttributeValue::Flags(flags) => {
+                                meta.flags = flags.iter().map(|f| f.to_string()).collect()
+                            }
+                            _ => {}
+                        }
+                    }
+                    if meta.uid != 0 {
+                        out.push(meta);
+                    }
+                }
+                Response::Done {
+                    tag: done,
+                    status,
+                    outcome,
+                } if *done == tag => {
+                    if *status == Status::Ok {
+                        break;
+                    }
+                    return Err(ImapError::Command {
+                        during: during.into(),
+                        message: format!(
+                            "the server said: {}",
+                            outcome.information.as_deref().unwrap_or("no reason given")
+                        ),
+                    });
+                }
+                // Unsolicited responses (EXISTS, EXPUNGE, another client's flag changes)
+                // change nothing here: the next run sees their effect.
+                _ => {}
             }
         }
+        // An unsolicited FETCH (another client changed flags) may come along with flags
+        // only: for each UID the answer with the size wins.
+        out.sort_by_key(|m| (m.uid, std::cmp::Reverse(m.size)));
+        out.dedup_by_key(|m| m.uid);
         Ok(out)
     }
 
@@ -483,7 +552,8 @@ impl Session {
         let stream = within(
             timeout,
             during,
-            self.inner.uid_fetch(uid_set(uids), "(UID BODY.PEEK[])"),
+            self.inner
+                .uid_fetch(uid_set(uids), "(UID FLAGS BODY.PEEK[])"),
         )
         .await?
         .map_err(|e| command_error(during, e))?;
@@ -501,9 +571,10 @@ impl Session {
                             };
                             // A message the server cannot read comes back without a body;
                             // the caller reports it rather than store an empty message.
+                            let flags = item.flags().map(|f| flag_name(&f)).collect();
                             let bytes =
                                 item.body().is_some().then(|| Bytes::from_owner(Body(item)));
-                            let result = Ok(FetchedMessage { uid, bytes });
+                            let result = Ok(FetchedMessage { uid, flags, bytes });
                             return Some((result, (stream, wanted)));
                         }
                     }
@@ -518,11 +589,46 @@ impl Session {
     }
 }
 
+/// Parses an INTERNALDATE, RFC 3501's `date-time`: `" 7-Jul-1996 02:44:25 -0700"` (the
+/// day may be padded with a space).
+fn parse_internal_date(text: &str) -> Option<DateTime<FixedOffset>> {
+    use chrono::{NaiveDate, TimeZone};
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let mut fields = text.trim_start().split(' ');
+    let (date, time, zone) = (fields.next()?, fields.next()?, fields.next()?);
+    if fields.next().is_some() {
+        return None;
+    }
+    let mut date = date.split('-');
+    let day: u32 = date.next()?.parse().ok()?;
+    let month = date.next()?;
+    let month = MONTHS.iter().position(|m| m.eq_ignore_ascii_case(month))? as u32 + 1;
+    let year: i32 = date.next()?.parse().ok()?;
+    let mut time = time.split(':');
+    let mut number = || time.next()?.parse::<u32>().ok();
+    let (hour, minute, second) = (number()?, number()?, number()?);
+    let (sign, digits) = match zone.as_bytes().first()? {
+        b'+' => (1, &zone[1..]),
+        b'-' => (-1, &zone[1..]),
+        _ => return None,
+    };
+    if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let hours: i32 = digits[..2].parse().ok()?;
+    let minutes: i32 = digits[2..].parse().ok()?;
+    let offset = FixedOffset::east_opt(sign * (hours * 3600 + minutes * 60))?;
+    let local = NaiveDate::from_ymd_opt(year, month, day)?.and_hms_opt(hour, minute, second)?;
+    offset.from_local_datetime(&local).single()
+}
+
 /// SASL PLAIN (RFC 4616): `authzid NUL authcid NUL password`.
 struct SaslPlain<'a> {
     authorization_identity: &'a str,
     authentication_identity: &'a str,
-    password: &'a Secret,
+    password: &'a Sensitive,
 }
 
 impl async_imap::Authenticator for SaslPlain<'_> {
@@ -697,6 +803,60 @@ mod tests {
     use super::*;
 
     #[test]
+    fn folder_paths_are_distinct_and_plain_names_keep_theirs() {
+        let dotted = |raw: &str| Folder::from_listing(raw.into(), Some("."), None);
+        // A `/` inside a name on a `.` server is not a level.
+        let slash = dotted("a/b");
+        let nested = dotted("a.b");
+        assert_eq!(slash.segments, ["a.b"]);
+        assert_eq!(nested.segments, ["a", "b"]);
+        assert_ne!(slash.path(), nested.path());
+        assert!(!slash.named_by_path && nested.named_by_path);
+        // Names in no valid (or not the one) encoding are keyed by the server's name.
+        assert!(!dotted("R&D").named_by_path);
+        assert!(dotted("R&-D").named_by_path);
+        assert_eq!(dotted("R&D").path(), dotted("R&-D").path());
+        assert!(!dotted("&APY-&AN8-").named_by_path);
+        let plain = Folder::from_listing("Archiv/Gr&APYA3w-e".into(), Some("/"), None);
+        assert_eq!(plain.path(), "Archiv/Größe");
+        assert!(plain.named_by_path);
+        let flat = Folder::from_listing("x/y".into(), None, None);
+        assert_eq!(flat.segments, ["x/y"]);
+        assert!(
+            flat.named_by_path,
+            "on a flat server every name is one level"
+        );
+    }
+
+    #[test]
+    fn internal_dates_parse_as_rfc_3501_writes_them() {
+        let chrono_says = |text: &str| {
+            DateTime::parse_from_str(text.trim_start(), "%d-%b-%Y %H:%M:%S %z").unwrap()
+        };
+        for text in [
+            "17-Jul-1996 02:44:25 -0700",
+            " 7-Jul-1996 02:44:25 -0700",
+            "06-Jan-2025 10:00:00 +0000",
+            "29-Feb-2024 23:59:59 +0530",
+            "01-dec-2025 00:00:00 -1200",
+        ] {
+            assert_eq!(parse_internal_date(text), Some(chrono_says(text)), "{text}");
+        }
+        for bad in [
+            "",
+            "31-Feb-2025 10:00:00 +0000",
+            "06-Jan-2025 10:00:00",
+            "06-Jan-2025 10:00:00 0000",
+            "06-Foo-2025 10:00:00 +0000",
+            "06-Jan-2025 10:00 +0000",
+            "06-Jan-2025 10:00:00 +00:00",
+            "06-Jan-2025 10:00:00 +0000 x",
+        ] {
+            assert_eq!(parse_internal_date(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn uid_sets_are_compressed() {
         assert_eq!(uid_set(&[1, 2, 3, 5, 7, 8]), "1:3,5,7:8");
         assert_eq!(uid_set(&[42]), "42");
@@ -723,7 +883,7 @@ mod tests {
 
     #[test]
     fn sasl_plain_response_is_rfc4616() {
-        let password = Secret::new("pw");
+        let password = Sensitive::new("pw");
         let mut auth = SaslPlain {
             authorization_identity: "alice@example.org",
             authentication_identity: "archiver",

@@ -14,7 +14,7 @@ use async_imap::types::UnsolicitedResponse;
 use super::stream::ImapStream;
 use super::{login_failure, within, ImapError, Result, ServerConfig};
 use crate::oauth2::ImapTokens;
-use crate::secret::Secret;
+use crate::sensitive::Sensitive;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mechanism {
@@ -128,7 +128,7 @@ struct TokenAuthenticator<'a> {
     user: &'a str,
     host: &'a str,
     port: u16,
-    token: &'a Secret,
+    token: &'a Sensitive,
     sent: bool,
     /// The server's error challenge (JSON), kept for the message.
     server_error: Option<String>,
@@ -155,7 +155,7 @@ fn initial_response(
     user: &str,
     host: &str,
     port: u16,
-    token: &Secret,
+    token: &Sensitive,
 ) -> Vec<u8> {
     let token = token.expose();
     match mechanism {
@@ -189,7 +189,7 @@ mod tests {
 
     #[test]
     fn initial_responses_follow_the_specifications() {
-        let token = Secret::new("ya29.tok");
+        let token = Sensitive::new("ya29.tok");
         assert_eq!(
             initial_response(
                 Mechanism::XOAuth2,
@@ -214,7 +214,7 @@ mod tests {
 
     #[test]
     fn error_challenges_answered_so_the_server_can_finish() {
-        let token = Secret::new("t");
+        let token = Sensitive::new("t");
         for (mechanism, reply) in [
             (Mechanism::XOAuth2, &b""[..]),
             (Mechanism::OAuthBearer, &[1u8][..]),

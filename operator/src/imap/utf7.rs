@@ -37,9 +37,62 @@ pub fn decode(raw: &str) -> Option<String> {
     Some(out)
 }
 
+/// Encodes a folder name the way RFC 3501 prescribes: printable ASCII as itself (`&` as
+/// `&-`), everything else in base64 runs. Every name has exactly one such encoding, so a
+/// server name that differs from the encoding of its decoding is not one a careful server
+/// sends, and two different server names may decode alike.
+pub fn encode(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut pending: Vec<u8> = Vec::new();
+    let flush = |out: &mut String, pending: &mut Vec<u8>| {
+        if !pending.is_empty() {
+            out.push('&');
+            let b64 = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&pending);
+            out.push_str(&b64.replace('/', ","));
+            out.push('-');
+            pending.clear();
+        }
+    };
+    for c in name.chars() {
+        if (' '..='~').contains(&c) {
+            flush(&mut out, &mut pending);
+            if c == '&' {
+                out.push_str("&-");
+            } else {
+                out.push(c);
+            }
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                pending.extend_from_slice(&unit.to_be_bytes());
+            }
+        }
+    }
+    flush(&mut out, &mut pending);
+    out
+}
+
 #[cfg(test)]
 mod tests {
-    use super::decode;
+    use super::{decode, encode};
+
+    #[test]
+    fn encodes_what_it_decodes() {
+        for (raw, name) in [
+            ("INBOX", "INBOX"),
+            ("Gr&APYA3w-e", "Größe"),
+            ("&ZeVnLIqe-", "日本語"),
+            ("Tom &- Jerry", "Tom & Jerry"),
+            ("~peter/mail/&U,BTFw-/&ZeVnLIqe-", "~peter/mail/台北/日本語"),
+            ("&2D3eAA-", "😀"),
+        ] {
+            assert_eq!(encode(name), raw, "{name}");
+            assert_eq!(decode(raw).as_deref(), Some(name), "{raw}");
+        }
+        // Valid, but not how the name is encoded: another server name for "ö".
+        assert_eq!(decode("&APY-&AN8-").as_deref(), Some("öß"));
+        assert_ne!(encode("öß"), "&APY-&AN8-");
+    }
 
     #[test]
     fn decodes_rfc_examples_and_umlauts() {

@@ -231,7 +231,7 @@ impl HttpClient {
     pub async fn get_with_token(
         &self,
         url: &Url,
-        token: &crate::secret::Secret,
+        token: &crate::sensitive::Sensitive,
     ) -> Result<Response, HttpError> {
         let mut value =
             HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use url::Url;
 
-use crate::secret::Secret;
+use crate::sensitive::Sensitive;
 pub use http::{HttpClient, HttpError, Retry};
 pub use token::TokenError;
 
@@ -77,7 +77,7 @@ pub struct ClientSettings {
 /// How the client proves who it is; read from the credentials Secret.
 pub enum Credential {
     /// `clientSecret`.
-    ClientSecret(Secret),
+    ClientSecret(Sensitive),
     /// `tls.crt` and `tls.key`: a signed client assertion (RFC 7523 section 2.2).
     Certificate(jwt::Certificate),
     /// `serviceAccount.json`: a Google service account key.
@@ -141,7 +141,7 @@ impl Credential {
                 if secret.is_empty() {
                     return Err("key clientSecret is empty".into());
                 }
-                Ok(Credential::ClientSecret(Secret::new(secret)))
+                Ok(Credential::ClientSecret(Sensitive::new(secret)))
             }
             (None, Some(crt), Some(key)) => {
                 jwt::Certificate::from_pem(&crt, &key).map(Credential::Certificate)
@@ -197,7 +197,7 @@ impl ServiceAccount {
 /// An access token and when it stops being usable.
 #[derive(Clone, Debug)]
 pub struct AccessToken {
-    pub token: Secret,
+    pub token: Sensitive,
     pub expires_at: Instant,
     /// The lifetime the server granted.
     pub lifetime: Duration,
@@ -476,7 +476,7 @@ mod tests {
     fn tokens_are_renewed_before_they_expire() {
         let now = Instant::now();
         let token = |lifetime: u64, left: u64| AccessToken {
-            token: Secret::new("t"),
+            token: Sensitive::new("t"),
             expires_at: now + Duration::from_secs(left),
             lifetime: Duration::from_secs(lifetime),
         };

@@ -31,7 +31,7 @@ use url::Url;
 use super::http::{self as web, Body, HttpClient, HttpError};
 use super::jwt::{self, Algorithm};
 use super::{AccessToken, ClientSettings, Credential, Provider};
-use crate::secret::Secret;
+use crate::sensitive::Sensitive;
 
 const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -307,7 +307,7 @@ impl TokenClient {
                     .max(1),
             );
             return Ok(AccessToken {
-                token: Secret::new(token),
+                token: Sensitive::new(token),
                 // Counted from the request: the token may have been issued right then.
                 expires_at: sent + lifetime,
                 lifetime,
@@ -509,7 +509,7 @@ fn aadsts_code(description: &str) -> Option<u64> {
 }
 
 /// HTTP Basic client authentication (RFC 6749 section 2.3.1: both parts form-encoded).
-fn basic(client_id: &str, secret: &Secret) -> HeaderValue {
+fn basic(client_id: &str, secret: &Sensitive) -> HeaderValue {
     let encode = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
     let credentials = format!("{}:{}", encode(client_id), encode(secret.expose()));
     let mut value = HeaderValue::from_str(&format!("Basic {}", STANDARD.encode(credentials)))
@@ -586,7 +586,7 @@ mod tests {
 
     #[test]
     fn basic_authentication_encodes_both_parts() {
-        let v = basic("client:1", &Secret::new("p@ss word"));
+        let v = basic("client:1", &Sensitive::new("p@ss word"));
         let b64 = v.to_str().unwrap().strip_prefix("Basic ").unwrap();
         assert_eq!(STANDARD.decode(b64).unwrap(), b"client%3A1:p%40ss+word");
         assert!(v.is_sensitive());

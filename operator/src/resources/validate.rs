@@ -270,7 +270,22 @@ pub fn validate_mailbox_set(bundle: &Bundle, located: &Located<MailboxSet>) -> V
                 &master.credentials_secret_ref.name,
                 &["username", "password"],
             );
+            // (archive user, mailbox label) → the entry archived there, as the archive folds
+            // them: two mailboxes in one place would overwrite each other's records.
+            let mut places = std::collections::HashMap::new();
             for (i, user) in master.static_users.iter().enumerate() {
+                let place = (user.name.to_lowercase(), user.email.to_lowercase());
+                if let Some(first) = places.insert(place, i) {
+                    report.error(
+                        format!("spec.masterPassword.staticUsers[{i}]"),
+                        format!(
+                            "{:?} with {:?} would be archived into the same place as \
+                             staticUsers[{first}] (names and addresses are compared ignoring case); \
+                             list each mailbox once",
+                            user.name, user.email
+                        ),
+                    );
+                }
                 if user.name.trim().is_empty() {
                     report.error(
                         format!("spec.masterPassword.staticUsers[{i}].name"),
@@ -292,7 +307,7 @@ pub fn validate_mailbox_set(bundle: &Bundle, located: &Located<MailboxSet>) -> V
                         "must be between 0 and 100",
                     );
                 }
-                for (field, message) in crate::sources::directory::validate(&directory.ldap) {
+                for (field, message) in super::validate_ldap(&directory.ldap) {
                     report.error(format!("{FIELD}.{field}"), message);
                 }
                 if let Some(bind) = &directory.ldap.bind_secret_ref {
@@ -546,6 +561,26 @@ stringData:
             assert_eq!(errors.len(), 1, "{bad}: {errors:?}");
             assert_eq!(errors[0].field, "spec.store.local.path");
         }
+    }
+
+    #[test]
+    fn two_static_users_in_one_archive_place_are_refused() {
+        let text = SET.replace(
+            "        email: alice@example.org\n",
+            "        email: alice@example.org\n      - name: bob\n        email: bob@example.org\n      \
+             - name: Alice\n        email: ALICE@example.org\n      - name: alice\n        email: ali@example.org\n",
+        );
+        let b = bundle(&text);
+        let errors = validate_mailbox_set(&b, &b.mailbox_sets[0]);
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert_eq!(errors[0].field, "spec.masterPassword.staticUsers[2]");
+        assert!(
+            errors[0]
+                .message
+                .contains("the same place as staticUsers[0]"),
+            "{}",
+            errors[0].message
+        );
     }
 
     #[test]

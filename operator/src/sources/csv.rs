@@ -35,7 +35,9 @@
 //!   without an archive user name the mailbox is stored for the archive user named like the
 //!   IMAP user.
 //! - **Rows:** every row has as many fields as the heading line, and an IMAP user name and
-//!   password. An IMAP user name may appear only once, ignoring case.
+//!   password. An IMAP user name may appear only once, ignoring case, and no two rows may
+//!   be archived into the same place: the same archive user and the same email address
+//!   (the IMAP user name where the address is empty), ignoring case as the archive does.
 //! - **Errors:** a file with any bad row is rejected as a whole, listing every problem with
 //!   its line. Error messages never repeat a password: a row that cannot be split into fields
 //!   is not quoted at all, and neither is the heading line, because in a file that lacks its
@@ -130,6 +132,8 @@ pub fn parse(input: &[u8]) -> Result<Vec<CsvRow>, Vec<CsvError>> {
     let mut errors = Vec::new();
     // Lower-cased login → line of its first occurrence.
     let mut first_lines: HashMap<String, usize> = HashMap::new();
+    // Lower-cased (archive user, mailbox label) → line of the row archived there.
+    let mut places: HashMap<(String, String), usize> = HashMap::new();
     // Once a quote is left open, the next lines may be the rest of that quoted field (a
     // password with a line break, say): their "logins" may be pieces of a password, so from
     // then on errors give only line numbers.
@@ -234,7 +238,30 @@ pub fn parse(input: &[u8]) -> Result<Vec<CsvRow>, Vec<CsvError>> {
             ));
         }
         if errors.len() == errors_before {
-            rows.push(row);
+            let user = row.archive_user.as_deref().unwrap_or(&row.login);
+            let label = row.email.as_deref().unwrap_or(&row.login);
+            match places.entry((user.to_lowercase(), label.to_lowercase())) {
+                Entry::Occupied(first) => {
+                    let place = if may_name_logins {
+                        format!(" (archive user {user:?}, mailbox {label:?})")
+                    } else {
+                        String::new()
+                    };
+                    errors.push(CsvError::at(
+                        line,
+                        format!(
+                            "this mailbox would be archived into the same place{place} as the one on line {}, \
+                             and the two would overwrite each other's records (compared ignoring case); \
+                             give one of them another archive user name or email address",
+                            first.get()
+                        ),
+                    ));
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(line);
+                    rows.push(row);
+                }
+            }
         }
     }
 
@@ -819,6 +846,33 @@ mod tests {
             want: Want::Errors(&[
                 (Some(3), "not closed on this line"),
                 (Some(4), "the IMAP user name is already on line 2"),
+            ]),
+        },
+        Case {
+            name: "two rows archived into one place are refused, naming both lines",
+            input: b"Login;Password;Email;Archive user
+                     alice;x;shared@x.test;team
+                     bob;y;SHARED@x.test;Team
+                     carol;z;;team
+                     team;w;;
+                     dave;v;dave@x.test;
+                     erin;u;;dave@x.test
+",
+            want: Want::Errors(&[(
+                Some(3),
+                "this mailbox would be archived into the same place (archive user \"Team\", mailbox \"SHARED@x.test\") as the one on line 2",
+            )]),
+        },
+        Case {
+            name: "a login is an archive place too, and not named after an open quote",
+            input: b"Login;Password;Email;Archive user
+                     bob;\"open
+                     alice;x;;
+                     other;y;alice;alice
+",
+            want: Want::Errors(&[
+                (Some(2), "not closed on this line"),
+                (Some(4), "this mailbox would be archived into the same place as the one on line 3"),
             ]),
         },
     ];

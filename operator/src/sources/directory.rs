@@ -20,8 +20,8 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use url::Url;
 
-use crate::resources::{Flavor, LdapSpec};
-use crate::secret::Secret;
+use crate::resources::{validate_ldap, Flavor, LdapSpec};
+use crate::sensitive::Sensitive;
 
 /// Entries per page of the paged search (RFC 2696). Below Active
 /// Directory's MaxPageSize (1,000), which is also its size limit for
@@ -57,7 +57,7 @@ const GROUP_MEMBER_ATTRIBUTES: [&str; 3] = ["member", "uniqueMember", "memberUid
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Bind {
     pub dn: String,
-    pub password: Secret,
+    pub password: Sensitive,
 }
 
 /// One user in the directory.
@@ -130,88 +130,6 @@ fn join_problems(problems: &[(String, String)]) -> String {
         .join("; ")
 }
 
-/// Checks what can be checked without a server, so that a typo is reported
-/// on the resource (as field path and message) instead of as an LDAP error
-/// at the next run.
-pub fn validate(spec: &LdapSpec) -> Vec<(String, String)> {
-    let mut problems = Vec::new();
-    let mut problem = |field: &str, message: &str| {
-        problems.push((format!("ldap.{field}"), message.to_owned()));
-    };
-    match Url::parse(&spec.url) {
-        Err(e) => problem("url", &format!("not a URL: {e}")),
-        Ok(url) => {
-            match url.scheme() {
-                "ldap" => {}
-                "ldaps" if spec.start_tls => problem(
-                    "startTls",
-                    "StartTLS is for ldap:// URLs; ldaps:// uses TLS from the start",
-                ),
-                "ldaps" => {}
-                other => problem("url", &format!("scheme must be ldap or ldaps, not {other}")),
-            }
-            if url.host_str().is_none_or(str::is_empty) {
-                problem("url", "has no host");
-            }
-            if !url.username().is_empty() || url.password().is_some() {
-                problem("url", "must not hold credentials; use bindSecretRef");
-            }
-            if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some()
-            {
-                problem(
-                    "url",
-                    "must be only scheme, host and port; the search base goes in baseDN",
-                );
-            }
-        }
-    }
-    if spec.base_dn.trim().is_empty() {
-        problem("baseDN", "must not be empty");
-    }
-    if spec.filter.as_deref().is_some_and(|f| !is_valid_filter(f)) {
-        problem(
-            "filter",
-            "not a valid RFC 4515 filter (it needs its outer parentheses, \
-             e.g. (objectClass=person))",
-        );
-    }
-    for (field, value) in [
-        ("userNameAttribute", &spec.user_name_attribute),
-        ("emailAttribute", &spec.email_attribute),
-    ] {
-        if value.as_deref().is_some_and(|a| !is_attribute_name(a)) {
-            problem(
-                field,
-                "not an attribute name (letters, digits and '-', or a numeric OID)",
-            );
-        }
-    }
-    if spec.group_dn.as_deref().is_some_and(|g| !g.contains('=')) {
-        problem("groupDN", "not a DN");
-    }
-    if spec.timeout_seconds == 0 {
-        problem("timeoutSeconds", "must be at least 1");
-    }
-    problems
-}
-
-/// ldap3's parser also takes a bare `uid=x`, which would break once the
-/// filter is combined with others, hence the parentheses check.
-fn is_valid_filter(filter: &str) -> bool {
-    filter.starts_with('(') && filter.ends_with(')') && ldap3::parse_filter(filter).is_ok()
-}
-
-/// RFC 4512 `oid`: a descriptor or a numeric OID, without options.
-fn is_attribute_name(name: &str) -> bool {
-    let descriptor = name.starts_with(|c: char| c.is_ascii_alphabetic())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
-    let numeric_oid = !name.is_empty()
-        && name
-            .split('.')
-            .all(|arc| !arc.is_empty() && arc.chars().all(|c| c.is_ascii_digit()));
-    descriptor || numeric_oid
-}
-
 /// The search filter sent to the server.
 ///
 /// Generic: `filter` or `(objectClass=inetOrgPerson)`; group membership is
@@ -267,7 +185,7 @@ pub async fn fetch_users(
     bind: Option<&Bind>,
     ca_pem: Option<&[u8]>,
 ) -> Result<Vec<DirectoryUser>, DirectoryError> {
-    let problems = validate(spec);
+    let problems = validate_ldap(spec);
     if !problems.is_empty() {
         return Err(DirectoryError::InvalidSpec(problems));
     }
@@ -777,27 +695,10 @@ fn result_code_name(rc: u32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::DirectorySpec;
+    use crate::resources::{is_valid_ldap_filter, DirectorySpec};
 
     fn spec(flavor: Flavor) -> LdapSpec {
-        LdapSpec {
-            url: "ldap://dc1.example.org".to_owned(),
-            start_tls: false,
-            insecure_skip_tls_verify: false,
-            ca_secret_ref: None,
-            bind_secret_ref: None,
-            base_dn: "dc=example,dc=org".to_owned(),
-            filter: None,
-            user_name_attribute: None,
-            email_attribute: None,
-            group_dn: None,
-            flavor,
-            timeout_seconds: 30,
-        }
-    }
-
-    fn fields(spec: &LdapSpec) -> Vec<String> {
-        validate(spec).into_iter().map(|(field, _)| field).collect()
+        crate::resources::ldap_spec_for_tests(flavor)
     }
 
     #[test]
@@ -821,84 +722,10 @@ mod tests {
     }
 
     #[test]
-    fn a_good_spec_has_no_problems() {
-        assert!(validate(&spec(Flavor::Generic)).is_empty());
-        let mut with_everything = spec(Flavor::ActiveDirectory);
-        with_everything.url = "ldaps://[::1]:3269/".to_owned();
-        with_everything.filter = Some("(&(objectClass=user)(department=IT*))".to_owned());
-        with_everything.user_name_attribute = Some("userPrincipalName".to_owned());
-        with_everything.email_attribute = Some("0.9.2342.19200300.100.1.3".to_owned());
-        with_everything.group_dn = Some("CN=Staff,OU=Groups,DC=example,DC=org".to_owned());
-        with_everything.timeout_seconds = 5;
-        assert_eq!(validate(&with_everything), vec![]);
-    }
-
-    #[test]
-    fn validate_names_each_bad_field() {
-        let mut bad = spec(Flavor::Generic);
-        bad.url = "https://dc1.example.org".to_owned();
-        bad.base_dn = " ".to_owned();
-        bad.filter = Some("(uid=alice".to_owned());
-        bad.user_name_attribute = Some("uid;binary".to_owned());
-        bad.email_attribute = Some("1..2".to_owned());
-        bad.group_dn = Some("staff".to_owned());
-        bad.timeout_seconds = 0;
-        assert_eq!(
-            fields(&bad),
-            [
-                "ldap.url",
-                "ldap.baseDN",
-                "ldap.filter",
-                "ldap.userNameAttribute",
-                "ldap.emailAttribute",
-                "ldap.groupDN",
-                "ldap.timeoutSeconds"
-            ]
-        );
-    }
-
-    #[test]
-    fn validate_rejects_bad_urls() {
-        let mut start_tls_over_ldaps = spec(Flavor::Generic);
-        start_tls_over_ldaps.url = "ldaps://dc1.example.org".to_owned();
-        start_tls_over_ldaps.start_tls = true;
-        assert_eq!(fields(&start_tls_over_ldaps), ["ldap.startTls"]);
-
-        for url in [
-            "dc1.example.org",
-            "ldap://",
-            "ldap://reader:secret@dc1.example.org",
-            "ldap://dc1.example.org/dc=example,dc=org",
-            "ldap://dc1.example.org?uid",
-        ] {
-            let mut bad = spec(Flavor::Generic);
-            bad.url = url.to_owned();
-            assert_eq!(fields(&bad), ["ldap.url"], "{url}");
-        }
-    }
-
-    #[test]
-    fn validate_rejects_filters_that_do_not_parse() {
-        for filter in [
-            "uid=alice",
-            "(uid=alice",
-            "(uid=alice))",
-            "(&(uid=alice)",
-            "(uid=al(ice)",
-            "",
-            "(|(uid=a)(uid=b)) (uid=c)",
-        ] {
-            let mut bad = spec(Flavor::Generic);
-            bad.filter = Some(filter.to_owned());
-            assert_eq!(fields(&bad), ["ldap.filter"], "{filter:?}");
-        }
-    }
-
-    #[test]
     fn invalid_spec_error_lists_the_problems() {
         let mut bad = spec(Flavor::Generic);
         bad.filter = Some("(uid=alice".to_owned());
-        let error = DirectoryError::InvalidSpec(validate(&bad));
+        let error = DirectoryError::InvalidSpec(validate_ldap(&bad));
         assert_eq!(
             error.to_string(),
             "invalid directory settings: ldap.filter: not a valid RFC 4515 filter \
@@ -924,7 +751,7 @@ mod tests {
             "(&(&(objectCategory=person)(objectClass=user))\
              (!(userAccountControl:1.2.840.113556.1.4.803:=2)))"
         );
-        assert!(is_valid_filter(&filter));
+        assert!(is_valid_ldap_filter(&filter));
     }
 
     #[test]
@@ -939,7 +766,7 @@ mod tests {
              (memberOf:1.2.840.113556.1.4.1941:=CN=Mail \\28all\\29\\5c, staff\\2a,\
              OU=Groups,DC=example,DC=org))"
         );
-        assert!(is_valid_filter(&filter));
+        assert!(is_valid_ldap_filter(&filter));
     }
 
     #[test]
@@ -1059,7 +886,7 @@ mod tests {
     fn bind_debug_output_hides_the_password() {
         let bind = Bind {
             dn: "cn=reader,dc=example,dc=org".to_owned(),
-            password: Secret::new("hunter2"),
+            password: Sensitive::new("hunter2"),
         };
         assert!(!format!("{bind:?}").contains("hunter2"));
     }

@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use serde::Serialize;
 
 use crate::resources::{Bundle, Located, MailboxSet, MasterPasswordSpec, Selection, SyncRecord};
-use crate::secret::Secret;
+use crate::sensitive::Sensitive;
 use directory::{Bind, DirectoryError};
 
 /// One mailbox to archive.
@@ -24,7 +24,7 @@ pub struct Mailbox {
     pub login: String,
     /// For master-password sets: the user's address, sent as SASL authorization identity.
     pub authorization_identity: Option<String>,
-    pub password: Secret,
+    pub password: Sensitive,
     pub email: Option<String>,
     /// The archive user the mailbox is stored into.
     pub user: String,
@@ -154,7 +154,7 @@ pub async fn resolve(
     if let Some(master) = &set.object.spec.master_password {
         let secret = &master.credentials_secret_ref.name;
         let login = text(secret, "username")?;
-        let password = Secret::new(text(secret, "password")?);
+        let password = Sensitive::new(text(secret, "password")?);
         let (users, directory_sync) = match &master.directory {
             None => (static_users(master), None),
             Some(spec) => {
@@ -162,7 +162,7 @@ pub async fn resolve(
                 let bind = match &ldap.bind_secret_ref {
                     Some(r) => Some(Bind {
                         dn: text(&r.name, "bindDN")?,
-                        password: Secret::new(text(&r.name, "password")?),
+                        password: Sensitive::new(text(&r.name, "password")?),
                     }),
                     None => None,
                 };
@@ -200,7 +200,7 @@ pub async fn resolve(
                     "read the directory"
                 );
                 let record = SyncRecord {
-                    time: crate::store::now(),
+                    time: crate::time::now(),
                     users_found: count(found.len()),
                     without_email: 0,
                     excluded_by_selection: 0,
@@ -269,7 +269,7 @@ pub async fn resolve(
             user: row.archive_user.unwrap_or_else(|| row.login.clone()),
             login: row.login,
             authorization_identity: None,
-            password: Secret::new(row.password),
+            password: Sensitive::new(row.password),
             email: row.email,
         })
         .collect();

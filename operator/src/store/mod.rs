@@ -19,8 +19,16 @@
 //! Durability follows the order bytes → index entry → sync state: the state of a folder
 //! only ever names UIDs whose index entries are durable, and an index segment written
 //! before a crash but not yet named by the state is picked up by the next run.
+//!
+//! Identity is recorded, never assumed. A folder's state names its source (the server and
+//! the login its UIDs belong to), and every index entry names its source and carries the
+//! server's size and INTERNALDATE of the message besides its hash, so that a later run can
+//! check that the message the server now has at a UID is the archived one before it skips
+//! or deletes it. A state of another source (another server, another login, a second
+//! mailbox mapped to the same place) is not trusted at all.
 
 pub mod local;
+mod open;
 pub mod s3;
 mod uidset;
 
@@ -33,6 +41,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use open::{local_path, open, open_existing, S3Options, DEFAULT_STORE};
 pub use uidset::UidSet;
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +103,12 @@ pub trait ObjectStore: Send + Sync {
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
 
+    /// [`get`](ObjectStore::get), but from the storage medium itself rather than a cache
+    /// of it (the page cache of a local disk): a read that proves the object is durable.
+    async fn read_back(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        self.get(key).await
+    }
+
     /// Every key that starts with `prefix`, sorted.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
 
@@ -110,6 +125,9 @@ pub trait ObjectStore: Send + Sync {
 
 /// Operations of a store that may run on the calling (blocking) thread.
 pub trait BlockingObjects {
+    /// [`ObjectStore::put`], blocking.
+    fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError>;
+
     /// [`ObjectStore::put_immutable`], blocking.
     fn put_immutable(&self, key: &str, bytes: &[u8]) -> Result<bool, StoreError>;
 }
@@ -128,10 +146,19 @@ pub enum Direction {
 pub struct IndexEntry {
     /// Folder path, UTF-8, `/` between levels.
     pub folder: String,
+    /// The server and login the UID belongs to (see [`FolderState::source`]); absent in
+    /// entries written before sources were recorded, which no identity check trusts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     pub uid_validity: u32,
     pub uid: u32,
     pub sha256: String,
+    /// Bytes stored.
     pub size: u64,
+    /// RFC822.SIZE as the server reported it, where it differs from `size` (servers that
+    /// count line endings their own way): what a later listing is compared with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_size: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub internal_date: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -148,6 +175,18 @@ pub struct IndexEntry {
     pub date: Option<String>,
     pub direction: Direction,
     pub archived_at: String,
+    /// Records only where a message that an earlier entry of this folder already lists is
+    /// now (after a new UIDVALIDITY, or from another source): what identity checks and the
+    /// deletion pass need, without listing or exporting the message twice.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub alias: bool,
+}
+
+impl IndexEntry {
+    /// The size the server reports for the message (RFC822.SIZE).
+    pub fn server_size(&self) -> u64 {
+        self.server_size.unwrap_or(self.size)
+    }
 }
 
 /// What the archive knows about one folder of one mailbox.
@@ -155,12 +194,44 @@ pub struct IndexEntry {
 #[serde(rename_all = "camelCase")]
 pub struct FolderState {
     pub folder: String,
+    /// The server (`host:port`) and login (or authorization identity) whose UIDs `archived`
+    /// names. Absent in states written before sources were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     pub uid_validity: u32,
     /// UIDs (under `uid_validity`) the archive holds.
     pub archived: UidSet,
     /// Index segments this state accounts for.
     #[serde(default)]
     pub segments: Vec<String>,
+    /// The last identity check, so that a run with nothing new need not read the index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked: Option<Checked>,
+    /// The state was written before sources were recorded and `source` adopted it: its
+    /// index entries without a source are `source`'s, each still checked by size and date
+    /// before its UID counts as archived.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub legacy_entries: bool,
+}
+
+/// The server's size and INTERNALDATE at some UIDs, as a digest, as they were when they
+/// last matched the index entries of those UIDs. A later listing with the same digest
+/// over the same UIDs shows the same messages without reading a single index segment.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Checked {
+    pub uids: UidSet,
+    /// SHA-256 (hex) over the UIDs' (UID, size, INTERNALDATE), in UID order.
+    pub digest: String,
+}
+
+/// A folder's state as [`Archive::load_state`] finds it for one source.
+#[derive(Debug)]
+pub struct LoadedState {
+    pub state: FolderState,
+    /// The stored state belonged to another source, described here: it was set aside, and
+    /// `state` starts empty, so that every message is checked by its content.
+    pub replaced: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -182,15 +253,38 @@ pub struct MailboxRecord {
 pub struct FolderKey {
     pub user: String,
     pub mailbox: String,
+    /// The folder's path, as listed and exported.
     pub folder: String,
+    /// Its directory under the mailbox's `folders/`.
+    dir: String,
 }
 
 impl FolderKey {
+    /// A folder keyed by its path, which names it unambiguously.
+    pub fn new(user: &str, mailbox: &str, folder: &str) -> FolderKey {
+        FolderKey {
+            user: user.to_string(),
+            mailbox: mailbox.to_string(),
+            folder: folder.to_string(),
+            dir: key_segment(folder, false),
+        }
+    }
+
+    /// A folder whose path may not name it unambiguously (a name the server sent in no
+    /// valid encoding, a level delimiter inside a name), keyed by the server's own name
+    /// instead. That key cannot equal a path's key: it hashes a NUL, which no path has.
+    pub fn by_server_name(user: &str, mailbox: &str, folder: &str, server_name: &str) -> FolderKey {
+        FolderKey {
+            dir: key_segment(&format!("\0{server_name}"), false),
+            ..FolderKey::new(user, mailbox, folder)
+        }
+    }
+
     fn prefix(&self) -> String {
         format!(
             "{}folders/{}/",
             mailbox_prefix(&self.user, &self.mailbox),
-            key_segment(&self.folder, false)
+            self.dir
         )
     }
 }
@@ -241,7 +335,8 @@ impl Archive {
     }
 
     /// Hashes messages, extracts their index headers and stores their bytes under their
-    /// hash; a message already stored (by any user, any folder) is not written again.
+    /// hash; a message already stored (by any user, any folder) is not written again, unless
+    /// `replace` (a stored copy found damaged is replaced by the server's).
     ///
     /// Hashing is CPU-bound, so it runs off the async threads to keep downloads flowing; a
     /// store with blocking writes writes on the same trip. Each trip costs a wake-up of a
@@ -251,6 +346,7 @@ impl Archive {
     pub async fn store_messages(
         &self,
         messages: Vec<Bytes>,
+        replace: bool,
     ) -> Result<Vec<PreparedMessage>, StoreError> {
         let objects = self.objects.clone();
         let (messages, prepared) = tokio::task::spawn_blocking(move || {
@@ -258,7 +354,12 @@ impl Archive {
             for bytes in &messages {
                 let message = PreparedMessage::of(bytes);
                 if let Some(blocking) = objects.blocking() {
-                    blocking.put_immutable(&message_key(&message.sha256), bytes)?;
+                    let key = message_key(&message.sha256);
+                    if replace {
+                        blocking.put(&key, bytes)?;
+                    } else {
+                        blocking.put_immutable(&key, bytes)?;
+                    }
                 }
                 prepared.push(message);
             }
@@ -270,14 +371,20 @@ impl Archive {
             // A store with latency (S3) gets several uploads at once.
             let uploads: Vec<(String, Bytes)> = prepared
                 .iter()
-                .map(|message| message.sha256.clone())
+                .map(|message| message_key(&message.sha256))
                 .zip(messages)
                 .collect();
-            let archive = self.clone();
+            let objects = self.objects.clone();
             futures::stream::iter(uploads)
-                .map(move |(sha256, bytes)| {
-                    let archive = archive.clone();
-                    async move { archive.put_message(&sha256, bytes).await }
+                .map(move |(key, bytes)| {
+                    let objects = objects.clone();
+                    async move {
+                        if replace {
+                            objects.put(&key, bytes).await
+                        } else {
+                            objects.put_immutable(&key, bytes).await.map(drop)
+                        }
+                    }
                 })
                 .buffer_unordered(UPLOADS_IN_FLIGHT)
                 .try_collect::<Vec<_>>()
@@ -295,7 +402,28 @@ impl Archive {
     }
 
     pub async fn get_message(&self, sha256: &str) -> Result<Option<Bytes>, StoreError> {
-        self.objects.get(&message_key(sha256)).await
+        self.objects.get(&self.checked_message_key(sha256)?).await
+    }
+
+    /// A stored message as the storage medium holds it, not as a cache remembers it: what
+    /// the deletion pass re-hashes before it deletes the server's copy.
+    pub async fn read_back_message(&self, sha256: &str) -> Result<Option<Bytes>, StoreError> {
+        self.objects
+            .read_back(&self.checked_message_key(sha256)?)
+            .await
+    }
+
+    /// The key of a message whose hash came from an index: anything but a SHA-256 is
+    /// damage (or an attack), never a path to follow.
+    fn checked_message_key(&self, sha256: &str) -> Result<String, StoreError> {
+        if !is_sha256(sha256) {
+            return Err(StoreError::Corrupt {
+                store: self.describe(),
+                key: format!("messages/{sha256:?}"),
+                message: "an index names a message by something that is not a SHA-256".into(),
+            });
+        }
+        Ok(message_key(sha256))
     }
 
     pub async fn sync(&self) -> Result<(), StoreError> {
@@ -308,7 +436,7 @@ impl Archive {
         if self.objects.get(&user_key).await?.is_none() {
             let record = UserRecord {
                 name: user.to_string(),
-                created: now(),
+                created: crate::time::now(),
             };
             self.objects.put(&user_key, json_bytes(&record)).await?;
         }
@@ -322,17 +450,57 @@ impl Archive {
         Ok(())
     }
 
-    /// The folder's sync state, including index segments that a crashed or concurrent run
-    /// wrote after the state was last saved.
-    pub async fn load_state(&self, key: &FolderKey) -> Result<FolderState, StoreError> {
+    /// The folder's sync state for `source`, including index segments of that source that
+    /// a crashed or concurrent run wrote after the state was last saved.
+    ///
+    /// A stored state of another source (another server or login; or one written before
+    /// sources were recorded, which may mix several) is set aside: its UIDs name other
+    /// messages, or nobody can tell which. The state returned then starts empty, and
+    /// [`LoadedState::replaced`] says whose it was.
+    pub async fn load_state(
+        &self,
+        key: &FolderKey,
+        source: &str,
+    ) -> Result<LoadedState, StoreError> {
         let prefix = key.prefix();
         let state_key = format!("{prefix}state.json");
-        let mut state = match self.objects.get(&state_key).await? {
-            Some(bytes) => parse_json::<FolderState>(&self.describe(), &state_key, &bytes)?,
-            None => FolderState {
-                folder: key.folder.clone(),
-                ..FolderState::default()
-            },
+        let stored = match self.objects.get(&state_key).await? {
+            Some(bytes) => Some(parse_json::<FolderState>(
+                &self.describe(),
+                &state_key,
+                &bytes,
+            )?),
+            None => None,
+        };
+        let fresh = |segments| FolderState {
+            folder: key.folder.clone(),
+            source: Some(source.to_string()),
+            segments,
+            ..FolderState::default()
+        };
+        let (mut state, replaced) = match stored {
+            None => (fresh(Vec::new()), None),
+            Some(s) if s.source.as_deref() == Some(source) && s.folder == key.folder => (s, None),
+            // Written by an earlier version, which recorded no source: adopted rather than
+            // archived again from scratch. Nothing is taken on trust by that: every UID it
+            // names is checked against its entry's size and date before it counts.
+            Some(s) if s.source.is_none() && s.folder == key.folder => (
+                FolderState {
+                    source: Some(source.to_string()),
+                    checked: None,
+                    legacy_entries: true,
+                    ..s
+                },
+                None,
+            ),
+            Some(s) => {
+                let whose = match &s.source {
+                    Some(other) if s.folder == key.folder => other.clone(),
+                    _ => format!("folder {:?}", s.folder),
+                };
+                // Its segments stay accounted for: they are another source's entries.
+                (fresh(s.segments), Some(whose))
+            }
         };
         let known: HashSet<String> = state.segments.iter().cloned().collect();
         let segments = self.objects.list(&format!("{prefix}index/")).await?;
@@ -342,6 +510,13 @@ impl Archive {
                 continue;
             }
             for entry in self.read_segment(&segment).await? {
+                let ours = match entry.source.as_deref() {
+                    Some(s) => s == source,
+                    None => state.legacy_entries,
+                };
+                if !ours || entry.folder != key.folder {
+                    continue;
+                }
                 if state.archived.is_empty() && state.uid_validity == 0 {
                     state.uid_validity = entry.uid_validity;
                 }
@@ -351,7 +526,7 @@ impl Archive {
             }
             state.segments.push(name);
         }
-        Ok(state)
+        Ok(LoadedState { state, replaced })
     }
 
     pub async fn save_state(&self, key: &FolderKey, state: &FolderState) -> Result<(), StoreError> {
@@ -382,8 +557,17 @@ impl Archive {
         Ok(name)
     }
 
-    /// Every index entry of a folder, in the order they were written.
+    /// The messages of a folder: its index entries in the order they were written, without
+    /// [aliases](IndexEntry::alias).
     pub async fn folder_entries(&self, key: &FolderKey) -> Result<Vec<IndexEntry>, StoreError> {
+        let mut entries = self.folder_identities(key).await?;
+        entries.retain(|e| !e.alias);
+        Ok(entries)
+    }
+
+    /// Every index entry of a folder, aliases included, in the order they were written:
+    /// what identity checks compare the server's messages with.
+    pub async fn folder_identities(&self, key: &FolderKey) -> Result<Vec<IndexEntry>, StoreError> {
         let mut entries = Vec::new();
         for segment in self
             .objects
@@ -402,7 +586,17 @@ impl Archive {
         bytes
             .split(|&b| b == b'\n')
             .filter(|line| !line.is_empty())
-            .map(|line| parse_json(&self.describe(), key, line))
+            .map(|line| {
+                let entry: IndexEntry = parse_json(&self.describe(), key, line)?;
+                if !is_sha256(&entry.sha256) {
+                    return Err(StoreError::Corrupt {
+                        store: self.describe(),
+                        key: key.to_string(),
+                        message: format!("UID {}: {:?} is not a SHA-256", entry.uid, entry.sha256),
+                    });
+                }
+                Ok(entry)
+            })
             .collect()
     }
 
@@ -443,7 +637,7 @@ impl Archive {
             }
         }
         let mut out = Vec::new();
-        for (mailbox_dir, _, state_key) in folders {
+        for (mailbox_dir, folder_dir, state_key) in folders {
             let Some(label) = labels.get(&mailbox_dir) else {
                 continue;
             };
@@ -457,6 +651,7 @@ impl Archive {
                     user: user.to_string(),
                     mailbox: label.clone(),
                     folder: state.folder,
+                    dir: folder_dir,
                 },
             ));
         }
@@ -554,7 +749,7 @@ impl Archive {
         report.damaged.sort();
         for user in self.users().await? {
             for (_, folder) in self.user_folders(&user.name).await? {
-                for entry in self.folder_entries(&folder).await? {
+                for entry in self.folder_identities(&folder).await? {
                     report.entries += 1;
                     match sizes.get(&entry.sha256) {
                         Some(&size) if size == entry.size => {}
@@ -623,6 +818,11 @@ fn message_key(sha256: &str) -> String {
     format!("messages/{}/{sha256}", &sha256[..2.min(sha256.len())])
 }
 
+/// Whether a text is a SHA-256 as the archive writes it: 64 lower-case hex digits.
+pub fn is_sha256(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 fn directory_sync_key(namespace: &str, mailbox_set: &str) -> String {
     format!(
         "directory/{}/{}.json",
@@ -678,11 +878,6 @@ fn parse_json<T: serde::de::DeserializeOwned>(
         key: key.to_string(),
         message: e.to_string(),
     })
-}
-
-/// Now, as RFC 3339 UTC.
-pub fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 #[cfg(test)]

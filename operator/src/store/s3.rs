@@ -27,7 +27,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
 use super::{ObjectStore, StoreError};
-use crate::secret::Secret;
+use crate::sensitive::Sensitive;
 
 /// Objects larger than this are uploaded in parts: one PUT of hundreds of megabytes would
 /// have to be repeated whole after any network hiccup.
@@ -80,7 +80,7 @@ pub struct S3Config {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct S3Credentials {
     pub access_key_id: String,
-    pub secret_access_key: Secret,
+    pub secret_access_key: Sensitive,
 }
 
 /// Encryption at rest that S3 applies to every object written.

@@ -72,6 +72,16 @@ impl UidSet {
     }
 }
 
+impl FromIterator<u32> for UidSet {
+    fn from_iter<I: IntoIterator<Item = u32>>(uids: I) -> Self {
+        let mut set = UidSet::new();
+        for uid in uids {
+            set.insert(uid);
+        }
+        set
+    }
+}
+
 impl fmt::Display for UidSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, &(start, end)) in self.ranges.iter().enumerate() {

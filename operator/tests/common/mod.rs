@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use mailvault::testkit::dovecot::Dovecot;
-use mailvault::testkit::garage::Garage;
+use mailvault_testkit::dovecot::Dovecot;
+use mailvault_testkit::garage::Garage;
 
 /// The result of running the `mailvault` binary.
 pub struct Outcome {
@@ -261,4 +261,21 @@ pub fn files_below(dir: &Path) -> Vec<(String, Vec<u8>)> {
     }
     out.sort();
     out
+}
+
+/// The lines of `stderr` as JSON, after checking that each is a JSON object with a level
+/// and a message, as `--log-format json` promises.
+pub fn json_lines(stderr: &str) -> Vec<serde_json::Value> {
+    stderr
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}\nstderr:\n{stderr}"));
+            assert!(
+                v["level"].is_string() && v["fields"]["message"].is_string(),
+                "{line}"
+            );
+            v
+        })
+        .collect()
 }
