@@ -16,10 +16,11 @@ use mailvault::oauth2::{
     ClientSettings, Credential, HttpClient, ImapTokens, Provider, Retry, TokenError, Tokens,
 };
 use mailvault::resources::Security;
+use mailvault::resources::{GoogleDirectorySpec, MicrosoftGraphSpec};
 use mailvault::sensitive::Sensitive;
 use mailvault::sources::directory::DirectoryError;
-use mailvault::sources::google::{self, GoogleDirectorySettings};
-use mailvault::sources::graph::{self, GraphSettings};
+use mailvault::sources::google;
+use mailvault::sources::graph;
 use mailvault_testkit::cloud::{
     app_principal, user_principal, App, ClientSecret, Cloud, Fault, GenericClient, Group,
     ServiceAccount, Tenant, TestKey, User,
@@ -900,8 +901,8 @@ async fn introspect(url: &str, token: &str) -> Value {
 
 // ---- Directories ----
 
-fn graph_settings(cloud: &Cloud, group: Option<&str>) -> GraphSettings {
-    GraphSettings {
+fn graph_settings(cloud: &Cloud, group: Option<&str>) -> MicrosoftGraphSpec {
+    MicrosoftGraphSpec {
         endpoint: Some(cloud.https_url()),
         group_id: group.map(str::to_string),
     }
@@ -1105,8 +1106,8 @@ async fn graph_links_elsewhere_are_not_followed_and_throttling_is_waited_out() {
     );
 }
 
-fn google_settings(cloud: &Cloud, admin: &str) -> GoogleDirectorySettings {
-    GoogleDirectorySettings {
+fn google_settings(cloud: &Cloud, admin: &str) -> GoogleDirectorySpec {
+    GoogleDirectorySpec {
         endpoint: Some(cloud.http_url()),
         customer: None,
         admin_email: admin.into(),

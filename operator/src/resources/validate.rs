@@ -5,7 +5,10 @@
 use std::fmt;
 
 use super::load::{namespace_of, Bundle, Located};
-use super::{ArchiveProfile, MailboxSet, S3StoreSpec, ServerSideEncryption, StoreSpec};
+use super::{
+    ArchiveProfile, LdapSpec, MailboxSet, OAuth2Provider, S3StoreSpec, ServerSideEncryption,
+    StaticUser, StoreSpec,
+};
 
 /// A problem with one field of one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,85 +262,146 @@ fn validate_s3(bundle: &Bundle, report: &mut Report<'_, ArchiveProfile>, s3: &S3
 pub fn validate_mailbox_set(bundle: &Bundle, located: &Located<MailboxSet>) -> Vec<FieldError> {
     let mut report = Report::new(located);
     let spec = &located.object.spec;
-    match (&spec.master_password, &spec.csv) {
-        (Some(_), Some(_)) | (None, None) => {
-            report.error("spec", "set exactly one of masterPassword or csv");
+    let modes = [
+        spec.master_password.is_some(),
+        spec.csv.is_some(),
+        spec.oauth2.is_some(),
+    ];
+    if modes.iter().filter(|m| **m).count() != 1 {
+        report.error("spec", "set exactly one of masterPassword, csv or oauth2");
+        return report.errors;
+    }
+    if let Some(master) = &spec.master_password {
+        report.secret_keys(
+            bundle,
+            "spec.masterPassword.credentialsSecretRef.name",
+            &master.credentials_secret_ref.name,
+            &["username", "password"],
+        );
+        static_users(&mut report, "spec.masterPassword", &master.static_users);
+        if let Some(directory) = &master.directory {
+            const FIELD: &str = "spec.masterPassword.directory";
+            max_removed_percent(&mut report, FIELD, directory.max_removed_percent);
+            ldap(bundle, &mut report, FIELD, &directory.ldap);
         }
-        (Some(master), None) => {
-            report.secret_keys(
-                bundle,
-                "spec.masterPassword.credentialsSecretRef.name",
-                &master.credentials_secret_ref.name,
-                &["username", "password"],
-            );
-            // (archive user, mailbox label) → the entry archived there, as the archive folds
-            // them: two mailboxes in one place would overwrite each other's records.
-            let mut places = std::collections::HashMap::new();
-            for (i, user) in master.static_users.iter().enumerate() {
-                let place = (user.name.to_lowercase(), user.email.to_lowercase());
-                if let Some(first) = places.insert(place, i) {
-                    report.error(
-                        format!("spec.masterPassword.staticUsers[{i}]"),
-                        format!(
-                            "{:?} with {:?} would be archived into the same place as \
-                             staticUsers[{first}] (names and addresses are compared ignoring case); \
-                             list each mailbox once",
-                            user.name, user.email
-                        ),
-                    );
-                }
-                if user.name.trim().is_empty() {
-                    report.error(
-                        format!("spec.masterPassword.staticUsers[{i}].name"),
-                        "must not be empty",
-                    );
-                }
-                if !user.email.contains('@') {
-                    report.error(
-                        format!("spec.masterPassword.staticUsers[{i}].email"),
-                        format!("{:?} is not an email address", user.email),
-                    );
-                }
-            }
-            if let Some(directory) = &master.directory {
-                const FIELD: &str = "spec.masterPassword.directory";
-                if directory.max_removed_percent > 100 {
-                    report.error(
-                        format!("{FIELD}.maxRemovedPercent"),
-                        "must be between 0 and 100",
-                    );
-                }
-                for (field, message) in super::validate_ldap(&directory.ldap) {
-                    report.error(format!("{FIELD}.{field}"), message);
-                }
-                if let Some(bind) = &directory.ldap.bind_secret_ref {
-                    report.secret_keys(
-                        bundle,
-                        &format!("{FIELD}.ldap.bindSecretRef.name"),
-                        &bind.name,
-                        &["bindDN", "password"],
-                    );
-                }
-                if let Some(ca) = &directory.ldap.ca_secret_ref {
-                    report.secret_keys(
-                        bundle,
-                        &format!("{FIELD}.ldap.caSecretRef"),
-                        &ca.name,
-                        &[ca.key.as_str()],
-                    );
-                }
+    }
+    if let Some(csv) = &spec.csv {
+        report.secret_keys(
+            bundle,
+            "spec.csv.secretRef",
+            &csv.secret_ref.name,
+            &[csv.secret_ref.key.as_str()],
+        );
+    }
+    if let Some(oauth2) = &spec.oauth2 {
+        const FIELD: &str = "spec.oauth2";
+        let secret = &oauth2.credentials_secret_ref.name;
+        let keys: &[&str] = match oauth2.provider {
+            OAuth2Provider::Google => &["serviceAccount.json"],
+            _ => &[],
+        };
+        report.secret_keys(
+            bundle,
+            "spec.oauth2.credentialsSecretRef.name",
+            secret,
+            keys,
+        );
+        if oauth2.provider != OAuth2Provider::Google {
+            let namespace = namespace_of(&located.object.metadata);
+            let has = |key: &str| {
+                bundle
+                    .secret(namespace, secret)
+                    .is_some_and(|s| s.object.data.contains_key(key))
+            };
+            let certificate = has("tls.crt") && has("tls.key");
+            if bundle.secret(namespace, secret).is_some() && !has("clientSecret") && !certificate {
+                report.error(
+                    "spec.oauth2.credentialsSecretRef.name",
+                    format!(
+                        "Secret {namespace}/{secret} has neither key \"clientSecret\" nor keys \
+                         \"tls.crt\" and \"tls.key\" (a certificate registered with the app)"
+                    ),
+                );
             }
         }
-        (None, Some(csv)) => {
-            report.secret_keys(
-                bundle,
-                "spec.csv.secretRef",
-                &csv.secret_ref.name,
-                &[csv.secret_ref.key.as_str()],
-            );
+        for (field, message) in super::validate_oauth2(oauth2) {
+            report.error(format!("{FIELD}.{field}"), message);
+        }
+        static_users(&mut report, FIELD, &oauth2.static_users);
+        if let Some(directory) = &oauth2.directory {
+            const DIRECTORY: &str = "spec.oauth2.directory";
+            max_removed_percent(&mut report, DIRECTORY, directory.max_removed_percent);
+            if let Some(spec) = &directory.ldap {
+                ldap(bundle, &mut report, DIRECTORY, spec);
+            }
         }
     }
     report.errors
+}
+
+/// Checks `staticUsers` of a set's mode at `field`.
+fn static_users(report: &mut Report<'_, MailboxSet>, field: &str, users: &[StaticUser]) {
+    // (archive user, mailbox label) → the entry archived there, as the archive folds
+    // them: two mailboxes in one place would overwrite each other's records.
+    let mut places = std::collections::HashMap::new();
+    for (i, user) in users.iter().enumerate() {
+        let place = (user.name.to_lowercase(), user.email.to_lowercase());
+        if let Some(first) = places.insert(place, i) {
+            report.error(
+                format!("{field}.staticUsers[{i}]"),
+                format!(
+                    "{:?} with {:?} would be archived into the same place as \
+                     staticUsers[{first}] (names and addresses are compared ignoring case); \
+                     list each mailbox once",
+                    user.name, user.email
+                ),
+            );
+        }
+        if user.name.trim().is_empty() {
+            report.error(
+                format!("{field}.staticUsers[{i}].name"),
+                "must not be empty",
+            );
+        }
+        if !user.email.contains('@') {
+            report.error(
+                format!("{field}.staticUsers[{i}].email"),
+                format!("{:?} is not an email address", user.email),
+            );
+        }
+    }
+}
+
+fn max_removed_percent(report: &mut Report<'_, MailboxSet>, field: &str, percent: u32) {
+    if percent > 100 {
+        report.error(
+            format!("{field}.maxRemovedPercent"),
+            "must be between 0 and 100",
+        );
+    }
+}
+
+/// Checks an LDAP directory at `field` (`<field>.ldap`) and its Secrets.
+fn ldap(bundle: &Bundle, report: &mut Report<'_, MailboxSet>, field: &str, spec: &LdapSpec) {
+    for (name, message) in super::validate_ldap(spec) {
+        report.error(format!("{field}.{name}"), message);
+    }
+    if let Some(bind) = &spec.bind_secret_ref {
+        report.secret_keys(
+            bundle,
+            &format!("{field}.ldap.bindSecretRef.name"),
+            &bind.name,
+            &["bindDN", "password"],
+        );
+    }
+    if let Some(ca) = &spec.ca_secret_ref {
+        report.secret_keys(
+            bundle,
+            &format!("{field}.ldap.caSecretRef"),
+            &ca.name,
+            &[ca.key.as_str()],
+        );
+    }
 }
 
 #[cfg(test)]

@@ -13,62 +13,14 @@ use url::Url;
 use super::directory::{sort_and_dedupe, unique_addresses, DirectoryError, DirectoryUser};
 use crate::oauth2::http::{self, HttpClient};
 use crate::oauth2::{Tokens, GOOGLE_DIRECTORY_SCOPE};
+use crate::resources::{validate_google_directory, GoogleDirectorySpec, GOOGLE_DIRECTORY_ENDPOINT};
 
-pub const DEFAULT_ENDPOINT: &str = "https://admin.googleapis.com";
 /// All users of the account the administrator belongs to.
 pub const DEFAULT_CUSTOMER: &str = "my_customer";
 const SERVICE: &str = "Google Directory API";
 /// The API's largest page.
 const PAGE_SIZE: u32 = 500;
 const MAX_PAGES: usize = 20_000;
-
-#[derive(Clone, Debug, Default)]
-pub struct GoogleDirectorySettings {
-    /// `https://admin.googleapis.com` unless given.
-    pub endpoint: Option<String>,
-    /// `my_customer` unless given (or the customer ID, `C0…`).
-    pub customer: Option<String>,
-    /// An administrator the service account acts for.
-    pub admin_email: String,
-}
-
-impl GoogleDirectorySettings {
-    fn endpoint(&self) -> Result<Url, (String, String)> {
-        http::endpoint(
-            "googleDirectory.endpoint",
-            self.endpoint.as_deref(),
-            DEFAULT_ENDPOINT,
-        )
-    }
-}
-
-/// Problems found without asking the server, as (field, message).
-pub fn validate(settings: &GoogleDirectorySettings) -> Vec<(String, String)> {
-    let mut problems = Vec::new();
-    if let Err(problem) = settings.endpoint() {
-        problems.push(problem);
-    }
-    let admin = settings.admin_email.trim();
-    if admin.is_empty() || !admin.contains('@') {
-        problems.push((
-            "googleDirectory.adminEmail".into(),
-            "must be the address of a Google Workspace administrator (the Directory API answers \
-             only administrators)"
-                .into(),
-        ));
-    }
-    if settings
-        .customer
-        .as_deref()
-        .is_some_and(|c| c.is_empty() || !c.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
-    {
-        problems.push((
-            "googleDirectory.customer".into(),
-            "must be my_customer or a customer ID like C03az79cb".into(),
-        ));
-    }
-    problems
-}
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -93,7 +45,7 @@ struct GoogleUser {
 
 /// Reads the users, sorted by name (the primary address) and unique regardless of case.
 pub async fn fetch_users(
-    settings: &GoogleDirectorySettings,
+    settings: &GoogleDirectorySpec,
     tokens: &Tokens,
     client: &HttpClient,
 ) -> Result<Vec<DirectoryUser>, DirectoryError> {
@@ -101,11 +53,12 @@ pub async fn fetch_users(
         service: SERVICE,
         message,
     };
-    let problems = validate(settings);
+    let problems = validate_google_directory(settings);
     if !problems.is_empty() {
         return Err(DirectoryError::InvalidSpec(problems));
     }
-    let endpoint = settings.endpoint().map_err(|(_, e)| fail(e))?;
+    let endpoint = http::endpoint("", settings.endpoint.as_deref(), GOOGLE_DIRECTORY_ENDPOINT)
+        .map_err(|(_, e)| fail(e))?;
     let admin = settings.admin_email.trim();
     let scopes = vec![GOOGLE_DIRECTORY_SCOPE.to_string()];
     let base = endpoint.as_str().trim_end_matches('/');
@@ -230,30 +183,6 @@ fn google_failure(status: u16, body: &[u8], admin: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn settings_are_checked() {
-        let good = GoogleDirectorySettings {
-            endpoint: None,
-            customer: None,
-            admin_email: "admin@example.org".into(),
-        };
-        assert!(validate(&good).is_empty());
-        let bad = GoogleDirectorySettings {
-            endpoint: Some("http://admin.example.org".into()),
-            customer: Some("my customer&x=1".into()),
-            admin_email: "admin".into(),
-        };
-        let fields: Vec<String> = validate(&bad).into_iter().map(|p| p.0).collect();
-        assert_eq!(
-            fields,
-            [
-                "googleDirectory.endpoint",
-                "googleDirectory.adminEmail",
-                "googleDirectory.customer"
-            ]
-        );
-    }
 
     #[test]
     fn failures_say_what_to_do() {

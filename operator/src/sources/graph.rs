@@ -17,61 +17,14 @@ use url::Url;
 use super::directory::{ad_addresses, sort_and_dedupe, DirectoryError, DirectoryUser};
 use crate::oauth2::http::{self, HttpClient};
 use crate::oauth2::Tokens;
+use crate::resources::{validate_microsoft_graph, MicrosoftGraphSpec, GRAPH_ENDPOINT};
 
-/// Graph's global endpoint; national clouds have their own (e.g. `https://graph.microsoft.us`).
-pub const DEFAULT_ENDPOINT: &str = "https://graph.microsoft.com";
 const SERVICE: &str = "Microsoft Graph";
 const SELECT: &str = "id,userPrincipalName,mail,accountEnabled,userType,proxyAddresses";
 /// Graph's largest page for users.
 const PAGE_SIZE: u32 = 999;
 /// A bound on pages (ten million users), so that a server sending links forever ends.
 const MAX_PAGES: usize = 10_000;
-
-/// Where and what to read.
-#[derive(Clone, Debug, Default)]
-pub struct GraphSettings {
-    /// `https://graph.microsoft.com` unless given.
-    pub endpoint: Option<String>,
-    /// Only members of this group (its object ID), at any depth.
-    pub group_id: Option<String>,
-}
-
-impl GraphSettings {
-    fn endpoint(&self) -> Result<Url, (String, String)> {
-        http::endpoint(
-            "microsoftGraph.endpoint",
-            self.endpoint.as_deref(),
-            DEFAULT_ENDPOINT,
-        )
-    }
-}
-
-/// Problems found without asking the server, as (field, message).
-pub fn validate(settings: &GraphSettings) -> Vec<(String, String)> {
-    let mut problems = Vec::new();
-    if let Err(problem) = settings.endpoint() {
-        problems.push(problem);
-    }
-    if let Some(id) = &settings.group_id {
-        if !is_guid(id) {
-            problems.push((
-                "microsoftGraph.groupID".into(),
-                "must be the group's object ID, a GUID like 02bd9fd6-8f93-4758-87c3-1fb73740a315"
-                    .into(),
-            ));
-        }
-    }
-    problems
-}
-
-fn is_guid(text: &str) -> bool {
-    let groups: Vec<&str> = text.split('-').collect();
-    groups.len() == 5
-        && groups
-            .iter()
-            .zip([8, 4, 4, 4, 12])
-            .all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()))
-}
 
 #[derive(Deserialize)]
 struct Page {
@@ -98,7 +51,7 @@ struct GraphObject {
 /// Reads the users, sorted by name and unique regardless of case. `tokens` is the set's
 /// Microsoft 365 client: the token asked for is Graph's (`<endpoint>/.default`), not IMAP's.
 pub async fn fetch_users(
-    settings: &GraphSettings,
+    settings: &MicrosoftGraphSpec,
     tokens: &Tokens,
     client: &HttpClient,
 ) -> Result<Vec<DirectoryUser>, DirectoryError> {
@@ -106,11 +59,12 @@ pub async fn fetch_users(
         service: SERVICE,
         message,
     };
-    let problems = validate(settings);
+    let problems = validate_microsoft_graph(settings);
     if !problems.is_empty() {
         return Err(DirectoryError::InvalidSpec(problems));
     }
-    let endpoint = settings.endpoint().map_err(|(_, e)| fail(e))?;
+    let endpoint = http::endpoint("", settings.endpoint.as_deref(), GRAPH_ENDPOINT)
+        .map_err(|(_, e)| fail(e))?;
     let origin = endpoint.origin().ascii_serialization();
     let scopes = vec![format!("{origin}/.default")];
     let base = endpoint.as_str().trim_end_matches('/');
@@ -249,26 +203,6 @@ fn graph_failure(status: u16, body: &[u8], group: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn group_ids_must_be_guids_and_endpoints_safe() {
-        let settings = |endpoint: Option<&str>, group: Option<&str>| GraphSettings {
-            endpoint: endpoint.map(str::to_string),
-            group_id: group.map(str::to_string),
-        };
-        assert!(validate(&settings(
-            None,
-            Some("02bd9fd6-8f93-4758-87c3-1fb73740a315")
-        ))
-        .is_empty());
-        let problems = validate(&settings(
-            Some("http://graph.example.org"),
-            Some("../users"),
-        ));
-        assert_eq!(problems.len(), 2, "{problems:?}");
-        assert!(problems[0].1.contains("loopback"), "{problems:?}");
-        assert_eq!(problems[1].0, "microsoftGraph.groupID");
-    }
 
     #[test]
     fn failures_keep_graph_codes_and_say_what_to_do() {
