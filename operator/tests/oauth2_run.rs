@@ -1,0 +1,345 @@
+//! `mailvault run` and `mailvault mailboxes` with an `oauth2` MailboxSet, end to end: the
+//! directory (Microsoft Graph, the Google Directory API) read from the test kit's fake
+//! cloud, XOAUTH2 and OAUTHBEARER logins against a real Dovecot that accepts nothing else,
+//! the archive, a re-run that stores nothing new, a mailbox permission taken back, and a
+//! wrong secret that fails the run once. No secret or token ever in the output.
+
+mod common;
+
+use common::*;
+use mailvault_testkit::cloud::{
+    app_principal, user_principal, App, ClientSecret, Cloud, ServiceAccount, Tenant, TestKey, User,
+    GOOGLE_DIRECTORY_SCOPE, GOOGLE_IMAP_SCOPE,
+};
+use mailvault_testkit::dovecot::{Dovecot, DovecotOptions, OAuth2Login};
+use mailvault_testkit::mail;
+
+const TENANT: &str = "contoso.onmicrosoft.com";
+const CLIENT_ID: &str = "8a3f2c1e-5b7d-4e9f-a0b1-c2d3e4f5a6b7";
+const SECRET: &str = "Qx8~run.Secret_that-must-never-leak";
+/// 2025-01-06, as INTERNALDATE.
+const DATE: i64 = 1_736_157_600;
+
+/// A Dovecot that takes only `mechanism` (OAuth2), with `users`, each holding `counts[i]`
+/// messages in INBOX.
+fn oauth2_dovecot(cloud: &Cloud, mechanism: &str, users: &[&str], counts: &[u64]) -> Dovecot {
+    let mut login = OAuth2Login::new(&cloud.introspection_url());
+    login.mechanisms = vec![mechanism.to_string()];
+    let dovecot = Dovecot::start_with(DovecotOptions {
+        oauth2: Some(login),
+        ..DovecotOptions::default()
+    })
+    .unwrap();
+    for (user, count) in users.iter().zip(counts) {
+        dovecot.add_user(user, "unused-password").unwrap();
+        for n in 0..*count {
+            deliver(&dovecot, user, n);
+        }
+    }
+    dovecot
+}
+
+fn deliver(dovecot: &Dovecot, user: &str, n: u64) {
+    let m = mail::message(7, n, "sender@example.net", user, &format!("M {n}"), 2000);
+    dovecot.deliver(user, "INBOX", &m, DATE, &[]).unwrap();
+}
+
+fn microsoft_cloud(users: Vec<User>) -> Cloud {
+    let cloud = Cloud::start().unwrap();
+    cloud.update(|s| {
+        s.tenants.push(Tenant {
+            id: "7d1a3f52-0a5e-4d8b-9c11-2b6c0f1e9a01".into(),
+            domains: vec![TENANT.into(), "contoso.com".into()],
+            apps: vec![App {
+                client_id: CLIENT_ID.into(),
+                display_name: "mailvault".into(),
+                secrets: vec![ClientSecret {
+                    value: SECRET.into(),
+                    expired: false,
+                }],
+                roles: vec!["IMAP.AccessAsApp".into(), "User.Read.All".into()],
+                admin_consent: true,
+                exchange_service_principal: true,
+                ..App::default()
+            }],
+        });
+        s.users = users;
+    });
+    cloud
+}
+
+/// `spec.oauth2` of a Microsoft 365 set against `cloud`, with `rest` added.
+fn microsoft_spec(cloud: &Cloud, rest: &str) -> String {
+    format!(
+        "    provider: Microsoft365\n    tenantID: {TENANT}\n    clientID: {CLIENT_ID}\n    \
+         tokenURL: {}/{TENANT}/oauth2/v2.0/token\n    credentialsSecretRef:\n      name: app\n{rest}",
+        cloud.http_url()
+    )
+}
+
+fn graph_directory(cloud: &Cloud) -> String {
+    format!(
+        "    directory:\n      microsoftGraph:\n        endpoint: {}\n",
+        cloud.http_url()
+    )
+}
+
+/// Every token the fake cloud issued, and the secrets given: none may be shown.
+fn assert_nothing_secret(cloud: &Cloud, secrets: &[&str], outputs: &[&Outcome]) {
+    let tokens: Vec<String> = cloud.update(|s| s.issued.iter().map(|i| i.token.clone()).collect());
+    for out in outputs {
+        let text = format!("{}\n{}", out.stdout, out.stderr);
+        for needle in tokens
+            .iter()
+            .map(String::as_str)
+            .chain(secrets.iter().copied())
+        {
+            assert!(!text.contains(needle), "{needle:?} shown:\n{text}");
+        }
+    }
+}
+
+fn token_requests(cloud: &Cloud, path: &str) -> usize {
+    cloud.update(|s| s.requests_to(path).len())
+}
+
+#[test]
+fn microsoft365_set_reads_graph_logs_in_with_xoauth2_and_archives_each_mailbox_once() {
+    let mut guest = User::new(
+        "d0000000-0000-0000-0000-000000000004",
+        "guest@partner.example",
+    );
+    guest.user_type = "Guest".into();
+    let mut disabled = User::new("c0000000-0000-0000-0000-000000000003", "shared@contoso.com");
+    disabled.account_enabled = false;
+    let mut alice = User::new("a0000000-0000-0000-0000-000000000001", "alice@contoso.com");
+    alice.proxy_addresses = vec![
+        "SMTP:alice@contoso.com".into(),
+        "smtp:ali@contoso.com".into(),
+    ];
+    let cloud = microsoft_cloud(vec![
+        alice,
+        User::new("b0000000-0000-0000-0000-000000000002", "bob@contoso.com"),
+        disabled,
+        guest,
+    ]);
+    let mailboxes = ["alice@contoso.com", "bob@contoso.com"];
+    let dovecot = oauth2_dovecot(&cloud, "xoauth2", &mailboxes, &[3, 2]);
+    for user in mailboxes {
+        // Add-MailboxPermission for the app.
+        dovecot
+            .grant_oauth2(&app_principal(CLIENT_ID), user)
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("archive");
+    let yaml = oauth2_yaml(
+        &dovecot,
+        &microsoft_spec(&cloud, &graph_directory(&cloud)),
+        &format!("  clientSecret: {SECRET}\n"),
+    );
+    let input = write_yaml(dir.path(), &yaml);
+
+    let listed = mailvault(&["mailboxes", "-f", input.to_str().unwrap()]);
+    assert_eq!(listed.code, 0, "{}\n{}", listed.stdout, listed.stderr);
+    assert!(
+        listed.stdout.contains("(oauth2)")
+            && listed.stdout.contains("mailboxes: 2")
+            && listed
+                .stdout
+                .contains("login alice@contoso.com with OAuth2")
+            && listed.stdout.contains("login bob@contoso.com with OAuth2")
+            && !listed.stdout.contains("guest@partner.example")
+            && !listed.stdout.contains("shared@contoso.com"),
+        "{}",
+        listed.stdout
+    );
+
+    let token_path = format!("/{TENANT}/oauth2/v2.0/token");
+    // The listing read Graph, with a Graph token; no IMAP token.
+    assert_eq!(token_requests(&cloud, &token_path), 1);
+    let first = run(&input, &store);
+    assert_eq!(first.code, 0, "{}\n{}", first.stdout, first.stderr);
+    let p = first.json();
+    assert_eq!(p["result"], "Succeeded");
+    assert_eq!(mailbox(&p, "alice@contoso.com")["archived"], 3);
+    assert_eq!(mailbox(&p, "bob@contoso.com")["archived"], 2);
+    assert_eq!(p["totals"]["mailboxes"], 2);
+    // One app token serves every mailbox: one request for IMAP, one for Graph.
+    assert_eq!(token_requests(&cloud, &token_path), 3);
+    let log = std::fs::read_to_string(dovecot.dir().join("dovecot.log")).unwrap();
+    assert_eq!(log.matches("method=XOAUTH2").count(), 2, "{log}");
+
+    let again = run(&input, &store);
+    assert_eq!(again.code, 0, "{}\n{}", again.stdout, again.stderr);
+    let p = again.json();
+    assert_eq!(p["totals"]["archived"], 0);
+    assert_eq!(p["totals"]["alreadyArchived"], 5);
+
+    // The mailbox permission on bob's mailbox is taken back: only bob fails, in plain
+    // words, and alice's new message is archived.
+    dovecot
+        .revoke_oauth2(&app_principal(CLIENT_ID), "bob@contoso.com")
+        .unwrap();
+    deliver(&dovecot, "alice@contoso.com", 10);
+    let third = run(&input, &store);
+    assert_eq!(third.code, 1, "{}\n{}", third.stdout, third.stderr);
+    let p = third.json();
+    assert_eq!(mailbox(&p, "alice@contoso.com")["archived"], 1);
+    let bob = mailbox(&p, "bob@contoso.com");
+    assert_eq!(bob["result"], "Failed");
+    let message = bob["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains("Add-MailboxPermission"), "{message}");
+    assert_nothing_secret(&cloud, &[SECRET], &[&listed, &first, &again, &third]);
+}
+
+#[test]
+fn a_wrong_secret_fails_the_run_once_without_touching_a_mailbox() {
+    let cloud = microsoft_cloud(Vec::new());
+    let mailboxes = ["alice@contoso.com", "bob@contoso.com"];
+    let dovecot = oauth2_dovecot(&cloud, "xoauth2", &mailboxes, &[1, 1]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("archive");
+    let statics = "    staticUsers:\n      - name: alice\n        email: alice@contoso.com\n      \
+                   - name: bob\n        email: bob@contoso.com\n";
+    let wrong = "Qx8~an.old_secret-value";
+    let yaml = oauth2_yaml(
+        &dovecot,
+        &microsoft_spec(&cloud, statics),
+        &format!("  clientSecret: {wrong}\n"),
+    );
+    let out = run(&write_yaml(dir.path(), &yaml), &store);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("no OAuth2 token for any mailbox")
+            && out.stderr.contains("AADSTS7000215"),
+        "{}",
+        out.stderr
+    );
+    // Asked once, not once per mailbox; no login was tried.
+    assert_eq!(
+        token_requests(&cloud, &format!("/{TENANT}/oauth2/v2.0/token")),
+        1
+    );
+    assert_eq!(cloud.update(|s| s.introspections), 0);
+    assert!(!store.join("runs").exists());
+    assert_nothing_secret(&cloud, &[wrong, SECRET], &[&out]);
+}
+
+#[test]
+fn google_set_reads_the_directory_and_logs_in_as_each_user_with_oauthbearer() {
+    let cloud = Cloud::start().unwrap();
+    let key = TestKey::generate().unwrap();
+    let account = ServiceAccount {
+        client_email: "archiver@mailvault-test.iam.gserviceaccount.com".into(),
+        client_id: "104857600123456789012".into(),
+        key,
+        delegated_scopes: vec![GOOGLE_IMAP_SCOPE.into(), GOOGLE_DIRECTORY_SCOPE.into()],
+        disabled: false,
+    };
+    let user = |address: &str| User::new(&format!("id-{address}"), address);
+    cloud.update(|s| {
+        s.service_accounts.push(account.clone());
+        s.users = vec![
+            User {
+                aliases: vec!["ali@example.org".into()],
+                ..user("alice@example.org")
+            },
+            user("bob@example.org"),
+            User {
+                suspended: true,
+                ..user("carol@example.org")
+            },
+            User {
+                is_admin: true,
+                ..user("boss@example.org")
+            },
+        ];
+    });
+    let mailboxes = ["alice@example.org", "bob@example.org", "boss@example.org"];
+    let dovecot = oauth2_dovecot(&cloud, "oauthbearer", &mailboxes, &[2, 1, 1]);
+    for user in mailboxes {
+        // Delegation: a token for the user opens the user's own mailbox.
+        dovecot.grant_oauth2(&user_principal(user), user).unwrap();
+    }
+    let json = account.json(&format!("{}/token", cloud.http_url()));
+    let indented: String = json.lines().map(|l| format!("    {l}\n")).collect();
+    let spec = format!(
+        "    provider: Google\n    credentialsSecretRef:\n      name: app\n    \
+         users:\n      selection: AllExcept\n      names: [boss@example.org]\n    \
+         directory:\n      googleDirectory:\n        endpoint: {}\n        \
+         adminEmail: boss@example.org\n",
+        cloud.http_url()
+    );
+    let yaml = oauth2_yaml(
+        &dovecot,
+        &spec,
+        &format!("  serviceAccount.json: |\n{indented}"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("archive");
+    let input = write_yaml(dir.path(), &yaml);
+
+    let first = run(&input, &store);
+    assert_eq!(first.code, 0, "{}\n{}", first.stdout, first.stderr);
+    let p = first.json();
+    assert_eq!(p["totals"]["mailboxes"], 2, "{p:#}");
+    assert_eq!(mailbox(&p, "alice@example.org")["archived"], 2);
+    assert_eq!(mailbox(&p, "bob@example.org")["archived"], 1);
+    let log = std::fs::read_to_string(dovecot.dir().join("dovecot.log")).unwrap();
+    assert_eq!(log.matches("method=OAUTHBEARER").count(), 2, "{log}");
+    // A token per user, each for that user only.
+    let subjects: Vec<String> = cloud.update(|s| {
+        s.requests_to("/token")
+            .iter()
+            .filter_map(|r| r.field("assertion").map(str::to_string))
+            .collect()
+    });
+    assert_eq!(subjects.len(), 3, "the directory's and one per mailbox");
+
+    let again = run(&input, &store);
+    assert_eq!(again.code, 0, "{}\n{}", again.stdout, again.stderr);
+    let p = again.json();
+    assert_eq!(p["totals"]["archived"], 0);
+    assert_eq!(p["totals"]["alreadyArchived"], 3);
+    let key_line = account.key.key_pem.lines().nth(1).unwrap().to_string();
+    assert_nothing_secret(&cloud, &[key_line.as_str()], &[&first, &again]);
+}
+
+#[test]
+fn a_bad_oauth2_set_is_refused_by_file_line_and_field_before_any_request() {
+    let cloud = microsoft_cloud(Vec::new());
+    let dovecot = oauth2_dovecot(&cloud, "xoauth2", &[], &[]);
+    let spec = format!(
+        "    provider: Microsoft365\n    tenantID: {TENANT}\n    \
+         tokenURL: http://login.example.org/{TENANT}/oauth2/v2.0/token\n    \
+         credentialsSecretRef:\n      name: app\n    directory:\n      \
+         googleDirectory:\n        adminEmail: admin@example.org\n"
+    );
+    let yaml = oauth2_yaml(&dovecot, &spec, "  tls.crt: not a certificate\n");
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_yaml(dir.path(), &yaml);
+    let out = run(&input, &dir.path().join("archive"));
+    assert_eq!(out.code, 2, "{}\n{}", out.stdout, out.stderr);
+    // The object's first line (1-based): the one before its kind.
+    let line = yaml.lines().position(|l| l == "kind: MailboxSet").unwrap();
+    let place = format!("{}:{line}: MailboxSet default/users: ", input.display());
+    for (field, words) in [
+        (
+            "spec.oauth2.credentialsSecretRef.name",
+            "neither key \"clientSecret\"",
+        ),
+        ("spec.oauth2.clientID", "application (client) ID"),
+        ("spec.oauth2.tokenURL", "loopback"),
+        ("spec.oauth2.directory", "googleDirectory for Google"),
+    ] {
+        assert!(
+            out.stderr
+                .lines()
+                .any(|l| l.contains(&format!("{place}{field}: ")) && l.contains(words)),
+            "{field}: {}",
+            out.stderr
+        );
+    }
+    assert_eq!(cloud.update(|s| s.requests.len()), 0);
+}
