@@ -22,8 +22,8 @@ use mailvault::sources::directory::DirectoryError;
 use mailvault::sources::google;
 use mailvault::sources::graph;
 use mailvault_testkit::cloud::{
-    app_principal, user_principal, App, ClientSecret, Cloud, Fault, GenericClient, Group,
-    ServiceAccount, Tenant, TestKey, User,
+    app_principal, user_principal, App, Cloud, Fault, GenericClient, Group, ServiceAccount, Tenant,
+    TestKey, User,
 };
 use mailvault_testkit::dovecot::{Dovecot, DovecotOptions, OAuth2Login};
 use serde_json::Value;
@@ -48,18 +48,7 @@ fn client(cloud: &Cloud) -> HttpClient {
 }
 
 fn app(roles: &[&str]) -> App {
-    App {
-        client_id: CLIENT_ID.into(),
-        display_name: "mailvault".into(),
-        secrets: vec![ClientSecret {
-            value: SECRET.into(),
-            expired: false,
-        }],
-        roles: roles.iter().map(|r| r.to_string()).collect(),
-        admin_consent: true,
-        exchange_service_principal: true,
-        ..App::default()
-    }
+    App::consented(CLIENT_ID, SECRET, roles)
 }
 
 /// A tenant with the app, `IMAP.AccessAsApp`, `User.Read.All` and `GroupMember.Read.All`.

@@ -1,14 +1,15 @@
 //! `mailvault run` and `mailvault mailboxes` with an `oauth2` MailboxSet, end to end: the
-//! directory (Microsoft Graph, the Google Directory API) read from the test kit's fake
-//! cloud, XOAUTH2 and OAUTHBEARER logins against a real Dovecot that accepts nothing else,
-//! the archive, a re-run that stores nothing new, a mailbox permission taken back, and a
-//! wrong secret that fails the run once. No secret or token ever in the output.
+//! directory (Microsoft Graph, the Google Directory API, from the test kit's fake cloud; or
+//! OpenLDAP) and tokens from the fake cloud, XOAUTH2 and OAUTHBEARER logins against a real
+//! Dovecot that accepts nothing else, the archive, a re-run that stores nothing new, a
+//! mailbox permission taken back, and a wrong secret that fails the run once. No secret or
+//! token ever in the output.
 
 mod common;
 
 use common::*;
 use mailvault_testkit::cloud::{
-    app_principal, user_principal, App, ClientSecret, Cloud, ServiceAccount, Tenant, TestKey, User,
+    app_principal, user_principal, App, Cloud, ServiceAccount, Tenant, TestKey, User,
     GOOGLE_DIRECTORY_SCOPE, GOOGLE_IMAP_SCOPE,
 };
 use mailvault_testkit::dovecot::{Dovecot, DovecotOptions, OAuth2Login};
@@ -50,18 +51,11 @@ fn microsoft_cloud(users: Vec<User>) -> Cloud {
         s.tenants.push(Tenant {
             id: "7d1a3f52-0a5e-4d8b-9c11-2b6c0f1e9a01".into(),
             domains: vec![TENANT.into(), "contoso.com".into()],
-            apps: vec![App {
-                client_id: CLIENT_ID.into(),
-                display_name: "mailvault".into(),
-                secrets: vec![ClientSecret {
-                    value: SECRET.into(),
-                    expired: false,
-                }],
-                roles: vec!["IMAP.AccessAsApp".into(), "User.Read.All".into()],
-                admin_consent: true,
-                exchange_service_principal: true,
-                ..App::default()
-            }],
+            apps: vec![App::consented(
+                CLIENT_ID,
+                SECRET,
+                &["IMAP.AccessAsApp", "User.Read.All"],
+            )],
         });
         s.users = users;
     });
@@ -342,4 +336,71 @@ fn a_bad_oauth2_set_is_refused_by_file_line_and_field_before_any_request() {
         );
     }
     assert_eq!(cloud.update(|s| s.requests.len()), 0);
+}
+
+/// A Generic OAuth2 server, the client proving itself with a certificate (a signed client
+/// assertion), and the users from LDAP: the directory of a master-password set, with a
+/// token instead of the master password.
+#[cfg(unix)]
+#[test]
+fn generic_set_with_a_certificate_reads_ldap_users() {
+    use mailvault_testkit::cloud::GenericClient;
+    use mailvault_testkit::slapd::{self, Slapd};
+
+    let cloud = Cloud::start().unwrap();
+    let key = TestKey::generate().unwrap();
+    cloud.update(|s| {
+        s.generic_clients.push(GenericClient {
+            client_id: "archiver".into(),
+            secret: String::new(),
+            scopes: vec!["imap".into()],
+            imap_scope: "imap".into(),
+            certificates: vec![key.clone()],
+        })
+    });
+    let ldap = Slapd::start().expect("slapd starts");
+    ldap.add_ldif(slapd::SAMPLE_LDIF).unwrap();
+    // The users of the sample directory that have an address.
+    let mailboxes = ["alice@example.org", "bob@example.org", "dave@example.org"];
+    let dovecot = oauth2_dovecot(&cloud, "oauthbearer", &mailboxes, &[1, 2, 3]);
+    for user in mailboxes {
+        dovecot
+            .grant_oauth2(&app_principal("archiver"), user)
+            .unwrap();
+    }
+    let spec = format!(
+        "    provider: Generic\n    clientID: archiver\n    tokenURL: {}/generic/token\n    \
+         scopes: [imap]\n    credentialsSecretRef:\n      name: app\n    directory:\n      \
+         ldap:\n        url: {}\n        baseDN: {}\n        bindSecretRef:\n          name: reader\n",
+        cloud.http_url(),
+        ldap.url(),
+        slapd::PEOPLE_DN
+    );
+    let pem = |text: &str| -> String { text.lines().map(|l| format!("    {l}\n")).collect() };
+    let secret = format!(
+        "  tls.crt: |\n{}  tls.key: |\n{}---\napiVersion: v1\nkind: Secret\nmetadata:\n  \
+         name: reader\nstringData:\n  bindDN: {}\n  password: {}\n",
+        pem(&key.cert_pem),
+        pem(&key.key_pem),
+        slapd::READER_DN,
+        slapd::READER_PASSWORD
+    );
+    let yaml = oauth2_yaml(&dovecot, &spec, &secret);
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_yaml(dir.path(), &yaml);
+    let out = run(&input, &dir.path().join("archive"));
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let p = out.json();
+    assert_eq!(p["totals"]["mailboxes"], 3, "{p:#}");
+    assert_eq!(p["totals"]["archived"], 6);
+    // The assertion, never a secret, went to the token endpoint.
+    let requests = cloud.update(|s| s.requests_to("/generic/token"));
+    assert_eq!(requests.len(), 1);
+    assert!(requests[0].field("client_assertion").is_some());
+    let key_line = key.key_pem.lines().nth(1).unwrap().to_string();
+    assert_nothing_secret(
+        &cloud,
+        &[key_line.as_str(), slapd::READER_PASSWORD],
+        &[&out],
+    );
 }

@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use common::{files_below, mailvault, mailvault_s3};
 use mailvault::operator::api::{classify, API_CALLS};
-use mailvault_testkit::cloud::{app_principal, App, ClientSecret, Cloud, Tenant, User};
+use mailvault_testkit::cloud::{app_principal, App, Cloud, Tenant, User};
 use mailvault_testkit::dovecot::{Dovecot, DovecotOptions, OAuth2Login};
 use mailvault_testkit::fakekube::{self, FakeKube, Operator};
 use mailvault_testkit::garage::Garage;
@@ -1164,17 +1164,11 @@ fn an_oauth2_set_archives_with_tokens_the_worker_gets_itself() {
         s.tenants.push(Tenant {
             id: "7d1a3f52-0a5e-4d8b-9c11-2b6c0f1e9a01".into(),
             domains: vec![TENANT.into()],
-            apps: vec![App {
-                client_id: CLIENT_ID.into(),
-                secrets: vec![ClientSecret {
-                    value: SECRET.into(),
-                    expired: false,
-                }],
-                roles: vec!["IMAP.AccessAsApp".into(), "User.Read.All".into()],
-                admin_consent: true,
-                exchange_service_principal: true,
-                ..App::default()
-            }],
+            apps: vec![App::consented(
+                CLIENT_ID,
+                SECRET,
+                &["IMAP.AccessAsApp", "User.Read.All"],
+            )],
         });
         s.users = users
             .iter()

@@ -122,6 +122,21 @@ pub enum DirectoryError {
     },
 }
 
+/// The endpoint of a directory API, once its settings' `problems` (from resource
+/// validation) are none: nothing is sent for settings a resource could not have.
+pub(super) fn api_endpoint(
+    service: &'static str,
+    problems: Vec<(String, String)>,
+    given: Option<&str>,
+    default: &str,
+) -> Result<Url, DirectoryError> {
+    if !problems.is_empty() {
+        return Err(DirectoryError::InvalidSpec(problems));
+    }
+    crate::oauth2::http::endpoint("endpoint", given, default)
+        .map_err(|(_, message)| DirectoryError::Api { service, message })
+}
+
 fn join_problems(problems: &[(String, String)]) -> String {
     problems
         .iter()

@@ -10,7 +10,9 @@
 use serde::Deserialize;
 use url::Url;
 
-use super::directory::{sort_and_dedupe, unique_addresses, DirectoryError, DirectoryUser};
+use super::directory::{
+    api_endpoint, sort_and_dedupe, unique_addresses, DirectoryError, DirectoryUser,
+};
 use crate::oauth2::http::{self, HttpClient};
 use crate::oauth2::{Tokens, GOOGLE_DIRECTORY_SCOPE};
 use crate::resources::{validate_google_directory, GoogleDirectorySpec, GOOGLE_DIRECTORY_ENDPOINT};
@@ -53,12 +55,12 @@ pub async fn fetch_users(
         service: SERVICE,
         message,
     };
-    let problems = validate_google_directory(settings);
-    if !problems.is_empty() {
-        return Err(DirectoryError::InvalidSpec(problems));
-    }
-    let endpoint = http::endpoint("", settings.endpoint.as_deref(), GOOGLE_DIRECTORY_ENDPOINT)
-        .map_err(|(_, e)| fail(e))?;
+    let endpoint = api_endpoint(
+        SERVICE,
+        validate_google_directory(settings),
+        settings.endpoint.as_deref(),
+        GOOGLE_DIRECTORY_ENDPOINT,
+    )?;
     let admin = settings.admin_email.trim();
     let scopes = vec![GOOGLE_DIRECTORY_SCOPE.to_string()];
     let base = endpoint.as_str().trim_end_matches('/');

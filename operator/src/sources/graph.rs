@@ -14,7 +14,9 @@
 use serde::Deserialize;
 use url::Url;
 
-use super::directory::{ad_addresses, sort_and_dedupe, DirectoryError, DirectoryUser};
+use super::directory::{
+    ad_addresses, api_endpoint, sort_and_dedupe, DirectoryError, DirectoryUser,
+};
 use crate::oauth2::http::{self, HttpClient};
 use crate::oauth2::Tokens;
 use crate::resources::{validate_microsoft_graph, MicrosoftGraphSpec, GRAPH_ENDPOINT};
@@ -59,12 +61,12 @@ pub async fn fetch_users(
         service: SERVICE,
         message,
     };
-    let problems = validate_microsoft_graph(settings);
-    if !problems.is_empty() {
-        return Err(DirectoryError::InvalidSpec(problems));
-    }
-    let endpoint = http::endpoint("", settings.endpoint.as_deref(), GRAPH_ENDPOINT)
-        .map_err(|(_, e)| fail(e))?;
+    let endpoint = api_endpoint(
+        SERVICE,
+        validate_microsoft_graph(settings),
+        settings.endpoint.as_deref(),
+        GRAPH_ENDPOINT,
+    )?;
     let origin = endpoint.origin().ascii_serialization();
     let scopes = vec![format!("{origin}/.default")];
     let base = endpoint.as_str().trim_end_matches('/');

@@ -91,6 +91,25 @@ pub struct App {
     pub disabled: bool,
 }
 
+impl App {
+    /// An app set up as the README says: a client secret, `roles`, admin consent, and its
+    /// service principal registered in Exchange Online.
+    pub fn consented(client_id: &str, secret: &str, roles: &[&str]) -> App {
+        App {
+            client_id: client_id.to_string(),
+            display_name: "mailvault".into(),
+            secrets: vec![ClientSecret {
+                value: secret.to_string(),
+                expired: false,
+            }],
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            admin_consent: true,
+            exchange_service_principal: true,
+            ..App::default()
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ClientSecret {
     pub value: String,
