@@ -6,8 +6,8 @@ use std::fmt;
 
 use super::load::{namespace_of, Bundle, Located};
 use super::{
-    ArchiveProfile, LdapSpec, MailboxSet, OAuth2Provider, S3StoreSpec, ServerSideEncryption,
-    StaticUser, StoreSpec,
+    ArchiveProfile, LdapSpec, MailboxSet, OAuth2Provider, S3StoreSpec, Security,
+    ServerSideEncryption, StaticUser, StoreSpec,
 };
 
 /// A problem with one field of one object.
@@ -172,7 +172,20 @@ pub fn validate_profile(bundle: &Bundle, located: &Located<ArchiveProfile>) -> V
             field: "spec.mailboxSetRef.name".into(),
             message: format!("MailboxSet {namespace}/{set_name} is not in the given files"),
         }),
-        Some(set) => errors.extend(validate_mailbox_set(bundle, set)),
+        Some(set) => {
+            if set.object.spec.oauth2.is_some() && spec.server.security == Security::None {
+                errors.push(FieldError {
+                    place: located.place(),
+                    object: object_name(&located.object),
+                    field: "spec.server.security".into(),
+                    message: format!(
+                        "MailboxSet {namespace}/{set_name} logs in with OAuth2 tokens, which \
+                         are sent only over Tls or StartTls, never in the clear"
+                    ),
+                });
+            }
+            errors.extend(validate_mailbox_set(bundle, set))
+        }
     }
     errors
 }
@@ -656,5 +669,108 @@ stringData:
         let b = bundle(&text);
         let errors = validate_mailbox_set(&b, &b.mailbox_sets[0]);
         assert_eq!(errors[0].field, "spec");
+        let text = SET.replace(
+            "  masterPassword:",
+            "  oauth2:\n    provider: Google\n    credentialsSecretRef:\n      name: master\n  masterPassword:",
+        );
+        let b = bundle(&text);
+        let errors = validate_mailbox_set(&b, &b.mailbox_sets[0]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(
+            errors[0].message,
+            "set exactly one of masterPassword, csv or oauth2"
+        );
+    }
+
+    const M365: &str = "provider: Microsoft365\n    tenantID: contoso.com\n    clientID: c";
+    const GENERIC: &str =
+        "provider: Generic\n    clientID: c\n    tokenURL: https://sso.example.org/token";
+
+    /// An OAuth2 set (`provider` and its settings) whose Secret `app` holds `keys`, with
+    /// `extra` spec lines.
+    fn oauth2_set(provider: &str, keys: &[&str], extra: &str) -> Bundle {
+        let data: String = match keys {
+            [] => " {}\n".into(),
+            keys => {
+                keys.iter()
+                    .map(|k| format!("\n  {k}: x"))
+                    .collect::<String>()
+                    + "\n"
+            }
+        };
+        bundle(&format!(
+            "apiVersion: mailvault.io/v1alpha1\nkind: MailboxSet\nmetadata:\n  name: s\nspec:\n  \
+             oauth2:\n    {provider}\n    credentialsSecretRef:\n      name: app\n{extra}\
+             ---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: app\nstringData:{data}"
+        ))
+    }
+
+    fn set_errors(b: &Bundle) -> Vec<(String, String)> {
+        validate_mailbox_set(b, &b.mailbox_sets[0])
+            .into_iter()
+            .map(|e| (e.field, e.message))
+            .collect()
+    }
+
+    #[test]
+    fn an_oauth2_secret_needs_the_providers_keys() {
+        for keys in [&["clientSecret"][..], &["tls.crt", "tls.key"][..]] {
+            assert_eq!(set_errors(&oauth2_set(M365, keys, "")), vec![]);
+        }
+        for keys in [&[][..], &["tls.crt"][..], &["serviceAccount.json"][..]] {
+            let errors = set_errors(&oauth2_set(GENERIC, keys, ""));
+            assert_eq!(errors.len(), 1, "{keys:?}: {errors:?}");
+            assert_eq!(errors[0].0, "spec.oauth2.credentialsSecretRef.name");
+            assert!(
+                errors[0].1.contains("neither key \"clientSecret\""),
+                "{errors:?}"
+            );
+        }
+        let google = "provider: Google";
+        assert_eq!(
+            set_errors(&oauth2_set(google, &["serviceAccount.json"], "")),
+            vec![]
+        );
+        let errors = set_errors(&oauth2_set(google, &["clientSecret"], ""));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].1.contains("has no key \"serviceAccount.json\""),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn oauth2_static_users_are_checked_like_master_password_ones() {
+        let users = "    staticUsers:\n      - name: alice\n        email: alice@contoso.com\n      \
+                     - name: ALICE\n        email: Alice@Contoso.com\n      - name: ' '\n        email: bob\n";
+        let fields: Vec<String> = set_errors(&oauth2_set(M365, &["clientSecret"], users))
+            .into_iter()
+            .map(|e| e.0)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.oauth2.staticUsers[1]",
+                "spec.oauth2.staticUsers[2].name",
+                "spec.oauth2.staticUsers[2].email"
+            ]
+        );
+    }
+
+    #[test]
+    fn tokens_are_never_sent_over_a_plain_connection() {
+        let b = oauth2_set(M365, &["clientSecret"], "");
+        let p = bundle(
+            "apiVersion: mailvault.io/v1alpha1\nkind: ArchiveProfile\nmetadata:\n  name: p\nspec:\n  \
+             mailboxSetRef:\n    name: s\n  server:\n    host: imap.example.org\n    security: None\n",
+        );
+        let b = Bundle {
+            profiles: p.profiles,
+            ..b
+        };
+        let errors = validate_profile(&b, &b.profiles[0]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].field, "spec.server.security");
+        assert!(errors[0].message.contains("never in the clear"));
     }
 }
