@@ -1149,7 +1149,8 @@ fn ready_only_once_the_watches_run_and_every_request_names_the_operator() {
 /// A Microsoft 365 set: the app's Secret made with `kubectl create secret`, the users read
 /// from Microsoft Graph (the test kit's fake cloud) by the operator, and each worker gets
 /// its own token with the Secret mounted as files and logs in with XOAUTH2 to a Dovecot
-/// that accepts nothing else.
+/// that accepts nothing else; then a set with an old secret, whose run fails once, in the
+/// provider's words.
 #[test]
 fn an_oauth2_set_archives_with_tokens_the_worker_gets_itself() {
     let Some(c) = Cluster::start() else {
@@ -1288,6 +1289,60 @@ spec:
         assert!(!pod_logs.contains(needle), "{needle} in a worker's log");
         assert!(!status.contains(needle), "{needle} in a status");
     }
+
+    // A set of listed users whose app secret is an old one: each worker asks for a
+    // token once, before any login, and the run fails with Microsoft's code and what to
+    // do; no mailbox is tried.
+    const OLD: &str = "Qx8~an.old_secret-value";
+    c.kubectl(&[
+        "-n",
+        NS,
+        "create",
+        "secret",
+        "generic",
+        "old-app",
+        &format!("--from-literal=clientSecret={OLD}"),
+    ]);
+    let before = cloud.update(|s| s.introspections);
+    let set = format!(
+        "---
+apiVersion: mailvault.io/v1alpha1
+kind: MailboxSet
+metadata:
+  name: old
+  namespace: {NS}
+spec:
+  oauth2:
+    provider: Microsoft365
+    tenantID: {TENANT}
+    clientID: {CLIENT_ID}
+    tokenURL: {}/{TENANT}/oauth2/v2.0/token
+    credentialsSecretRef:
+      name: old-app
+    staticUsers:
+      - name: alice
+        email: alice@contoso.com
+",
+        cloud.http_url()
+    );
+    let extra = format!("{}  trigger:\n    manual: go\n", claim_store("old"));
+    c.apply(&format!(
+        "{set}{}",
+        profile_yaml("old", "old", &dovecot, &extra)
+    ));
+    let last = c.wait_run("old", "old-m-go");
+    assert_eq!(last["result"], "Failed", "{last:#}");
+    let message = last.to_string();
+    assert!(
+        message.contains("no OAuth2 token for any mailbox") && message.contains("AADSTS7000215"),
+        "{last:#}"
+    );
+    assert!(!c.profile("old").to_string().contains(OLD));
+    assert_eq!(
+        cloud.update(|s| s.introspections),
+        before,
+        "no login was tried"
+    );
 }
 
 /// `n` directory users under [`slapd::PEOPLE_DN`], as LDIF.
