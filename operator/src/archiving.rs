@@ -154,7 +154,11 @@ async fn prepare<'a>(
         match sources::resolve(bundle, set, previous.as_ref()).await {
             Ok(resolved) => {
                 if let Err(e) = sources::oauth2::preflight(&resolved.mailboxes).await {
-                    errors.push(format!("{}: {e}", set.place()));
+                    let (namespace, name) = names(&set.object);
+                    errors.push(format!(
+                        "{}: MailboxSet {namespace}/{name}: {e}",
+                        set.place()
+                    ));
                     continue;
                 }
                 prepared.push(Prepared {

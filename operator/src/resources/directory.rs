@@ -1,6 +1,7 @@
-//! What can be said about a MailboxSet's directory without reaching it: the problems of
-//! its LDAP settings (reported on the resource as field paths, instead of as LDAP errors at
-//! the next run) and the warnings a person must see about how it is read.
+//! What can be said about a MailboxSet's directory and OAuth2 settings without reaching a
+//! server: the problems of its LDAP, Microsoft Graph, Google Directory and token settings
+//! (reported on the resource as field paths, instead of as errors at the next run) and the
+//! warnings a person must see about how the directory is read.
 
 use url::Url;
 

@@ -184,15 +184,15 @@ pub async fn resolve(
     let users = |statics: &[StaticUser],
                  found: Option<(Vec<DirectoryUser>, u32)>,
                  selection: &UserSelectionSpec| {
-        select(statics, found, selection, previous).map_err(|(known, removed, max_percent)| {
-            SourceError::TooManyRemoved {
+        select(&object, statics, found, selection, previous).map_err(
+            |(known, removed, max_percent)| SourceError::TooManyRemoved {
                 place: set.place(),
                 object: object.clone(),
                 known,
                 removed,
                 max_percent,
-            }
-        })
+            },
+        )
     };
     if let Some(master) = &set.object.spec.master_password {
         let secret = &master.credentials_secret_ref.name;
@@ -306,17 +306,19 @@ async fn read_ldap(
     directory::fetch_users(ldap, bind.as_ref(), ca_pem.as_deref()).await
 }
 
-/// Users as (name, addresses): selected, and those left out with why.
+/// The users selected as (name, addresses), those left out with why, and the sync record
+/// of a set that reads a directory.
 type Selected = (
     Vec<(String, Vec<String>)>,
     Vec<Excluded>,
     Option<SyncRecord>,
 );
 
-/// The users of a set with `statics` and, if it reads a directory, the users `found` there
+/// The users of a set (`object`, for the log) with `statics` and, if it reads a directory, the users `found` there
 /// (with its `maxRemovedPercent`), after the selection; with the sync record. A sync that
 /// drops too many of the `previous` users is refused: `Err((known, removed, max_percent))`.
 fn select(
+    object: &str,
     statics: &[StaticUser],
     found: Option<(Vec<DirectoryUser>, u32)>,
     selection: &UserSelectionSpec,
@@ -335,6 +337,7 @@ fn select(
                 return Err((known.len(), changes.removed, max_percent));
             }
             tracing::info!(
+                set = %object,
                 found = found.len(),
                 added = changes.added.len(),
                 removed = ?changes.removed,
