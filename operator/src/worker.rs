@@ -66,7 +66,8 @@ async fn shard_outcome(args: &WorkerArgs) -> (ShardSummary, u8) {
     };
     if let Some(spec) = &plan.oauth2 {
         // The app's credential is mounted as files; the worker gets its tokens itself.
-        let client = sources::oauth2::client(spec, |key| {
+        let ca_pem = plan.oauth2_ca_pem.as_deref().map(str::as_bytes);
+        let client = sources::oauth2::client(spec, ca_pem, |key| {
             std::fs::read(Path::new(OAUTH2_CREDENTIALS_DIR).join(key)).ok()
         });
         let client = match client {

@@ -62,19 +62,11 @@ fn microsoft_cloud(users: Vec<User>) -> Cloud {
     cloud
 }
 
-/// `spec.oauth2` of a Microsoft 365 set against `cloud`, with `rest` added.
-fn microsoft_spec(cloud: &Cloud, rest: &str) -> String {
+/// `spec.oauth2` of a Microsoft 365 set against the cloud at `url`, with `rest` added.
+fn microsoft_spec(url: &str, rest: &str) -> String {
     format!(
         "    provider: Microsoft365\n    tenantID: {TENANT}\n    clientID: {CLIENT_ID}\n    \
-         tokenURL: {}/{TENANT}/oauth2/v2.0/token\n    credentialsSecretRef:\n      name: app\n{rest}",
-        cloud.http_url()
-    )
-}
-
-fn graph_directory(cloud: &Cloud) -> String {
-    format!(
-        "    directory:\n      microsoftGraph:\n        endpoint: {}\n",
-        cloud.http_url()
+         tokenURL: {url}/{TENANT}/oauth2/v2.0/token\n    credentialsSecretRef:\n      name: app\n{rest}"
     )
 }
 
@@ -127,11 +119,42 @@ fn microsoft365_set_reads_graph_logs_in_with_xoauth2_and_archives_each_mailbox_o
     }
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("archive");
+    // Over HTTPS, the fake cloud's certificate verified with its CA from caSecretRef.
+    let url = cloud.https_url();
+    let directory = format!(
+        "    caSecretRef:\n      name: cloud-ca\n      key: ca.crt\n    \
+         directory:\n      microsoftGraph:\n        endpoint: {url}\n"
+    );
+    let ca: String = cloud
+        .ca_pem()
+        .lines()
+        .map(|l| format!("    {l}\n"))
+        .collect();
     let yaml = oauth2_yaml(
         &dovecot,
-        &microsoft_spec(&cloud, &graph_directory(&cloud)),
-        &format!("  clientSecret: {SECRET}\n"),
+        &microsoft_spec(&url, &directory),
+        &format!(
+            "  clientSecret: {SECRET}\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  \
+             name: cloud-ca\nstringData:\n  ca.crt: |\n{ca}"
+        ),
     );
+    // Without the CA the cloud's certificate is not trusted: nothing is sent to it.
+    let untrusted = write_yaml(
+        dir.path(),
+        &yaml.replace(
+            "    caSecretRef:\n      name: cloud-ca\n      key: ca.crt\n",
+            "",
+        ),
+    );
+    let refused = mailvault(&["mailboxes", "-f", untrusted.to_str().unwrap()]);
+    assert_eq!(refused.code, 1, "{}\n{}", refused.stdout, refused.stderr);
+    assert!(
+        refused.stdout.contains("certificate") || refused.stderr.contains("certificate"),
+        "{}\n{}",
+        refused.stdout,
+        refused.stderr
+    );
+    assert_eq!(cloud.update(|s| s.requests.len()), 0);
     let input = write_yaml(dir.path(), &yaml);
 
     let listed = mailvault(&["mailboxes", "-f", input.to_str().unwrap()]);
@@ -199,7 +222,7 @@ fn a_wrong_secret_fails_the_run_once_without_touching_a_mailbox() {
     let wrong = "Qx8~an.old_secret-value";
     let yaml = oauth2_yaml(
         &dovecot,
-        &microsoft_spec(&cloud, statics),
+        &microsoft_spec(&cloud.http_url(), statics),
         &format!("  clientSecret: {wrong}\n"),
     );
     let out = run(&write_yaml(dir.path(), &yaml), &store);

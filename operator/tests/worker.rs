@@ -57,6 +57,7 @@ fn plan(dovecot: &Dovecot, store: &Path, dir: &Path, shards: Vec<Vec<Mailbox>>) 
         warnings: vec!["a warning from the operator".into()],
         shards: shards.len() as u32,
         oauth2: None,
+        oauth2_ca_pem: None,
     };
     for (key, bytes) in plan_files(&plan, shards) {
         std::fs::write(dir.join(key), bytes).unwrap();

@@ -23,7 +23,7 @@ use super::history;
 use super::names::PLAN_SUFFIX;
 use crate::resources::{
     directory_warnings, namespace_of, ArchiveProfile, ArchiveProfileSpec, Bundle, LocalStoreSpec,
-    MailboxSet, StoreSpec,
+    MailboxSet, SecretKeyRef, StoreSpec,
 };
 use crate::runplan::{
     RunPlan, ARCHIVE_DIR, EXIT_INVALID_PLAN, EXIT_LOGIN_REJECTED, OAUTH2_CREDENTIALS_DIR, PLAN_DIR,
@@ -357,12 +357,19 @@ pub fn run_plan(
         mailboxes,
         history::shard_count(count, spec.max_parallel_jobs),
     );
-    let server_ca_pem = spec.server.ca_secret_ref.as_ref().and_then(|r| {
+    let pem = |r: &SecretKeyRef| {
         bundle
             .secret(namespace, &r.name)
             .and_then(|s| s.object.data.get(&r.key))
             .map(|b| String::from_utf8_lossy(b).into_owned())
-    });
+    };
+    let server_ca_pem = spec.server.ca_secret_ref.as_ref().and_then(pem);
+    let oauth2_ca_pem = set
+        .spec
+        .oauth2
+        .as_ref()
+        .and_then(|o| o.ca_secret_ref.as_ref())
+        .and_then(pem);
     let plan = RunPlan {
         namespace: namespace.to_string(),
         profile: profile.metadata.name.clone().unwrap_or_default(),
@@ -377,6 +384,7 @@ pub fn run_plan(
         warnings: directory_warnings(set),
         shards: shards.len() as u32,
         oauth2: set.spec.oauth2.clone(),
+        oauth2_ca_pem,
     };
     (plan, shards)
 }

@@ -196,6 +196,7 @@ fn referenced_secrets(set: &MailboxSet, profile: Option<&ArchiveProfile>) -> Vec
     }
     if let Some(o) = &set.spec.oauth2 {
         names.push(o.credentials_secret_ref.name.clone());
+        names.extend(o.ca_secret_ref.iter().map(|r| r.name.clone()));
         if let Some(ldap) = o.directory.as_ref().and_then(|d| d.ldap.as_ref()) {
             names.extend(ldap.bind_secret_ref.iter().map(|r| r.name.clone()));
             names.extend(ldap.ca_secret_ref.iter().map(|r| r.name.clone()));

@@ -708,6 +708,10 @@ pub struct OAuth2Spec {
     /// `https://` with a verified certificate; plain `http://` only on a loopback address.
     #[serde(default, rename = "tokenURL", skip_serializing_if = "Option::is_none")]
     pub token_url: Option<String>,
+    /// An extra trust anchor (PEM) for the token endpoint and the directory API, for a
+    /// proxy or an authorization server with a private CA; the system's are trusted too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
     /// Overrides the provider's IMAP scope (`https://outlook.office365.com/.default`,
     /// `https://mail.google.com/`); Generic servers ask for none unless given.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

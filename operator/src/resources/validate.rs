@@ -319,6 +319,14 @@ pub fn validate_mailbox_set(bundle: &Bundle, located: &Located<MailboxSet>) -> V
             secret,
             keys,
         );
+        if let Some(ca) = &oauth2.ca_secret_ref {
+            report.secret_keys(
+                bundle,
+                "spec.oauth2.caSecretRef",
+                &ca.name,
+                &[ca.key.as_str()],
+            );
+        }
         if oauth2.provider != OAuth2Provider::Google {
             let namespace = namespace_of(&located.object.metadata);
             let has = |key: &str| {

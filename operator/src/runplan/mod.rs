@@ -94,6 +94,9 @@ pub struct RunPlan {
     /// the plan (its mailboxes carry no password then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oauth2: Option<OAuth2Spec>,
+    /// The PEM from `spec.oauth2.caSecretRef`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2_ca_pem: Option<String>,
 }
 
 /// A mailbox in a shard file. Not `Debug`: it holds the password.
@@ -281,6 +284,7 @@ mod tests {
             warnings: vec![],
             shards,
             oauth2: None,
+            oauth2_ca_pem: None,
         }
     }
 

@@ -229,8 +229,14 @@ pub async fn resolve(
     }
     if let Some(spec) = &set.object.spec.oauth2 {
         let credentials = &spec.credentials_secret_ref.name;
-        let client = oauth2::client(spec, |key| secret_value(credentials, key).ok())
-            .map_err(|message| invalid(format!("Secret {namespace}/{credentials} {message}")))?;
+        let ca_pem = match &spec.ca_secret_ref {
+            Some(r) => Some(secret_value(&r.name, &r.key)?),
+            None => None,
+        };
+        let client = oauth2::client(spec, ca_pem.as_deref(), |key| {
+            secret_value(credentials, key).ok()
+        })
+        .map_err(|message| invalid(format!("Secret {namespace}/{credentials} {message}")))?;
         let found = match &spec.directory {
             None => None,
             Some(directory) => {

@@ -21,16 +21,22 @@ pub struct Client {
     pub http: HttpClient,
 }
 
-/// The client of `spec`; `get` returns a key of the credentials Secret. The error names
-/// the key or setting at fault, never a value, and reads on after "Secret <name> ".
-pub fn client(spec: &OAuth2Spec, get: impl Fn(&str) -> Option<Vec<u8>>) -> Result<Client, String> {
+/// The client of `spec`, trusting `ca_pem` (from `caSecretRef`) besides the system's
+/// authorities; `get` returns a key of the credentials Secret. The error names the key or
+/// setting at fault, never a value, and reads on after "Secret <name> ".
+pub fn client(
+    spec: &OAuth2Spec,
+    ca_pem: Option<&[u8]>,
+    get: impl Fn(&str) -> Option<Vec<u8>>,
+) -> Result<Client, String> {
     let provider = match spec.provider {
         OAuth2Provider::Microsoft365 => Provider::Microsoft365,
         OAuth2Provider::Google => Provider::Google,
         OAuth2Provider::Generic => Provider::Generic,
     };
     let credential = Credential::from_keys(provider, get)?;
-    let http = HttpClient::new(None, HTTP_TIMEOUT)?;
+    let http = HttpClient::new(ca_pem, HTTP_TIMEOUT)
+        .map_err(|e| format!("cannot be used: caSecretRef: {e}"))?;
     let settings = ClientSettings {
         tenant_id: spec.tenant_id.clone(),
         client_id: spec.client_id.clone(),
