@@ -85,6 +85,25 @@ fn assert_nothing_secret(cloud: &Cloud, secrets: &[&str], outputs: &[&Outcome]) 
     }
 }
 
+/// `mailvault run` as [`run`] does, logging everything at trace level, as JSON.
+fn traced_run(input: &std::path::Path, store: &std::path::Path) -> Outcome {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailvault"))
+        .args(["run", "-f", input.to_str().unwrap()])
+        .args(["--store", store.to_str().unwrap(), "-o", "json"])
+        .args(["--log-format", "json"])
+        .env(
+            "MAILVAULT_LOG",
+            "async_imap=trace,hyper=trace,rustls=trace,trace",
+        )
+        .output()
+        .unwrap();
+    Outcome {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 fn token_requests(cloud: &Cloud, path: &str) -> usize {
     cloud.update(|s| s.requests_to(path).len())
 }
@@ -187,8 +206,10 @@ fn microsoft365_set_reads_graph_logs_in_with_xoauth2_and_archives_each_mailbox_o
     let log = std::fs::read_to_string(dovecot.dir().join("dovecot.log")).unwrap();
     assert_eq!(log.matches("method=XOAUTH2").count(), 2, "{log}");
 
-    let again = run(&input, &store);
+    // At trace level, for every library too: the tokens still never show.
+    let again = traced_run(&input, &store);
     assert_eq!(again.code, 0, "{}\n{}", again.stdout, again.stderr);
+    assert!(again.stderr.contains("mailbox done"), "logging is on");
     let p = again.json();
     assert_eq!(p["totals"]["archived"], 0);
     assert_eq!(p["totals"]["alreadyArchived"], 5);
@@ -297,7 +318,7 @@ fn google_set_reads_the_directory_and_logs_in_as_each_user_with_oauthbearer() {
     let store = dir.path().join("archive");
     let input = write_yaml(dir.path(), &yaml);
 
-    let first = run(&input, &store);
+    let first = traced_run(&input, &store);
     assert_eq!(first.code, 0, "{}\n{}", first.stdout, first.stderr);
     let p = first.json();
     assert_eq!(p["totals"]["mailboxes"], 2, "{p:#}");
