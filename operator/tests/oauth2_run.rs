@@ -448,3 +448,56 @@ fn generic_set_with_a_certificate_reads_ldap_users() {
         &[&out],
     );
 }
+
+/// A Graph sync that loses most of the users known from the last run is refused, as an
+/// LDAP one is: a wrong group or an emptied tenant does not silently stop the archiving.
+#[test]
+fn a_graph_sync_that_drops_most_users_is_refused() {
+    let people: Vec<User> = (1..=4)
+        .map(|i| {
+            User::new(
+                &format!("a000000{i}-0000-0000-0000-000000000000"),
+                &format!("user{i}@contoso.com"),
+            )
+        })
+        .collect();
+    let cloud = microsoft_cloud(people.clone());
+    let mailboxes: Vec<String> = people.iter().map(|u| u.name.clone()).collect();
+    let addresses: Vec<&str> = mailboxes.iter().map(String::as_str).collect();
+    let dovecot = oauth2_dovecot(&cloud, "xoauth2", &addresses, &[1, 1, 1, 1]);
+    for user in &addresses {
+        dovecot
+            .grant_oauth2(&app_principal(CLIENT_ID), user)
+            .unwrap();
+    }
+    let url = cloud.http_url();
+    let spec = microsoft_spec(
+        &url,
+        &format!("    directory:\n      maxRemovedPercent: 50\n      microsoftGraph:\n        endpoint: {url}\n"),
+    );
+    let yaml = oauth2_yaml(&dovecot, &spec, &format!("  clientSecret: {SECRET}\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("archive");
+    let input = write_yaml(dir.path(), &yaml);
+    let first = run(&input, &store);
+    assert_eq!(first.code, 0, "{}\n{}", first.stdout, first.stderr);
+    assert_eq!(first.json()["totals"]["archived"], 4);
+
+    cloud.update(|s| s.users.truncate(1));
+    let listed = mailvault(&[
+        "mailboxes",
+        "-f",
+        input.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+    ]);
+    let again = run(&input, &store);
+    for out in [&listed, &again] {
+        assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+        let text = format!("{}{}", out.stdout, out.stderr);
+        assert!(
+            text.contains("refusing the directory sync: it would drop 3 of the 4"),
+            "{text}"
+        );
+    }
+}
