@@ -72,13 +72,7 @@ async fn shard_outcome(args: &WorkerArgs) -> (ShardSummary, u8) {
         });
         let client = match client {
             Ok(client) => client,
-            Err(message) => {
-                let secret = &spec.credentials_secret_ref.name;
-                return not_run(
-                    EXIT_INVALID_PLAN,
-                    format!("the OAuth2 credentials Secret {secret} {message}"),
-                );
-            }
+            Err(message) => return not_run(EXIT_INVALID_PLAN, message),
         };
         let tokens = client.tokens.for_imap();
         for mailbox in &mut mailboxes {

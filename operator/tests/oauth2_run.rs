@@ -501,3 +501,52 @@ fn a_graph_sync_that_drops_most_users_is_refused() {
         );
     }
 }
+
+/// A key that cannot be read, and a CA that is no certificate, are named without their
+/// content, before any request.
+#[test]
+fn unreadable_credentials_are_named_without_their_content() {
+    let cloud = Cloud::start().unwrap();
+    let dovecot = oauth2_dovecot(&cloud, "oauthbearer", &[], &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::generate().unwrap();
+    let broken = format!(
+        "{{\"type\": \"service_account\", \"private_key\": \"{}",
+        key.key_pem.replace('\n', "\\n")
+    );
+    let google = "    provider: Google\n    credentialsSecretRef:\n      name: app\n    \
+                  staticUsers:\n      - name: alice\n        email: alice@example.org\n";
+    let yaml = oauth2_yaml(
+        &dovecot,
+        google,
+        &format!("  serviceAccount.json: '{broken}'\n"),
+    );
+    let out = run(&write_yaml(dir.path(), &yaml), &dir.path().join("archive"));
+    assert_eq!(out.code, 2, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr
+            .contains("the credentials Secret app key serviceAccount.json: not valid JSON"),
+        "{}",
+        out.stderr
+    );
+    let with_ca = format!(
+        "{}    caSecretRef:\n      name: app\n      key: ca.crt\n",
+        microsoft_spec(&cloud.https_url(), "")
+    );
+    let yaml = oauth2_yaml(
+        &dovecot,
+        &with_ca,
+        &format!("  clientSecret: {SECRET}\n  ca.crt: not a certificate\n"),
+    );
+    let out2 = run(&write_yaml(dir.path(), &yaml), &dir.path().join("archive"));
+    assert_eq!(out2.code, 2, "{}\n{}", out2.stdout, out2.stderr);
+    assert!(
+        out2.stderr
+            .contains("caSecretRef: Secret app key \"ca.crt\""),
+        "{}",
+        out2.stderr
+    );
+    assert_eq!(cloud.update(|s| s.requests.len()), 0);
+    let key_line = key.key_pem.lines().nth(1).unwrap().to_string();
+    assert_nothing_secret(&cloud, &[key_line.as_str(), SECRET], &[&out, &out2]);
+}

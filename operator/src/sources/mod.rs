@@ -236,7 +236,7 @@ pub async fn resolve(
         let client = oauth2::client(spec, ca_pem.as_deref(), |key| {
             secret_value(credentials, key).ok()
         })
-        .map_err(|message| invalid(format!("Secret {namespace}/{credentials} {message}")))?;
+        .map_err(invalid)?;
         let found = match &spec.directory {
             None => None,
             Some(directory) => {

@@ -22,8 +22,8 @@ pub struct Client {
 }
 
 /// The client of `spec`, trusting `ca_pem` (from `caSecretRef`) besides the system's
-/// authorities; `get` returns a key of the credentials Secret. The error names the key or
-/// setting at fault, never a value, and reads on after "Secret <name> ".
+/// authorities; `get` returns a key of the credentials Secret. The error names the Secret,
+/// key or setting at fault, never a value.
 pub fn client(
     spec: &OAuth2Spec,
     ca_pem: Option<&[u8]>,
@@ -34,17 +34,22 @@ pub fn client(
         OAuth2Provider::Google => Provider::Google,
         OAuth2Provider::Generic => Provider::Generic,
     };
-    let credential = Credential::from_keys(provider, get)?;
-    let http = HttpClient::new(ca_pem, HTTP_TIMEOUT)
-        .map_err(|e| format!("cannot be used: caSecretRef: {e}"))?;
+    let credential = Credential::from_keys(provider, get).map_err(|e| {
+        let secret = &spec.credentials_secret_ref.name;
+        format!("the credentials Secret {secret} {e}")
+    })?;
+    let http = HttpClient::new(ca_pem, HTTP_TIMEOUT).map_err(|e| match &spec.ca_secret_ref {
+        Some(r) => format!("caSecretRef: Secret {} key {:?}: {e}", r.name, r.key),
+        None => e,
+    })?;
     let settings = ClientSettings {
         tenant_id: spec.tenant_id.clone(),
         client_id: spec.client_id.clone(),
         token_url: spec.token_url.clone(),
         scopes: spec.scopes.clone(),
     };
-    let tokens = Tokens::new(provider, &settings, credential, http.clone())
-        .map_err(|e| format!("cannot be used: {e}"))?;
+    let tokens =
+        Tokens::new(provider, &settings, credential, http.clone()).map_err(|e| e.to_string())?;
     Ok(Client {
         tokens: Arc::new(tokens),
         http,
