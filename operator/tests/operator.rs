@@ -21,7 +21,8 @@ use serde_json::Value;
 
 use common::{files_below, mailvault, mailvault_s3};
 use mailvault::operator::api::{classify, API_CALLS};
-use mailvault_testkit::dovecot::Dovecot;
+use mailvault_testkit::cloud::{app_principal, App, Cloud, Tenant, User};
+use mailvault_testkit::dovecot::{Dovecot, DovecotOptions, OAuth2Login};
 use mailvault_testkit::fakekube::{self, FakeKube, Operator};
 use mailvault_testkit::garage::Garage;
 use mailvault_testkit::mail;
@@ -1183,6 +1184,205 @@ fn ready_only_once_the_watches_run_and_every_request_names_the_operator() {
     let ua = format!("ua=mailvault-operator/{}", env!("CARGO_PKG_VERSION"));
     assert!(log.lines().any(|l| l.ends_with(&ua)), "{log}");
     check_requests(&kube);
+}
+
+/// A Microsoft 365 set: the app's Secret made with `kubectl create secret`, the users read
+/// from Microsoft Graph (the test kit's fake cloud) by the operator, and each worker gets
+/// its own token with the Secret mounted as files and logs in with XOAUTH2 to a Dovecot
+/// that accepts nothing else; then a set with an old secret, whose run fails once, in the
+/// provider's words.
+#[test]
+fn an_oauth2_set_archives_with_tokens_the_worker_gets_itself() {
+    let Some(c) = Cluster::start() else {
+        return;
+    };
+    const CLIENT_ID: &str = "8a3f2c1e-5b7d-4e9f-a0b1-c2d3e4f5a6b7";
+    const TENANT: &str = "contoso.onmicrosoft.com";
+    const SECRET: &str = "Qx8~cluster.Secret_never-shown";
+    let cloud = Cloud::start().unwrap();
+    let users = ["alice@contoso.com", "bob@contoso.com", "carol@contoso.com"];
+    cloud.update(|s| {
+        s.tenants.push(Tenant {
+            id: "7d1a3f52-0a5e-4d8b-9c11-2b6c0f1e9a01".into(),
+            domains: vec![TENANT.into()],
+            apps: vec![App::consented(
+                CLIENT_ID,
+                SECRET,
+                &["IMAP.AccessAsApp", "User.Read.All"],
+            )],
+        });
+        s.users = users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| User::new(&format!("a000000{i}-0000-0000-0000-000000000000"), u))
+            .collect();
+    });
+    let mut login = OAuth2Login::new(&cloud.introspection_url());
+    login.mechanisms = vec!["xoauth2".into()];
+    let dovecot = Dovecot::start_with(DovecotOptions {
+        oauth2: Some(login),
+        ..DovecotOptions::default()
+    })
+    .unwrap();
+    for (i, user) in users.iter().enumerate() {
+        dovecot.add_user(user, "unused-user-pw").unwrap();
+        deliver(&dovecot, user, 40 + i as u64, 1 + i as u64);
+        dovecot
+            .grant_oauth2(&app_principal(CLIENT_ID), user)
+            .unwrap();
+    }
+    c.kubectl(&[
+        "-n",
+        NS,
+        "create",
+        "secret",
+        "generic",
+        "m365-app",
+        &format!("--from-literal=clientSecret={SECRET}"),
+    ]);
+    let set = format!(
+        "---
+apiVersion: mailvault.io/v1alpha1
+kind: MailboxSet
+metadata:
+  name: m365
+  namespace: {NS}
+spec:
+  oauth2:
+    provider: Microsoft365
+    tenantID: {TENANT}
+    clientID: {CLIENT_ID}
+    tokenURL: {url}/{TENANT}/oauth2/v2.0/token
+    credentialsSecretRef:
+      name: m365-app
+    directory:
+      microsoftGraph:
+        endpoint: {url}
+",
+        url = cloud.http_url()
+    );
+    let extra = format!(
+        "{}  maxParallelJobs: 2\n  trigger:\n    manual: go\n",
+        claim_store("m365")
+    );
+    c.apply(&format!(
+        "{CLAIM}{set}{}",
+        profile_yaml("m365", "m365", &dovecot, &extra)
+    ));
+    let last = c.wait_run("m365", "m365-m-go");
+    assert_eq!(last["result"], "Succeeded", "{last:#}");
+    assert_eq!(last["totals"]["mailboxes"], 3);
+    assert_eq!(last["totals"]["archived"], 6);
+    let set = c.get("mailboxset", "m365").unwrap();
+    assert_eq!(set["status"]["mode"], "oauth2");
+    assert_eq!(set["status"]["mailboxes"], 3);
+    assert_eq!(set["status"]["lastSync"]["usersFound"], 3);
+    // The Secret reached the pods as files: mounted, never in the Job or a plan.
+    let job = c.get("job", "m365-m-go").unwrap();
+    let text = job.to_string();
+    assert!(text.contains("oauth2-credentials") && text.contains("m365-app"));
+    assert!(!text.contains(SECRET));
+    let log = std::fs::read_to_string(dovecot.dir().join("dovecot.log")).unwrap();
+    assert_eq!(log.matches("method=XOAUTH2").count(), 3, "{log}");
+    // Two shards, each worker with its own IMAP token; the operator's for Graph (each
+    // time it reads the set: on its own, and to plan the run).
+    let scopes = cloud.update(|s| {
+        s.requests_to(&format!("/{TENANT}/oauth2/v2.0/token"))
+            .iter()
+            .filter_map(|r| r.field("scope").map(str::to_string))
+            .collect::<Vec<_>>()
+    });
+    let imap = scopes
+        .iter()
+        .filter(|s| *s == "https://outlook.office365.com/.default")
+        .count();
+    assert_eq!(imap, 2, "{scopes:?}");
+    assert!(scopes.len() > imap, "{scopes:?}");
+
+    c.trigger("m365", "again");
+    let last = c.wait_run("m365", "m365-m-again");
+    assert_eq!(last["result"], "Succeeded", "{last:#}");
+    assert_eq!(last["totals"]["archived"], 0);
+    assert_eq!(last["totals"]["alreadyArchived"], 6);
+    let issued: Vec<String> = cloud.update(|s| s.issued.iter().map(|i| i.token.clone()).collect());
+    let operator_log = std::fs::read_to_string(&c.log).unwrap_or_default();
+    // The pods' logs (not their volumes, which hold the mounted Secret).
+    let pod_logs: String = files_below(&c.kube.data_dir().join("pods"))
+        .into_iter()
+        .filter(|(path, _)| path.contains("logs/"))
+        .map(|(_, bytes)| String::from_utf8_lossy(&bytes).into_owned())
+        .collect();
+    assert!(
+        pod_logs.contains("m365-m-again"),
+        "the workers' logs were read"
+    );
+    let status = format!(
+        "{}{}",
+        c.profile("m365"),
+        c.get("mailboxset", "m365").unwrap()
+    );
+    for needle in issued.iter().map(String::as_str).chain([SECRET]) {
+        assert!(
+            !operator_log.contains(needle),
+            "{needle} in the operator log"
+        );
+        assert!(!pod_logs.contains(needle), "{needle} in a worker's log");
+        assert!(!status.contains(needle), "{needle} in a status");
+    }
+
+    // A set of listed users whose app secret is an old one: each worker asks for a
+    // token once, before any login, and the run fails with Microsoft's code and what to
+    // do; no mailbox is tried.
+    const OLD: &str = "Qx8~an.old_secret-value";
+    c.kubectl(&[
+        "-n",
+        NS,
+        "create",
+        "secret",
+        "generic",
+        "old-app",
+        &format!("--from-literal=clientSecret={OLD}"),
+    ]);
+    let before = cloud.update(|s| s.introspections);
+    let set = format!(
+        "---
+apiVersion: mailvault.io/v1alpha1
+kind: MailboxSet
+metadata:
+  name: old
+  namespace: {NS}
+spec:
+  oauth2:
+    provider: Microsoft365
+    tenantID: {TENANT}
+    clientID: {CLIENT_ID}
+    tokenURL: {}/{TENANT}/oauth2/v2.0/token
+    credentialsSecretRef:
+      name: old-app
+    staticUsers:
+      - name: alice
+        email: alice@contoso.com
+",
+        cloud.http_url()
+    );
+    let extra = format!("{}  trigger:\n    manual: go\n", claim_store("old"));
+    c.apply(&format!(
+        "{set}{}",
+        profile_yaml("old", "old", &dovecot, &extra)
+    ));
+    let last = c.wait_run("old", "old-m-go");
+    assert_eq!(last["result"], "Failed", "{last:#}");
+    let message = last.to_string();
+    assert!(
+        message.contains("no OAuth2 token for any mailbox") && message.contains("AADSTS7000215"),
+        "{last:#}"
+    );
+    assert!(!c.profile("old").to_string().contains(OLD));
+    assert_eq!(
+        cloud.update(|s| s.introspections),
+        before,
+        "no login was tried"
+    );
 }
 
 /// `n` directory users under [`slapd::PEOPLE_DN`], as LDIF.
