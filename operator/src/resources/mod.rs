@@ -745,10 +745,11 @@ pub enum OAuth2Provider {
 #[x_kube(validation = Rule::new(
     "(has(self.microsoftGraph) ? 1 : 0) + (has(self.googleDirectory) ? 1 : 0) + (has(self.ldap) ? 1 : 0) == 1"
 ).message("set exactly one of microsoftGraph, googleDirectory or ldap"))]
+#[x_kube(validation = Rule::new(SYNC_BEFORE_RUN_RULE).message(SYNC_BEFORE_RUN_MESSAGE))]
 pub struct OAuth2DirectorySpec {
-    /// Read the directory before every run (default true); for the operator, which can
-    /// also keep the users between runs. `mailvault run` and `mailvault mailboxes` read it
-    /// every time.
+    /// Read the directory before every run: must be true (the default). Every run, in the
+    /// cluster and from the command line, reads the directory first and keeps no copy of
+    /// the users' addresses between runs, so `false` is refused rather than ignored.
     #[serde(default = "default_true")]
     pub sync_before_run: bool,
     /// Refuse a sync that would drop more than this share of the previously known users
@@ -816,13 +817,20 @@ pub struct MasterPasswordSpec {
     pub directory: Option<DirectorySpec>,
 }
 
+/// The directory is read before every run; `syncBeforeRun: false` would promise users
+/// kept between runs, which nothing keeps.
+const SYNC_BEFORE_RUN_RULE: &str = "!has(self.syncBeforeRun) || self.syncBeforeRun";
+pub const SYNC_BEFORE_RUN_MESSAGE: &str =
+    "syncBeforeRun: false is not supported: every run reads the directory first";
+
 /// `spec.masterPassword.directory`: the users to archive come from a directory.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new(SYNC_BEFORE_RUN_RULE).message(SYNC_BEFORE_RUN_MESSAGE))]
 pub struct DirectorySpec {
-    /// Read the directory before every run (default true); for the operator, which can
-    /// also keep the users between runs. `mailvault run` and `mailvault mailboxes` read it
-    /// every time: they keep no copy of the users' addresses.
+    /// Read the directory before every run: must be true (the default). Every run, in the
+    /// cluster and from the command line, reads the directory first and keeps no copy of
+    /// the users' addresses between runs, so `false` is refused rather than ignored.
     #[serde(default = "default_true")]
     pub sync_before_run: bool,
     /// Refuse a sync that would drop more than this share of the previously known users

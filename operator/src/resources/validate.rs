@@ -295,6 +295,7 @@ pub fn validate_mailbox_set(bundle: &Bundle, located: &Located<MailboxSet>) -> V
         if let Some(directory) = &master.directory {
             const FIELD: &str = "spec.masterPassword.directory";
             max_removed_percent(&mut report, FIELD, directory.max_removed_percent);
+            sync_before_run(&mut report, FIELD, directory.sync_before_run);
             ldap(bundle, &mut report, FIELD, &directory.ldap);
         }
     }
@@ -352,6 +353,7 @@ pub fn validate_mailbox_set(bundle: &Bundle, located: &Located<MailboxSet>) -> V
         if let Some(directory) = &oauth2.directory {
             const DIRECTORY: &str = "spec.oauth2.directory";
             max_removed_percent(&mut report, DIRECTORY, directory.max_removed_percent);
+            sync_before_run(&mut report, DIRECTORY, directory.sync_before_run);
             if let Some(spec) = &directory.ldap {
                 ldap(bundle, &mut report, DIRECTORY, spec);
             }
@@ -398,6 +400,15 @@ fn max_removed_percent(report: &mut Report<'_, MailboxSet>, field: &str, percent
         report.error(
             format!("{field}.maxRemovedPercent"),
             "must be between 0 and 100",
+        );
+    }
+}
+
+fn sync_before_run(report: &mut Report<'_, MailboxSet>, field: &str, sync: bool) {
+    if !sync {
+        report.error(
+            format!("{field}.syncBeforeRun"),
+            super::SYNC_BEFORE_RUN_MESSAGE,
         );
     }
 }
@@ -511,6 +522,7 @@ stringData:
 
     const DIRECTORY: &str = "    directory:
       maxRemovedPercent: 101
+      syncBeforeRun: false
       ldap:
         url: https://dc1.example.org/dc=example
         baseDN: ' '
@@ -533,6 +545,7 @@ stringData:
             fields,
             [
                 "spec.masterPassword.directory.maxRemovedPercent",
+                "spec.masterPassword.directory.syncBeforeRun",
                 "spec.masterPassword.directory.ldap.url",
                 "spec.masterPassword.directory.ldap.url",
                 "spec.masterPassword.directory.ldap.baseDN",
@@ -543,10 +556,13 @@ stringData:
             ],
             "{errors:#?}"
         );
-        assert!(errors[6]
+        assert!(errors[1]
+            .message
+            .contains("every run reads the directory first"));
+        assert!(errors[7]
             .message
             .contains("Secret default/reader is not in the given files"));
-        assert!(errors[7].message.contains("has no key \"ca.crt\""));
+        assert!(errors[8].message.contains("has no key \"ca.crt\""));
     }
 
     #[test]
