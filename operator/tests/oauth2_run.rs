@@ -14,6 +14,8 @@ use mailvault_testkit::cloud::{
 };
 use mailvault_testkit::dovecot::{Dovecot, DovecotOptions, OAuth2Login};
 use mailvault_testkit::mail;
+use mailvault_testkit::proxy::Proxy;
+use std::time::{Duration, Instant};
 
 const TENANT: &str = "contoso.onmicrosoft.com";
 const CLIENT_ID: &str = "8a3f2c1e-5b7d-4e9f-a0b1-c2d3e4f5a6b7";
@@ -229,6 +231,84 @@ fn microsoft365_set_reads_graph_logs_in_with_xoauth2_and_archives_each_mailbox_o
     let message = bob["errors"][0]["message"].as_str().unwrap();
     assert!(message.contains("Add-MailboxPermission"), "{message}");
     assert_nothing_secret(&cloud, &[SECRET], &[&listed, &first, &again, &third]);
+}
+
+/// Tokens that live two seconds, and four mailboxes archived one after another over a
+/// slow link, so that the run lasts several token lifetimes whatever the machine: the logins
+/// late in the run get renewed tokens, Dovecot is never shown an expired one, and a token is
+/// still reused while it is fresh (not one request per login and more).
+#[test]
+fn a_token_that_expires_during_a_run_is_renewed_before_a_login_needs_it() {
+    let lifetime = Duration::from_secs(2);
+    let mailboxes = [
+        "m1@contoso.com",
+        "m2@contoso.com",
+        "m3@contoso.com",
+        "m4@contoso.com",
+    ];
+    let cloud = microsoft_cloud(Vec::new());
+    cloud.update(|s| s.token_lifetime = lifetime);
+    let dovecot = oauth2_dovecot(&cloud, "xoauth2", &[], &[]);
+    let mut statics = String::from("    staticUsers:\n");
+    for (i, user) in mailboxes.iter().enumerate() {
+        dovecot.add_user(user, "unused-password").unwrap();
+        let messages: Vec<(Vec<u8>, i64)> = (0..3)
+            .map(|n| {
+                let m = mail::message(9, n, "sender@example.net", user, "big", 40_000);
+                (m, DATE)
+            })
+            .collect();
+        dovecot.deliver_many(user, "INBOX", &messages).unwrap();
+        dovecot
+            .grant_oauth2(&app_principal(CLIENT_ID), user)
+            .unwrap();
+        statics.push_str(&format!("      - name: m{i}\n        email: {user}\n"));
+    }
+    // 100 KB/s from the server: each mailbox (120 KB) takes more than a second, more than
+    // the time a two-second token is still handed out for.
+    let link = Proxy::throttled(dovecot.imaps_port(), 100_000).unwrap();
+    let yaml = oauth2_yaml(
+        &dovecot,
+        &microsoft_spec(&cloud.http_url(), &statics),
+        &format!("  clientSecret: {SECRET}\n"),
+    )
+    .replace(
+        &format!("port: {}", dovecot.imaps_port()),
+        &format!("port: {}", link.port()),
+    )
+    .replace("  mailboxSetRef:", "  maxParallelJobs: 1\n  mailboxSetRef:");
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = run(&write_yaml(dir.path(), &yaml), &dir.path().join("archive"));
+    let took = started.elapsed();
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let p = out.json();
+    assert_eq!(p["result"], "Succeeded", "{p:#}");
+    for user in mailboxes {
+        let m = mailbox(&p, user);
+        assert_eq!(
+            (&m["result"], &m["archived"]),
+            (&"Succeeded".into(), &3.into())
+        );
+    }
+    assert!(took > 2 * lifetime, "the run outlasts a token: {took:?}");
+
+    let log = std::fs::read_to_string(dovecot.dir().join("dovecot.log")).unwrap();
+    assert_eq!(log.matches("method=XOAUTH2").count(), 4, "{log}");
+    assert!(!log.contains("auth failed"), "{log}");
+    assert_eq!(cloud.update(|s| s.expired_introspections), 0);
+    let imap_tokens = cloud.update(|s| {
+        s.requests_to(&format!("/{TENANT}/oauth2/v2.0/token"))
+            .iter()
+            .filter(|r| r.field("scope") == Some("https://outlook.office365.com/.default"))
+            .count()
+    });
+    // Renewed during the run; at most one per login, and one for the check before it.
+    assert!(
+        (2..=5).contains(&imap_tokens),
+        "{imap_tokens} tokens in {took:?}"
+    );
+    assert_nothing_secret(&cloud, &[SECRET], &[&out]);
 }
 
 #[test]
