@@ -2,18 +2,21 @@
 //! directory (Microsoft Graph, the Google Directory API, from the test kit's fake cloud; or
 //! OpenLDAP) and tokens from the fake cloud, XOAUTH2 and OAUTHBEARER logins against a real
 //! Dovecot that accepts nothing else, the archive, a re-run that stores nothing new, a
-//! mailbox permission taken back, and a wrong secret that fails the run once. No secret or
-//! token ever in the output.
+//! mailbox permission taken back, a wrong secret that fails the run once, and tokens that
+//! expire during a run that lasts longer than they do. No secret or token ever in the
+//! output.
 
 mod common;
 
 use common::*;
 use mailvault_testkit::cloud::{
-    app_principal, user_principal, App, Cloud, ServiceAccount, Tenant, TestKey, User,
+    app_principal, user_principal, App, Cloud, Principal, ServiceAccount, Tenant, TestKey, User,
     GOOGLE_DIRECTORY_SCOPE, GOOGLE_IMAP_SCOPE,
 };
 use mailvault_testkit::dovecot::{Dovecot, DovecotOptions, OAuth2Login};
 use mailvault_testkit::mail;
+use mailvault_testkit::proxy::Proxy;
+use std::time::{Duration, Instant};
 
 const TENANT: &str = "contoso.onmicrosoft.com";
 const CLIENT_ID: &str = "8a3f2c1e-5b7d-4e9f-a0b1-c2d3e4f5a6b7";
@@ -229,6 +232,172 @@ fn microsoft365_set_reads_graph_logs_in_with_xoauth2_and_archives_each_mailbox_o
     let message = bob["errors"][0]["message"].as_str().unwrap();
     assert!(message.contains("Add-MailboxPermission"), "{message}");
     assert_nothing_secret(&cloud, &[SECRET], &[&listed, &first, &again, &third]);
+}
+
+/// Lifetime of the tokens in the runs over a slow link.
+const SHORT_LIFETIME: Duration = Duration::from_secs(2);
+
+/// A run of [`run_over_a_slow_link`].
+struct SlowRun {
+    mailboxes: Vec<String>,
+    out: Outcome,
+    took: Duration,
+    dovecot: Dovecot,
+}
+
+/// Four mailboxes `m1@domain`..`m4@domain` of 120 KB each, listed as static users and
+/// opened by the tokens of `principal(mailbox)`, archived one after another through a link
+/// that passes 100 KB/s from the server: each takes more than a second, longer than a token
+/// of [`SHORT_LIFETIME`] is handed out for, so the run outlasts several tokens whatever
+/// the speed of the machine. `spec(static users)` is the set's `spec.oauth2`.
+fn run_over_a_slow_link(
+    cloud: &Cloud,
+    mechanism: &str,
+    domain: &str,
+    principal: impl Fn(&str) -> String,
+    spec: impl Fn(&str) -> String,
+    secret: &str,
+) -> SlowRun {
+    cloud.update(|s| s.token_lifetime = SHORT_LIFETIME);
+    let dovecot = oauth2_dovecot(cloud, mechanism, &[], &[]);
+    let mailboxes: Vec<String> = (1..=4).map(|i| format!("m{i}@{domain}")).collect();
+    let mut statics = String::from("    staticUsers:\n");
+    for (i, user) in mailboxes.iter().enumerate() {
+        dovecot.add_user(user, "unused-password").unwrap();
+        let messages: Vec<(Vec<u8>, i64)> = (0..3)
+            .map(|n| {
+                let m = mail::message(9, n, "sender@example.net", user, "big", 40_000);
+                (m, DATE)
+            })
+            .collect();
+        dovecot.deliver_many(user, "INBOX", &messages).unwrap();
+        dovecot.grant_oauth2(&principal(user), user).unwrap();
+        statics.push_str(&format!("      - name: m{i}\n        email: {user}\n"));
+    }
+    let link = Proxy::throttled(dovecot.imaps_port(), 100_000).unwrap();
+    let yaml = oauth2_yaml(&dovecot, &spec(&statics), secret)
+        .replace(
+            &format!("port: {}", dovecot.imaps_port()),
+            &format!("port: {}", link.port()),
+        )
+        .replace("  mailboxSetRef:", "  maxParallelJobs: 1\n  mailboxSetRef:");
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = run(&write_yaml(dir.path(), &yaml), &dir.path().join("archive"));
+    SlowRun {
+        mailboxes,
+        out,
+        took: started.elapsed(),
+        dovecot,
+    }
+}
+
+impl SlowRun {
+    /// Every mailbox archived, each with one login with `method`, none of them refused,
+    /// and no token shown to Dovecot after it expired.
+    fn assert_logged_in_with_fresh_tokens(&self, cloud: &Cloud, method: &str) {
+        let out = &self.out;
+        assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+        let p = out.json();
+        assert_eq!(p["result"], "Succeeded", "{p:#}");
+        for user in &self.mailboxes {
+            let m = mailbox(&p, user);
+            assert_eq!(
+                (&m["result"], &m["archived"]),
+                (&"Succeeded".into(), &3.into())
+            );
+        }
+        let took = self.took;
+        assert!(
+            took > 2 * SHORT_LIFETIME,
+            "the run outlasts a token: {took:?}"
+        );
+        let log = std::fs::read_to_string(self.dovecot.dir().join("dovecot.log")).unwrap();
+        assert_eq!(log.matches(&format!("method={method}")).count(), 4, "{log}");
+        assert!(!log.contains("auth failed"), "{log}");
+        assert_eq!(cloud.update(|s| s.expired_introspections), 0);
+    }
+}
+
+/// Microsoft 365: one token for every mailbox, so the one fetched before the run expires
+/// during it; the logins late in the run get renewed ones, and a token is still reused
+/// while it is fresh (not one request per login and more).
+#[test]
+fn a_token_that_expires_during_a_run_is_renewed_before_a_login_needs_it() {
+    let cloud = microsoft_cloud(Vec::new());
+    let slow = run_over_a_slow_link(
+        &cloud,
+        "xoauth2",
+        "contoso.com",
+        |_| app_principal(CLIENT_ID),
+        |statics| microsoft_spec(&cloud.http_url(), statics),
+        &format!("  clientSecret: {SECRET}\n"),
+    );
+    slow.assert_logged_in_with_fresh_tokens(&cloud, "XOAUTH2");
+    let imap_tokens = cloud.update(|s| {
+        s.requests_to(&format!("/{TENANT}/oauth2/v2.0/token"))
+            .iter()
+            .filter(|r| r.field("scope") == Some("https://outlook.office365.com/.default"))
+            .count()
+    });
+    // Renewed during the run; at most one per login, and one for the check before it.
+    let took = slow.took;
+    assert!(
+        (2..=5).contains(&imap_tokens),
+        "{imap_tokens} tokens in {took:?}"
+    );
+    assert_nothing_secret(&cloud, &[SECRET], &[&slow.out]);
+}
+
+/// Google: a token per user, each asked for right before that user's login: the last
+/// login comes after a token fetched at the start would have expired, and each user's
+/// token is asked for once (twice at most for the first, whose token is also the check's
+/// before the run).
+#[test]
+fn google_tokens_are_fetched_per_user_when_the_login_comes() {
+    let cloud = Cloud::start().unwrap();
+    let account = ServiceAccount {
+        client_email: "archiver@mailvault-test.iam.gserviceaccount.com".into(),
+        client_id: "104857600123456789012".into(),
+        key: TestKey::generate().unwrap(),
+        delegated_scopes: vec![GOOGLE_IMAP_SCOPE.into()],
+        disabled: false,
+    };
+    cloud.update(|s| {
+        s.service_accounts.push(account.clone());
+        s.users = (1..=4)
+            .map(|i| User::new(&format!("id-{i}"), &format!("m{i}@example.org")))
+            .collect();
+    });
+    let json = account.json(&format!("{}/token", cloud.http_url()));
+    let indented: String = json.lines().map(|l| format!("    {l}\n")).collect();
+    let slow = run_over_a_slow_link(
+        &cloud,
+        "oauthbearer",
+        "example.org",
+        user_principal,
+        |statics| {
+            format!("    provider: Google\n    credentialsSecretRef:\n      name: app\n{statics}")
+        },
+        &format!("  serviceAccount.json: |\n{indented}"),
+    );
+    slow.assert_logged_in_with_fresh_tokens(&cloud, "OAUTHBEARER");
+    let subjects: Vec<String> = cloud.update(|s| {
+        s.issued
+            .iter()
+            .filter_map(|i| match &i.principal {
+                Principal::Delegated { user, .. } => user.clone(),
+                _ => None,
+            })
+            .collect()
+    });
+    for (i, user) in slow.mailboxes.iter().enumerate() {
+        let n = subjects.iter().filter(|s| *s == user).count();
+        let most = if i == 0 { 2 } else { 1 };
+        assert!((1..=most).contains(&n), "{user}: {subjects:?}");
+    }
+    let key_line = account.key.key_pem.lines().nth(1).unwrap().to_string();
+    assert_nothing_secret(&cloud, &[key_line.as_str()], &[&slow.out]);
 }
 
 #[test]

@@ -52,11 +52,11 @@ const GRAPH_DEFAULT_PROPERTIES: [&str; 6] = [
 pub(super) fn introspect(state: &mut State, call: &Call) -> Answer {
     state.introspections += 1;
     let inactive = json(StatusCode::OK, json!({"active": false}));
-    let Some(issued) = call
-        .field("token")
-        .and_then(|t| state.principal_of(t))
-        .cloned()
-    else {
+    let token = call.field("token").unwrap_or_default();
+    let Some(issued) = state.principal_of(token).cloned() else {
+        if state.issued.iter().any(|i| i.token == token) {
+            state.expired_introspections += 1;
+        }
         return inactive;
     };
     let principal = match &issued.principal {

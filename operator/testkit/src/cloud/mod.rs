@@ -268,6 +268,9 @@ pub struct State {
     pub requests: Vec<Logged>,
     /// How many introspection requests came in.
     pub introspections: usize,
+    /// How many of them named a token issued here that had expired: a client that logged
+    /// in with a token it should have renewed (Dovecot refused that login).
+    pub expired_introspections: usize,
     /// This server's own origins, which count as Microsoft Graph's resource.
     pub(crate) own_origins: Vec<String>,
 }
@@ -287,6 +290,7 @@ impl Default for State {
             issued: Vec::new(),
             requests: Vec::new(),
             introspections: 0,
+            expired_introspections: 0,
             own_origins: Vec::new(),
         }
     }
