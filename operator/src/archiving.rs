@@ -177,14 +177,24 @@ async fn prepare<'a>(
             }
         };
         match sources::resolve(bundle, set, previous.as_ref()).await {
-            Ok(resolved) => prepared.push(Prepared {
-                profile,
-                set,
-                store,
-                keys,
-                mailboxes: resolved.mailboxes,
-                directory_sync: resolved.directory_sync,
-            }),
+            Ok(resolved) => {
+                if let Err(e) = sources::oauth2::preflight(&resolved.mailboxes).await {
+                    let (namespace, name) = names(&set.object);
+                    errors.push(format!(
+                        "{}: MailboxSet {namespace}/{name}: {e}",
+                        set.place()
+                    ));
+                    continue;
+                }
+                prepared.push(Prepared {
+                    profile,
+                    set,
+                    store,
+                    keys,
+                    mailboxes: resolved.mailboxes,
+                    directory_sync: resolved.directory_sync,
+                })
+            }
             Err(e) => {
                 invalid |= e.is_invalid_input();
                 errors.push(e.to_string());
@@ -221,12 +231,7 @@ pub async fn recorded_sync(
     archive: &Archive,
     set: &MailboxSet,
 ) -> Result<Option<SyncRecord>, String> {
-    let has_directory = set
-        .spec
-        .master_password
-        .as_ref()
-        .is_some_and(|m| m.directory.is_some());
-    if !has_directory {
+    if set.spec.directory_max_removed_percent().is_none() {
         return Ok(None);
     }
     let (namespace, name) = names(set);

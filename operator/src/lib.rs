@@ -12,6 +12,7 @@ pub mod cli;
 pub mod engine;
 pub mod export;
 pub mod imap;
+pub mod oauth2;
 pub mod operator;
 pub mod protocol;
 pub mod resources;

@@ -10,8 +10,10 @@ use clap::Args;
 
 use crate::archiving;
 use crate::runplan::{
-    self, ShardSummary, EXIT_FAILED, EXIT_INVALID_PLAN, STORE_CREDENTIALS_DIR, STORE_KEYS_DIR,
+    self, ShardSummary, EXIT_FAILED, EXIT_INVALID_PLAN, EXIT_LOGIN_REJECTED,
+    OAUTH2_CREDENTIALS_DIR, STORE_CREDENTIALS_DIR, STORE_KEYS_DIR,
 };
+use crate::sources;
 use crate::store::{self, StoreLocation};
 
 #[derive(Args, Debug)]
@@ -55,13 +57,36 @@ async fn shard_outcome(args: &WorkerArgs) -> (ShardSummary, u8) {
     span.record("profile", plan.profile.as_str());
     span.record("run", plan.run.as_str());
     let dir = args.plan.parent().unwrap_or(Path::new("."));
-    let mailboxes = match plan
+    let mut mailboxes = match plan
         .check()
         .and_then(|()| runplan::read_shard(dir, &plan, index))
     {
         Ok(mailboxes) => mailboxes,
         Err(message) => return not_run(EXIT_INVALID_PLAN, message),
     };
+    if let Some(spec) = &plan.oauth2 {
+        // The app's credential is mounted as files; the worker gets its tokens itself.
+        let ca_pem = plan.oauth2_ca_pem.as_deref().map(str::as_bytes);
+        let client = sources::oauth2::client(spec, ca_pem, |key| {
+            std::fs::read(Path::new(OAUTH2_CREDENTIALS_DIR).join(key)).ok()
+        });
+        let client = match client {
+            Ok(client) => client,
+            Err(message) => return not_run(EXIT_INVALID_PLAN, message),
+        };
+        let tokens = client.tokens.for_imap();
+        for mailbox in &mut mailboxes {
+            mailbox.oauth2 = Some(tokens.clone());
+        }
+        if let Err(e) = sources::oauth2::preflight(&mailboxes).await {
+            // A wrong secret is not fixed by a retry; an endpoint that is down may be.
+            let code = match e.0.is_permanent() {
+                true => EXIT_LOGIN_REJECTED,
+                false => EXIT_FAILED,
+            };
+            return not_run(code, e.to_string());
+        }
+    }
     // An S3 store's credentials Secret is mounted as files, never passed in the plan.
     let location = StoreLocation::of_spec(plan.store.as_ref(), |key| {
         std::fs::read(Path::new(STORE_CREDENTIALS_DIR).join(key)).ok()

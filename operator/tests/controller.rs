@@ -27,6 +27,8 @@ async fn new_profile_gets_a_status_and_waits_for_its_slot() {
     let server = tokio::spawn(async move {
         api.expect(Method::GET, JOBS, |_| list(vec![])).await;
         api.expect(Method::GET, SECRETS, |_| list(vec![])).await;
+        // Every reconcile reads the set: a missing one shows on Ready at once.
+        api.expect(Method::GET, SET, |_| (200, mailbox_set())).await;
         let patch = api
             .expect(Method::PATCH, STATUS, patched(this.clone()))
             .await;
@@ -181,6 +183,7 @@ async fn a_running_job_shows_as_active_run_and_ready_stays_true() {
         })
         .await;
         api.expect(Method::GET, SECRETS, |_| list(vec![])).await;
+        api.expect(Method::GET, SET, |_| (200, mailbox_set())).await;
         let patch = api
             .expect(Method::PATCH, STATUS, patched(this.clone()))
             .await;
@@ -250,6 +253,7 @@ async fn a_finished_job_is_aggregated_recorded_and_old_runs_pruned() {
             ])
         })
         .await;
+        api.expect(Method::GET, SET, |_| (200, mailbox_set())).await;
         api.expect(Method::DELETE, &format!("{SECRETS}/{run}-plan"), |_| {
             (
                 200,
@@ -384,6 +388,7 @@ async fn a_manual_trigger_starts_a_run_named_after_it_and_adopts_an_existing_job
         })
         .await;
         api.expect(Method::GET, SECRETS, |_| list(vec![])).await;
+        api.expect(Method::GET, SET, |_| (200, mailbox_set())).await;
         let patch = api
             .expect(Method::PATCH, STATUS, patched(this.clone()))
             .await;
@@ -471,6 +476,7 @@ async fn a_retry_uses_the_plan_an_earlier_attempt_made() {
             list(vec![first, plan_secret(run, &format!("{run}-plan-1"))])
         })
         .await;
+        api.expect(Method::GET, SET, |_| (200, mailbox_set())).await;
         let job = api.expect(Method::POST, JOBS, |b| (201, b.clone())).await;
         let patch = api.expect(Method::PATCH, STATUS, patched(this)).await;
         api.expect(Method::POST, EVENTS, echo).await;
@@ -566,6 +572,7 @@ async fn a_store_that_vanishes_with_the_pod_is_refused_without_a_job() {
     let server = tokio::spawn(async move {
         api.expect(Method::GET, JOBS, |_| list(vec![])).await;
         api.expect(Method::GET, SECRETS, |_| list(vec![])).await;
+        api.expect(Method::GET, SET, |_| (200, mailbox_set())).await;
         let patch = api.expect(Method::PATCH, STATUS, patched(this)).await;
         let event = api.expect(Method::POST, EVENTS, echo).await;
         api.done().await;
@@ -618,6 +625,7 @@ async fn a_run_none_of_whose_pods_can_start_is_failed_and_stopped() {
             list(vec![plan_secret(run, &format!("{run}-plan"))])
         })
         .await;
+        api.expect(Method::GET, SET, |_| (200, mailbox_set())).await;
         api.expect(Method::DELETE, &format!("{JOBS}/{run}"), |_| ok_status())
             .await;
         api.expect(Method::DELETE, &format!("{SECRETS}/{run}-plan"), |_| {
@@ -665,6 +673,7 @@ async fn a_manual_trigger_value_used_before_says_so() {
         })
         .await;
         api.expect(Method::GET, SECRETS, |_| list(vec![])).await;
+        api.expect(Method::GET, SET, |_| (200, mailbox_set())).await;
         let patch = api.expect(Method::PATCH, STATUS, patched(this)).await;
         let event = api.expect(Method::POST, EVENTS, echo).await;
         api.done().await;

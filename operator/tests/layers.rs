@@ -22,6 +22,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "parts",
         &[
             "imap",
+            "oauth2",
             "store",
             "sources",
             "resources",

@@ -337,8 +337,11 @@ fn the_image_runs_the_one_binary_as_the_pods_user() {
     let job = serde_json::to_value(mailvault::operator::job::build(
         &profile,
         "p-1",
-        &[1],
-        1,
+        &mailvault::operator::job::PlanShape {
+            sizes: vec![1],
+            parts: 1,
+            oauth2_secret: None,
+        },
         "img",
     ))
     .unwrap();

@@ -21,7 +21,11 @@ use serde_json::Value;
 
 use common::{files_below, mailvault, mailvault_s3};
 use mailvault::operator::api::{classify, API_CALLS};
-use mailvault_testkit::dovecot::Dovecot;
+use mailvault_testkit::cloud::{
+    app_principal, user_principal, App, Cloud, Principal, ServiceAccount, Tenant, TestKey, User,
+    GOOGLE_DIRECTORY_SCOPE, GOOGLE_IMAP_SCOPE,
+};
+use mailvault_testkit::dovecot::{Dovecot, DovecotOptions, OAuth2Login};
 use mailvault_testkit::fakekube::{self, FakeKube, Operator};
 use mailvault_testkit::garage::Garage;
 use mailvault_testkit::mail;
@@ -152,6 +156,39 @@ impl Cluster {
         }
         let list: Value = serde_json::from_str(&self.kubectl(&args)).expect("JSON");
         list["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// No token `cloud` issued and none of `secrets` is in the operator's log, a worker's
+    /// log (`run` must be there: the logs were read) or the status of the profile and set
+    /// named `name`.
+    fn assert_never_shown(&self, cloud: &Cloud, name: &str, run: &str, secrets: &[&str]) {
+        let issued: Vec<String> =
+            cloud.update(|s| s.issued.iter().map(|i| i.token.clone()).collect());
+        let operator_log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        // The pods' logs (not their volumes, which hold the mounted Secret).
+        let pod_logs: String = files_below(&self.kube.data_dir().join("pods"))
+            .into_iter()
+            .filter(|(path, _)| path.contains("logs/"))
+            .map(|(_, bytes)| String::from_utf8_lossy(&bytes).into_owned())
+            .collect();
+        assert!(pod_logs.contains(run), "the workers' logs were read");
+        let status = format!(
+            "{}{}",
+            self.profile(name),
+            self.get("mailboxset", name).unwrap()
+        );
+        for needle in issued
+            .iter()
+            .map(String::as_str)
+            .chain(secrets.iter().copied())
+        {
+            assert!(
+                !operator_log.contains(needle),
+                "{needle} in the operator log"
+            );
+            assert!(!pod_logs.contains(needle), "{needle} in a worker's log");
+            assert!(!status.contains(needle), "{needle} in a status");
+        }
     }
 
     fn profile(&self, name: &str) -> Value {
@@ -907,6 +944,46 @@ spec:
     let last = c.wait_run("lost", "lost-m-go");
     assert_eq!(last["result"], "Succeeded", "{last:#}");
 
+    // A profile naming a set that is not there says so at once, with no run due; the
+    // set's arrival makes it ready.
+    c.apply(&profile_yaml(
+        "early",
+        "later",
+        &dovecot,
+        &claim_store("early"),
+    ));
+    let profile = c.wait_profile("early", Duration::from_secs(30), "Ready=False", |p| {
+        p["status"]["conditions"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "False")
+        })
+    });
+    let ready = condition(&profile, "Ready");
+    assert_eq!(ready["reason"], "ReferenceMissing");
+    assert_eq!(
+        ready["message"],
+        "MailboxSet mail/later does not exist; runs wait for it"
+    );
+    c.apply(&format!(
+        "---
+apiVersion: mailvault.io/v1alpha1
+kind: MailboxSet
+metadata:
+  name: later
+  namespace: {NS}
+spec:
+  csv:
+    secretRef:
+      name: nowhere
+"
+    ));
+    c.wait_profile("early", Duration::from_secs(30), "Ready=True", |p| {
+        p["status"]["conditions"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+    });
+
     // A Job the API server refuses (a mount of a volume that does not exist): the run
     // fails with the server's reason, once; the plan goes with it.
     let extra = format!(
@@ -1143,6 +1220,320 @@ fn ready_only_once_the_watches_run_and_every_request_names_the_operator() {
     let ua = format!("ua=mailvault-operator/{}", env!("CARGO_PKG_VERSION"));
     assert!(log.lines().any(|l| l.ends_with(&ua)), "{log}");
     check_requests(&kube);
+}
+
+/// A Microsoft 365 set: the app's Secret made with `kubectl create secret`, the users read
+/// from Microsoft Graph (the test kit's fake cloud) by the operator, and each worker gets
+/// its own token with the Secret mounted as files and logs in with XOAUTH2 to a Dovecot
+/// that accepts nothing else; then a set with an old secret, whose run fails once, in the
+/// provider's words; then a Google Workspace set ([`google_workspace_set`]).
+#[test]
+fn an_oauth2_set_archives_with_tokens_the_worker_gets_itself() {
+    let Some(c) = Cluster::start() else {
+        return;
+    };
+    const CLIENT_ID: &str = "8a3f2c1e-5b7d-4e9f-a0b1-c2d3e4f5a6b7";
+    const TENANT: &str = "contoso.onmicrosoft.com";
+    const SECRET: &str = "Qx8~cluster.Secret_never-shown";
+    let cloud = Cloud::start().unwrap();
+    let users = ["alice@contoso.com", "bob@contoso.com", "carol@contoso.com"];
+    cloud.update(|s| {
+        s.tenants.push(Tenant {
+            id: "7d1a3f52-0a5e-4d8b-9c11-2b6c0f1e9a01".into(),
+            domains: vec![TENANT.into()],
+            apps: vec![App::consented(
+                CLIENT_ID,
+                SECRET,
+                &["IMAP.AccessAsApp", "User.Read.All"],
+            )],
+        });
+        s.users = users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| User::new(&format!("a000000{i}-0000-0000-0000-000000000000"), u))
+            .collect();
+    });
+    let mut login = OAuth2Login::new(&cloud.introspection_url());
+    login.mechanisms = vec!["xoauth2".into()];
+    let dovecot = Dovecot::start_with(DovecotOptions {
+        oauth2: Some(login),
+        ..DovecotOptions::default()
+    })
+    .unwrap();
+    for (i, user) in users.iter().enumerate() {
+        dovecot.add_user(user, "unused-user-pw").unwrap();
+        deliver(&dovecot, user, 40 + i as u64, 1 + i as u64);
+        dovecot
+            .grant_oauth2(&app_principal(CLIENT_ID), user)
+            .unwrap();
+    }
+    c.kubectl(&[
+        "-n",
+        NS,
+        "create",
+        "secret",
+        "generic",
+        "m365-app",
+        &format!("--from-literal=clientSecret={SECRET}"),
+    ]);
+    let set = format!(
+        "---
+apiVersion: mailvault.io/v1alpha1
+kind: MailboxSet
+metadata:
+  name: m365
+  namespace: {NS}
+spec:
+  oauth2:
+    provider: Microsoft365
+    tenantID: {TENANT}
+    clientID: {CLIENT_ID}
+    tokenURL: {url}/{TENANT}/oauth2/v2.0/token
+    credentialsSecretRef:
+      name: m365-app
+    directory:
+      microsoftGraph:
+        endpoint: {url}
+",
+        url = cloud.http_url()
+    );
+    let extra = format!(
+        "{}  maxParallelJobs: 2\n  trigger:\n    manual: go\n",
+        claim_store("m365")
+    );
+    c.apply(&format!(
+        "{CLAIM}{set}{}",
+        profile_yaml("m365", "m365", &dovecot, &extra)
+    ));
+    let last = c.wait_run("m365", "m365-m-go");
+    assert_eq!(last["result"], "Succeeded", "{last:#}");
+    assert_eq!(last["totals"]["mailboxes"], 3);
+    assert_eq!(last["totals"]["archived"], 6);
+    let set = c.get("mailboxset", "m365").unwrap();
+    assert_eq!(set["status"]["mode"], "oauth2");
+    assert_eq!(set["status"]["mailboxes"], 3);
+    assert_eq!(set["status"]["lastSync"]["usersFound"], 3);
+    // The Secret reached the pods as files: mounted, never in the Job or a plan.
+    let job = c.get("job", "m365-m-go").unwrap();
+    let text = job.to_string();
+    assert!(text.contains("oauth2-credentials") && text.contains("m365-app"));
+    assert!(!text.contains(SECRET));
+    let log = std::fs::read_to_string(dovecot.dir().join("dovecot.log")).unwrap();
+    assert_eq!(log.matches("method=XOAUTH2").count(), 3, "{log}");
+    // Two shards, each worker with its own IMAP token; the operator's for Graph (each
+    // time it reads the set: on its own, and to plan the run).
+    let scopes = cloud.update(|s| {
+        s.requests_to(&format!("/{TENANT}/oauth2/v2.0/token"))
+            .iter()
+            .filter_map(|r| r.field("scope").map(str::to_string))
+            .collect::<Vec<_>>()
+    });
+    let imap = scopes
+        .iter()
+        .filter(|s| *s == "https://outlook.office365.com/.default")
+        .count();
+    assert_eq!(imap, 2, "{scopes:?}");
+    assert!(scopes.len() > imap, "{scopes:?}");
+
+    c.trigger("m365", "again");
+    let last = c.wait_run("m365", "m365-m-again");
+    assert_eq!(last["result"], "Succeeded", "{last:#}");
+    assert_eq!(last["totals"]["archived"], 0);
+    assert_eq!(last["totals"]["alreadyArchived"], 6);
+    c.assert_never_shown(&cloud, "m365", "m365-m-again", &[SECRET]);
+
+    // A set of listed users whose app secret is an old one: each worker asks for a
+    // token once, before any login, and the run fails with Microsoft's code and what to
+    // do; no mailbox is tried.
+    const OLD: &str = "Qx8~an.old_secret-value";
+    c.kubectl(&[
+        "-n",
+        NS,
+        "create",
+        "secret",
+        "generic",
+        "old-app",
+        &format!("--from-literal=clientSecret={OLD}"),
+    ]);
+    let before = cloud.update(|s| s.introspections);
+    let set = format!(
+        "---
+apiVersion: mailvault.io/v1alpha1
+kind: MailboxSet
+metadata:
+  name: old
+  namespace: {NS}
+spec:
+  oauth2:
+    provider: Microsoft365
+    tenantID: {TENANT}
+    clientID: {CLIENT_ID}
+    tokenURL: {}/{TENANT}/oauth2/v2.0/token
+    credentialsSecretRef:
+      name: old-app
+    staticUsers:
+      - name: alice
+        email: alice@contoso.com
+",
+        cloud.http_url()
+    );
+    let extra = format!("{}  trigger:\n    manual: go\n", claim_store("old"));
+    c.apply(&format!(
+        "{set}{}",
+        profile_yaml("old", "old", &dovecot, &extra)
+    ));
+    let last = c.wait_run("old", "old-m-go");
+    assert_eq!(last["result"], "Failed", "{last:#}");
+    let message = last.to_string();
+    assert!(
+        message.contains("no OAuth2 token for any mailbox") && message.contains("AADSTS7000215"),
+        "{last:#}"
+    );
+    assert!(!c.profile("old").to_string().contains(OLD));
+    assert_eq!(
+        cloud.update(|s| s.introspections),
+        before,
+        "no login was tried"
+    );
+
+    google_workspace_set(&c);
+}
+
+/// A Google Workspace set, in the cluster of the Microsoft 365 test (a fakekube of its own
+/// would cost seconds): the service account's key file as the console downloads it, made a
+/// Secret with `kubectl create secret --from-file`; the users read from the Directory API by
+/// the operator (acting as an administrator), a token per user asked for by the worker of
+/// that user's shard, OAUTHBEARER logins to a Dovecot that accepts nothing else; a re-run
+/// stores nothing new; the key is shown nowhere.
+fn google_workspace_set(c: &Cluster) {
+    let cloud = Cloud::start().unwrap();
+    let account = ServiceAccount {
+        client_email: "archiver@mailvault-test.iam.gserviceaccount.com".into(),
+        client_id: "104857600123456789012".into(),
+        key: TestKey::generate().unwrap(),
+        delegated_scopes: vec![GOOGLE_IMAP_SCOPE.into(), GOOGLE_DIRECTORY_SCOPE.into()],
+        disabled: false,
+    };
+    let users = ["ann@example.org", "ben@example.org", "boss@example.org"];
+    let gone = "gone@example.org";
+    cloud.update(|s| {
+        s.service_accounts.push(account.clone());
+        s.users = users
+            .iter()
+            .map(|u| User {
+                is_admin: u.starts_with("boss@"),
+                ..User::new(&format!("id-{u}"), u)
+            })
+            .collect();
+        s.users.push(User {
+            suspended: true,
+            ..User::new("id-gone", gone)
+        });
+    });
+    let mut login = OAuth2Login::new(&cloud.introspection_url());
+    login.mechanisms = vec!["oauthbearer".into()];
+    let dovecot = Dovecot::start_with(DovecotOptions {
+        oauth2: Some(login),
+        ..DovecotOptions::default()
+    })
+    .unwrap();
+    for (i, user) in users.iter().chain([&gone]).enumerate() {
+        dovecot.add_user(user, "unused-user-pw").unwrap();
+        deliver(&dovecot, user, 60 + i as u64, 1 + i as u64);
+        // Delegation: a token for the user opens the user's own mailbox.
+        dovecot.grant_oauth2(&user_principal(user), user).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("mailvault-test-0a1b2c3d4e5f.json");
+    std::fs::write(
+        &key_file,
+        account.json(&format!("{}/token", cloud.http_url())),
+    )
+    .unwrap();
+    c.kubectl(&[
+        "-n",
+        NS,
+        "create",
+        "secret",
+        "generic",
+        "workspace-sa",
+        &format!("--from-file=serviceAccount.json={}", key_file.display()),
+    ]);
+    let set = format!(
+        "---
+apiVersion: mailvault.io/v1alpha1
+kind: MailboxSet
+metadata:
+  name: workspace
+  namespace: {NS}
+spec:
+  oauth2:
+    provider: Google
+    credentialsSecretRef:
+      name: workspace-sa
+    directory:
+      googleDirectory:
+        endpoint: {}
+        customer: my_customer
+        adminEmail: boss@example.org
+",
+        cloud.http_url()
+    );
+    let extra = format!(
+        "{}  maxParallelJobs: 2\n  trigger:\n    manual: go\n",
+        claim_store("workspace")
+    );
+    c.apply(&format!(
+        "{set}{}",
+        profile_yaml("workspace", "workspace", &dovecot, &extra)
+    ));
+    let last = c.wait_run("workspace", "workspace-m-go");
+    assert_eq!(last["result"], "Succeeded", "{last:#}");
+    assert_eq!(
+        last["totals"]["mailboxes"], 3,
+        "the suspended user is left out"
+    );
+    assert_eq!(last["totals"]["archived"], 1 + 2 + 3);
+    let set = c.get("mailboxset", "workspace").unwrap();
+    assert_eq!(set["status"]["mode"], "oauth2");
+    assert_eq!(set["status"]["mailboxes"], 3);
+    assert_eq!(set["status"]["lastSync"]["usersFound"], 3);
+    assert!(!set["status"].to_string().contains(gone), "{set:#}");
+    let job = c.get("job", "workspace-m-go").unwrap().to_string();
+    assert!(job.contains("oauth2-credentials") && job.contains("workspace-sa"));
+    let key_line = account.key.key_pem.lines().nth(1).unwrap().to_string();
+    assert!(!job.contains(&key_line));
+    let log = std::fs::read_to_string(dovecot.dir().join("dovecot.log")).unwrap();
+    assert_eq!(log.matches("method=OAUTHBEARER").count(), 3, "{log}");
+    // Each worker asked for a mail token for each of its users, once; the operator for
+    // directory tokens, as the administrator and for reading users only.
+    let tokens = cloud.update(|s| s.issued.clone());
+    let mut mail_users: Vec<String> = tokens
+        .iter()
+        .filter(|t| t.scopes.iter().any(|s| s == GOOGLE_IMAP_SCOPE))
+        .filter_map(|t| match &t.principal {
+            Principal::Delegated { user, .. } => user.clone(),
+            _ => None,
+        })
+        .collect();
+    mail_users.sort();
+    assert_eq!(mail_users, users, "{tokens:#?}");
+    assert!(tokens.iter().all(|t| {
+        t.scopes.iter().any(|s| s == GOOGLE_IMAP_SCOPE)
+            || (t.scopes == [GOOGLE_DIRECTORY_SCOPE]
+                && t.principal
+                    == Principal::Delegated {
+                        client_email: account.client_email.clone(),
+                        user: Some("boss@example.org".into()),
+                    })
+    }));
+
+    c.trigger("workspace", "again");
+    let last = c.wait_run("workspace", "workspace-m-again");
+    assert_eq!(last["result"], "Succeeded", "{last:#}");
+    assert_eq!(last["totals"]["archived"], 0);
+    assert_eq!(last["totals"]["alreadyArchived"], 6);
+    c.assert_never_shown(&cloud, "workspace", "workspace-m-again", &[&key_line]);
 }
 
 /// `n` directory users under [`slapd::PEOPLE_DN`], as LDIF.

@@ -589,7 +589,13 @@ fn an_s3_store_that_goes_away_mid_run_fails_cleanly_and_the_next_run_completes()
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(400));
+    // Stop the store once the run has written to it (a fixed delay stops it before the run
+    // opens the store on a loaded machine, or after the run ends on a fast one).
+    let before = garage.data_bytes();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while garage.data_bytes() < before + 256 * 1024 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     garage.stop();
     let output = child.wait_with_output().unwrap();
     assert_eq!(

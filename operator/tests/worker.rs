@@ -24,6 +24,7 @@ fn master(dovecot: &Dovecot, user: &str, password: &str) -> Mailbox {
         password: Sensitive::new(password),
         email: Some(user.to_string()),
         user: user.split('@').next().unwrap().to_string(),
+        oauth2: None,
     }
 }
 
@@ -56,6 +57,8 @@ fn plan(dovecot: &Dovecot, store: &Path, dir: &Path, shards: Vec<Vec<Mailbox>>) 
         store_durable: true,
         warnings: vec!["a warning from the operator".into()],
         shards: shards.len() as u32,
+        oauth2: None,
+        oauth2_ca_pem: None,
     };
     for (key, bytes) in plan_files(&plan, shards) {
         std::fs::write(dir.join(key), bytes).unwrap();

@@ -59,6 +59,9 @@ struct ListedMailbox {
     authorization_identity: Option<String>,
     email: Option<String>,
     user: String,
+    /// Logged in to with an OAuth2 token (an `oauth2` set).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    oauth2: bool,
 }
 
 #[derive(Serialize)]
@@ -91,9 +94,10 @@ async fn list_set(
     let spec = &set.object.spec;
     let mut listing = Listing {
         mailbox_set: full_name(set),
-        mode: match (&spec.master_password, &spec.csv) {
-            (Some(_), None) => Some(sources::Mode::MasterPassword),
-            (None, Some(_)) => Some(sources::Mode::Csv),
+        mode: match (&spec.master_password, &spec.csv, &spec.oauth2) {
+            (Some(_), None, None) => Some(sources::Mode::MasterPassword),
+            (None, Some(_), None) => Some(sources::Mode::Csv),
+            (None, None, Some(_)) => Some(sources::Mode::OAuth2),
             _ => None,
         },
         mailboxes: Vec::new(),
@@ -135,6 +139,7 @@ async fn list_set(
                     authorization_identity: m.authorization_identity,
                     email: m.email,
                     user: m.user,
+                    oauth2: m.oauth2.is_some(),
                 })
                 .collect();
             listing.excluded = resolved.excluded;
@@ -168,6 +173,7 @@ impl Listing {
         let mode = match self.mode {
             Some(sources::Mode::MasterPassword) => " (masterPassword)",
             Some(sources::Mode::Csv) => " (csv)",
+            Some(sources::Mode::OAuth2) => " (oauth2)",
             None => "",
         };
         let _ = writeln!(out, "MailboxSet {}{mode}", self.mailbox_set);
@@ -178,6 +184,8 @@ impl Listing {
             let _ = write!(out, "    {}: login {}", m.user, m.login);
             if let Some(identity) = &m.authorization_identity {
                 let _ = write!(out, " as {identity}");
+            } else if m.oauth2 {
+                out.push_str(" with OAuth2");
             } else if let Some(email) = &m.email {
                 let _ = write!(out, ", {email}");
             }

@@ -260,6 +260,7 @@ mod tests {
             password: Sensitive::new("pw"),
             email: Some("alice@example.org".into()),
             user: "alice".into(),
+            oauth2: None,
         };
         let master = Mailbox {
             login: "archiver".into(),

@@ -154,6 +154,12 @@ pub async fn archive_mailbox(
 }
 
 fn credentials(mailbox: &Mailbox) -> Credentials {
+    if let Some(tokens) = &mailbox.oauth2 {
+        return Credentials::OAuth2 {
+            user: mailbox.login.clone(),
+            tokens: tokens.clone(),
+        };
+    }
     match &mailbox.authorization_identity {
         Some(authz) => Credentials::Master {
             authorization_identity: authz.clone(),

@@ -1,11 +1,13 @@
 //! The IMAP side of archiving: connecting (implicit TLS, STARTTLS, plain), logging in
-//! (LOGIN, or SASL PLAIN with an authorization identity for master users), listing folders,
+//! (LOGIN, SASL PLAIN with an authorization identity for master users, or an OAuth2 access
+//! token with SASL OAUTHBEARER or XOAUTH2), listing folders,
 //! and reading messages without changing the mailbox: folders are opened with EXAMINE and
 //! bodies fetched with `BODY.PEEK[]`, so that not even `\Seen` changes.
 //!
 //! Every command is bounded by the profile's timeout; a fetch is bounded per response, so a
 //! large but flowing download is never cut off while a silent server is.
 
+mod oauth2;
 mod stream;
 pub mod utf7;
 
@@ -17,6 +19,7 @@ use chrono::{DateTime, FixedOffset};
 use futures::{Stream, StreamExt, TryStreamExt};
 use tokio::net::TcpStream;
 
+use crate::oauth2::ImapTokens;
 use crate::resources::Security;
 use crate::sensitive::Sensitive;
 use stream::ImapStream;
@@ -43,6 +46,9 @@ pub enum Credentials {
         master_user: String,
         password: Sensitive,
     },
+    /// An app logging in as `user` (the mailbox address) with an OAuth2 access token,
+    /// fetched (or taken from the cache) right before each login.
+    OAuth2 { user: String, tokens: ImapTokens },
 }
 
 impl Credentials {
@@ -55,6 +61,7 @@ impl Credentials {
                 master_user,
                 ..
             } => format!("{authorization_identity} (via master user {master_user})"),
+            Credentials::OAuth2 { user, .. } => format!("{user} (OAuth2)"),
         }
     }
 }
@@ -76,13 +83,24 @@ pub enum ImapError {
     Command { during: String, message: String },
     #[error("the server closed the connection while {during}")]
     Closed { during: String },
+    /// No token, no mechanism for it, or no TLS to send it over.
+    #[error("OAuth2 login as {who}: {message}")]
+    OAuth2 {
+        who: String,
+        message: String,
+        permanent: bool,
+    },
 }
 
 impl ImapError {
     /// Errors that no retry will fix (a wrong password), as opposed to a server that is
     /// down or slow.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, ImapError::Login { .. })
+        match self {
+            ImapError::Login { .. } => true,
+            ImapError::OAuth2 { permanent, .. } => *permanent,
+            _ => false,
+        }
     }
 }
 
@@ -199,6 +217,16 @@ impl Session {
     pub async fn connect(server: &ServerConfig, credentials: &Credentials) -> Result<Session> {
         let seconds = server.timeout.as_secs();
         let addr = format!("{}:{}", server.host, server.port);
+        let who = credentials.describe();
+        if matches!(credentials, Credentials::OAuth2 { .. }) && server.security == Security::None {
+            return Err(ImapError::OAuth2 {
+                who,
+                message: "refusing to send an access token over an unencrypted connection: \
+                          set the server's security to Tls or StartTls"
+                    .into(),
+                permanent: true,
+            });
+        }
         let tcp = tokio::time::timeout(
             server.timeout,
             TcpStream::connect((server.host.as_str(), server.port)),
@@ -255,7 +283,14 @@ impl Session {
                 client
             }
         };
-        let who = credentials.describe();
+        if let Credentials::OAuth2 { user, tokens } = credentials {
+            let inner = oauth2::login(client, user, tokens, server, &who).await?;
+            return Ok(Session {
+                inner,
+                timeout: server.timeout,
+                capabilities: None,
+            });
+        }
         let login = async {
             match credentials {
                 Credentials::User { login, password } => client
@@ -277,6 +312,7 @@ impl Session {
                     )
                     .await
                     .map_err(|(e, _)| e),
+                Credentials::OAuth2 { .. } => unreachable!("OAuth2 logins are handled above"),
             }
         };
         let inner = within(server.timeout, "logging in", login)

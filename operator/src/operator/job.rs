@@ -24,11 +24,11 @@ use super::history;
 use super::names::PLAN_SUFFIX;
 use crate::resources::{
     directory_warnings, namespace_of, ArchiveProfile, ArchiveProfileSpec, Bundle, LocalStoreSpec,
-    MailboxSet, StoreSpec,
+    MailboxSet, SecretKeyRef, StoreSpec,
 };
 use crate::runplan::{
-    RunPlan, ARCHIVE_DIR, EXIT_INVALID_PLAN, EXIT_LOGIN_REJECTED, PLAN_DIR, PLAN_KEY,
-    STORE_CREDENTIALS_DIR, STORE_KEYS_DIR,
+    RunPlan, ARCHIVE_DIR, EXIT_INVALID_PLAN, EXIT_LOGIN_REJECTED, OAUTH2_CREDENTIALS_DIR, PLAN_DIR,
+    PLAN_KEY, STORE_CREDENTIALS_DIR, STORE_KEYS_DIR,
 };
 use crate::sources::Mailbox;
 use crate::time::from_k8s;
@@ -57,6 +57,9 @@ const RUN_AS: i64 = 65532;
 pub const ANNOTATION_PLAN_PARTS: &str = "mailvault.io/plan-parts";
 /// On a run's first plan Secret: the profile's generation the plan was made from.
 pub const ANNOTATION_PROFILE_GENERATION: &str = "mailvault.io/profile-generation";
+/// On a run's first plan Secret, for an OAuth2 set: the name of its credentials Secret,
+/// which the run's pods mount (so that a retry that reuses the plan mounts it too).
+pub const ANNOTATION_OAUTH2_SECRET: &str = "mailvault.io/oauth2-credentials";
 /// Most bytes of plan files in one Secret: half of what the API server takes, so that
 /// no Secret (nor the etcd request carrying it) comes near the limit.
 const PLAN_PART_BYTES: usize = 512 * 1024;
@@ -85,13 +88,8 @@ fn run_labels(profile: &str, run: &str) -> BTreeMap<String, String> {
 /// The Job of run `run` of `profile`: one index per shard, `maxParallelJobs` at a time,
 /// owned by the profile so that deleting the profile deletes its Jobs (and nothing in the
 /// archive). `default_image` is the operator's own image.
-pub fn build(
-    profile: &ArchiveProfile,
-    run: &str,
-    shard_sizes: &[u64],
-    plan_parts: usize,
-    default_image: &str,
-) -> Job {
+pub fn build(profile: &ArchiveProfile, run: &str, plan: &PlanShape, default_image: &str) -> Job {
+    let (shard_sizes, plan_parts) = (&plan.sizes[..], plan.parts);
     let name = profile.metadata.name.clone().unwrap_or_default();
     let template = profile.spec.job_template.clone().unwrap_or_default();
     let mut labels = template.labels.clone();
@@ -170,6 +168,18 @@ pub fn build(
             ..Default::default()
         });
     }
+    if let Some(secret) = &plan.oauth2_secret {
+        // The OAuth2 app's credential, for the worker to get its tokens with.
+        volumes.push(Volume {
+            name: "oauth2-credentials".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
     let claim = profile
         .spec
         .store
@@ -212,6 +222,14 @@ pub fn build(
         volume_mounts.push(VolumeMount {
             name: "store-keys".into(),
             mount_path: STORE_KEYS_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    if plan.oauth2_secret.is_some() {
+        volume_mounts.push(VolumeMount {
+            name: "oauth2-credentials".into(),
+            mount_path: OAUTH2_CREDENTIALS_DIR.into(),
             read_only: Some(true),
             ..Default::default()
         });
@@ -371,12 +389,19 @@ pub fn run_plan(
         mailboxes,
         history::shard_count(count, spec.max_parallel_jobs),
     );
-    let server_ca_pem = spec.server.ca_secret_ref.as_ref().and_then(|r| {
+    let pem = |r: &SecretKeyRef| {
         bundle
             .secret(namespace, &r.name)
             .and_then(|s| s.object.data.get(&r.key))
             .map(|b| String::from_utf8_lossy(b).into_owned())
-    });
+    };
+    let server_ca_pem = spec.server.ca_secret_ref.as_ref().and_then(pem);
+    let oauth2_ca_pem = set
+        .spec
+        .oauth2
+        .as_ref()
+        .and_then(|o| o.ca_secret_ref.as_ref())
+        .and_then(pem);
     let plan = RunPlan {
         namespace: namespace.to_string(),
         profile: profile.metadata.name.clone().unwrap_or_default(),
@@ -390,6 +415,8 @@ pub fn run_plan(
         store_durable: store_not_durable(spec).is_none(),
         warnings: directory_warnings(set),
         shards: shards.len() as u32,
+        oauth2: set.spec.oauth2.clone(),
+        oauth2_ca_pem,
     };
     (plan, shards)
 }
@@ -403,9 +430,10 @@ pub fn run_plan(
 pub fn plan_secrets(
     profile: &ArchiveProfile,
     run: &str,
-    shard_sizes: &[u64],
+    shape: &PlanShape,
     files: Vec<(String, Vec<u8>)>,
 ) -> Result<Vec<Secret>, String> {
+    let shard_sizes = &shape.sizes[..];
     let mut parts: Vec<BTreeMap<String, ByteString>> = vec![BTreeMap::new()];
     let mut used = 0;
     for (key, bytes) in files {
@@ -440,14 +468,18 @@ pub fn plan_secrets(
         .enumerate()
         .map(|(part, data)| {
             let annotations = (part == 0).then(|| {
-                BTreeMap::from([
+                let mut annotations = BTreeMap::from([
                     (ANNOTATION_PLAN_PARTS.to_string(), count.to_string()),
                     (ANNOTATION_SHARD_SIZES.to_string(), sizes_text(shard_sizes)),
                     (
                         ANNOTATION_PROFILE_GENERATION.to_string(),
                         profile.metadata.generation.unwrap_or(0).to_string(),
                     ),
-                ])
+                ]);
+                if let Some(secret) = &shape.oauth2_secret {
+                    annotations.insert(ANNOTATION_OAUTH2_SECRET.to_string(), secret.clone());
+                }
+                annotations
             });
             Secret {
                 metadata: ObjectMeta {
@@ -476,7 +508,7 @@ pub fn complete_plan(
     run: &str,
     generation: Option<i64>,
     secrets: &[&ObjectMeta],
-) -> Option<(Vec<u64>, usize)> {
+) -> Option<PlanShape> {
     let first = secrets
         .iter()
         .find(|m| m.name.as_deref() == Some(plan_secret_name(run, 0).as_str()))?;
@@ -496,7 +528,32 @@ pub fn complete_plan(
             .any(|m| m.name.as_deref() == Some(name.as_str()))
     });
     let sizes = parse_sizes(annotations.get(ANNOTATION_SHARD_SIZES)?);
-    all_there.then_some((sizes, parts))
+    all_there.then(|| PlanShape {
+        sizes,
+        parts,
+        oauth2_secret: annotations.get(ANNOTATION_OAUTH2_SECRET).cloned(),
+    })
+}
+
+/// What a run's Job needs to know of its plan: the shards' sizes, how many plan Secrets
+/// there are, and an OAuth2 set's credentials Secret to mount.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PlanShape {
+    pub sizes: Vec<u64>,
+    pub parts: usize,
+    pub oauth2_secret: Option<String>,
+}
+
+impl PlanShape {
+    /// A shape with `sizes` and one plan Secret, for tests.
+    #[cfg(test)]
+    pub fn of(sizes: &[u64]) -> PlanShape {
+        PlanShape {
+            sizes: sizes.to_vec(),
+            parts: 1,
+            oauth2_secret: None,
+        }
+    }
 }
 
 fn sizes_text(shard_sizes: &[u64]) -> String {
@@ -703,7 +760,8 @@ mod tests {
             "s3": {"bucket": "b", "credentialsSecretRef": {"name": "archive-s3"}}
         }))
         .unwrap();
-        let v = serde_json::to_value(build(&p, "nightly-1", &[1], 1, "mailvault:1")).unwrap();
+        let v = serde_json::to_value(build(&p, "nightly-1", &PlanShape::of(&[1]), "mailvault:1"))
+            .unwrap();
         let pod = &v["spec"]["template"]["spec"];
         let volume = pod["volumes"]
             .as_array()
@@ -723,8 +781,13 @@ mod tests {
         assert_eq!(mount["readOnly"], true);
         assert!(!container["env"].to_string().contains("archive-s3"));
         // Without a Secret (IRSA, pod identity) nothing is mounted.
-        let v =
-            serde_json::to_value(build(&profile(), "nightly-1", &[1], 1, "mailvault:1")).unwrap();
+        let v = serde_json::to_value(build(
+            &profile(),
+            "nightly-1",
+            &PlanShape::of(&[1]),
+            "mailvault:1",
+        ))
+        .unwrap();
         assert!(!v.to_string().contains("store-credentials"));
     }
 
@@ -770,8 +833,11 @@ mod tests {
         let job = build(
             &profile(),
             "nightly-202501060200",
-            &[3, 3, 2],
-            2,
+            &PlanShape {
+                sizes: vec![3, 3, 2],
+                parts: 2,
+                oauth2_secret: None,
+            },
             "mailvault:1",
         );
         let v = serde_json::to_value(&job).unwrap();
@@ -842,7 +908,7 @@ mod tests {
             "local": {"path": "staff/", "persistentVolumeClaim": {"claimName": "mail-archive"}}
         }))
         .unwrap();
-        let v = serde_json::to_value(build(&p, "nightly-1", &[1], 1, "img")).unwrap();
+        let v = serde_json::to_value(build(&p, "nightly-1", &PlanShape::of(&[1]), "img")).unwrap();
         let pod = &v["spec"]["template"]["spec"];
         let volume = pod["volumes"]
             .as_array()
@@ -876,7 +942,8 @@ mod tests {
         assert_eq!(worker_store(Some(&plain)), Some(plain.clone()));
         assert_eq!(worker_store(None), None);
         // Without a claim, no archive volume.
-        let v = serde_json::to_value(build(&profile(), "nightly-1", &[1], 1, "img")).unwrap();
+        let v = serde_json::to_value(build(&profile(), "nightly-1", &PlanShape::of(&[1]), "img"))
+            .unwrap();
         assert!(!v["spec"]["template"]["spec"]["volumes"]
             .as_array()
             .unwrap()
@@ -892,7 +959,8 @@ mod tests {
             ("shard-1.json.gz".to_string(), vec![0; 300 * 1024]),
             ("shard-2.json.gz".to_string(), vec![0; 100 * 1024]),
         ];
-        let secrets = plan_secrets(&profile(), "nightly-1", &[5, 5, 4], files).unwrap();
+        let secrets =
+            plan_secrets(&profile(), "nightly-1", &PlanShape::of(&[5, 5, 4]), files).unwrap();
         let names: Vec<_> = secrets
             .iter()
             .map(|s| s.metadata.name.clone().unwrap())
@@ -921,14 +989,18 @@ mod tests {
         let metas: Vec<&ObjectMeta> = secrets.iter().map(|s| &s.metadata).collect();
         assert_eq!(
             complete_plan("nightly-1", None, &metas),
-            Some((vec![5, 5, 4], 2))
+            Some(PlanShape {
+                sizes: vec![5, 5, 4],
+                parts: 2,
+                oauth2_secret: None
+            })
         );
         assert_eq!(complete_plan("nightly-1", Some(2), &metas), None);
         assert_eq!(complete_plan("nightly-1", None, &metas[1..]), None);
         assert_eq!(complete_plan("nightly-1", None, &metas[..1]), None);
         // A file too large for any Secret is refused with its size.
         let huge = vec![("shard-0.json.gz".to_string(), vec![0; 600 * 1024])];
-        let e = plan_secrets(&profile(), "nightly-1", &[1], huge).unwrap_err();
+        let e = plan_secrets(&profile(), "nightly-1", &PlanShape::of(&[1]), huge).unwrap_err();
         assert!(e.contains("600 KiB"), "{e}");
     }
 
@@ -1012,7 +1084,7 @@ mod tests {
 
     #[test]
     fn a_run_none_of_whose_pods_runs_is_idle() {
-        let mut job = build(&profile(), "r", &[1], 1, "img");
+        let mut job = build(&profile(), "r", &PlanShape::of(&[1]), "img");
         let created = parse("2025-01-01T00:00:00Z");
         job.metadata.creation_timestamp =
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(

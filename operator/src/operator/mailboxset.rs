@@ -160,6 +160,7 @@ fn mode_name(mode: Mode) -> &'static str {
     match mode {
         Mode::MasterPassword => "masterPassword",
         Mode::Csv => "csv",
+        Mode::OAuth2 => "oauth2",
     }
 }
 
@@ -192,6 +193,14 @@ fn referenced_secrets(set: &MailboxSet, profile: Option<&ArchiveProfile>) -> Vec
     }
     if let Some(csv) = &set.spec.csv {
         names.push(csv.secret_ref.name.clone());
+    }
+    if let Some(o) = &set.spec.oauth2 {
+        names.push(o.credentials_secret_ref.name.clone());
+        names.extend(o.ca_secret_ref.iter().map(|r| r.name.clone()));
+        if let Some(ldap) = o.directory.as_ref().and_then(|d| d.ldap.as_ref()) {
+            names.extend(ldap.bind_secret_ref.iter().map(|r| r.name.clone()));
+            names.extend(ldap.ca_secret_ref.iter().map(|r| r.name.clone()));
+        }
     }
     if let Some(p) = profile {
         names.extend(p.spec.server.ca_secret_ref.iter().map(|r| r.name.clone()));
@@ -296,12 +305,7 @@ pub async fn resolve(
                 sync.as_mut(),
                 resolved.directory_sync.as_ref(),
             ) {
-                let max = set
-                    .spec
-                    .master_password
-                    .as_ref()
-                    .and_then(|m| m.directory.as_ref())
-                    .map_or(100, |d| d.max_removed_percent);
+                let max = set.spec.directory_max_removed_percent().unwrap_or(100);
                 if let Err(message) = guard_without_names(last, new, &record.users, max) {
                     return (
                         Outcome::SyncFailed {

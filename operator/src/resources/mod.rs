@@ -9,7 +9,10 @@ mod directory;
 mod load;
 mod validate;
 
-pub use directory::{directory_warnings, validate_ldap};
+pub use directory::{
+    directory_warnings, validate_google_directory, validate_ldap, validate_microsoft_graph,
+    validate_oauth2, GOOGLE_DIRECTORY_ENDPOINT, GRAPH_ENDPOINT,
+};
 #[cfg(test)]
 pub use directory::{is_valid_ldap_filter, ldap_spec_for_tests};
 pub use load::{load_paths, namespace_of, Bundle, LoadError, Located, SecretObject};
@@ -651,7 +654,7 @@ pub struct Condition {
     group = "mailvault.io",
     version = "v1alpha1",
     kind = "MailboxSet",
-    doc = "The mailboxes an ArchiveProfile archives: users a master user logs in for (listed, or synced from LDAP or Active Directory), or IMAP credentials from a CSV file in a Secret.",
+    doc = "The mailboxes an ArchiveProfile archives: users a master user logs in for (listed, or synced from LDAP or Active Directory), IMAP credentials from a CSV file in a Secret, or users an OAuth2 app logs in to (Microsoft 365, Google Workspace; listed, or synced from Microsoft Graph, the Google Directory API or LDAP).",
     namespaced,
     status = "MailboxSetStatus",
     shortname = "mbs",
@@ -664,8 +667,9 @@ pub struct Condition {
     printcolumn = r#"{"name":"Message","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].message","priority":1}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[x_kube(validation = Rule::new("has(self.masterPassword) != has(self.csv)")
-    .message("set exactly one of masterPassword or csv"))]
+#[x_kube(validation = Rule::new(
+    "(has(self.masterPassword) ? 1 : 0) + (has(self.csv) ? 1 : 0) + (has(self.oauth2) ? 1 : 0) == 1"
+).message("set exactly one of masterPassword, csv or oauth2"))]
 pub struct MailboxSetSpec {
     /// A privileged user logs in on behalf of each user (SASL PLAIN authorization identity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -673,6 +677,144 @@ pub struct MailboxSetSpec {
     /// A Secret holds a CSV file of IMAP user names and passwords.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub csv: Option<CsvSpec>,
+    /// An app with access to every mailbox logs in to each with an OAuth2 access token
+    /// (SASL XOAUTH2 or OAUTHBEARER): Microsoft 365, Google Workspace, or any OAuth2 server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2: Option<OAuth2Spec>,
+}
+
+impl MailboxSetSpec {
+    /// For a set that reads a directory: its `maxRemovedPercent`, the removal guard.
+    pub fn directory_max_removed_percent(&self) -> Option<u32> {
+        let master = self
+            .master_password
+            .as_ref()
+            .and_then(|m| m.directory.as_ref());
+        let oauth2 = self.oauth2.as_ref().and_then(|o| o.directory.as_ref());
+        master
+            .map(|d| d.max_removed_percent)
+            .or(oauth2.map(|d| d.max_removed_percent))
+    }
+}
+
+/// `spec.oauth2`: app-only OAuth2, the cloud's master password. Microsoft 365: an app
+/// registration with `IMAP.AccessAsApp` and mailbox permissions (one token for every
+/// mailbox). Google: a service account with domain-wide delegation (one token per user).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new(
+    "self.provider != 'Microsoft365' || has(self.clientID) && (has(self.tenantID) || has(self.tokenURL))"
+).message("Microsoft365 needs clientID and tenantID (or tokenURL)"))]
+#[x_kube(validation = Rule::new("self.provider != 'Generic' || has(self.clientID) && has(self.tokenURL)")
+    .message("Generic needs clientID and tokenURL"))]
+pub struct OAuth2Spec {
+    /// Who issues the tokens: `Microsoft365`, `Google` or `Generic`.
+    pub provider: OAuth2Provider,
+    /// Microsoft 365: the tenant, as its ID (a GUID) or a domain such as
+    /// `contoso.onmicrosoft.com`.
+    #[serde(default, rename = "tenantID", skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    /// Microsoft 365 and Generic: the application (client) ID of the app registration.
+    #[serde(default, rename = "clientID", skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// The Secret with the app's credential: `clientSecret`, or `tls.crt` and `tls.key` (a
+    /// certificate registered with the app, and its key) for Microsoft365 and Generic;
+    /// `serviceAccount.json` (the service account's JSON key) for Google.
+    pub credentials_secret_ref: LocalObjectRef,
+    /// Overrides the provider's token endpoint (national clouds, Generic, a local proxy).
+    /// `https://` with a verified certificate; plain `http://` only on a loopback address.
+    #[serde(default, rename = "tokenURL", skip_serializing_if = "Option::is_none")]
+    pub token_url: Option<String>,
+    /// An extra trust anchor (PEM) for the token endpoint and the directory API, for a
+    /// proxy or an authorization server with a private CA; the system's are trusted too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    /// Overrides the provider's IMAP scope (`https://outlook.office365.com/.default`,
+    /// `https://mail.google.com/`); Generic servers ask for none unless given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// Which of the known users (static and from the directory) are archived.
+    #[serde(default)]
+    pub users: UserSelectionSpec,
+    /// Users kept in the resource itself, added to the directory's; one named like a
+    /// directory user replaces it. `email` is the mailbox the app logs in to.
+    #[serde(default)]
+    pub static_users: Vec<StaticUser>,
+    /// Users read from Microsoft Graph, the Google Directory API or an LDAP directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory: Option<OAuth2DirectorySpec>,
+}
+
+/// Who issues an OAuth2 MailboxSet's tokens.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum OAuth2Provider {
+    /// Microsoft Entra ID (client credentials at the tenant's v2.0 token endpoint).
+    Microsoft365,
+    /// Google (a service account's JWT bearer grant, acting as each user).
+    Google,
+    /// Any OAuth2 server (client credentials at `tokenURL`).
+    Generic,
+}
+
+/// `spec.oauth2.directory`: the users to archive come from a directory.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new(
+    "(has(self.microsoftGraph) ? 1 : 0) + (has(self.googleDirectory) ? 1 : 0) + (has(self.ldap) ? 1 : 0) == 1"
+).message("set exactly one of microsoftGraph, googleDirectory or ldap"))]
+#[x_kube(validation = Rule::new(SYNC_BEFORE_RUN_RULE).message(SYNC_BEFORE_RUN_MESSAGE))]
+pub struct OAuth2DirectorySpec {
+    /// Read the directory before every run: must be true (the default). Every run, in the
+    /// cluster and from the command line, reads the directory first and keeps no copy of
+    /// the users' addresses between runs, so `false` is refused rather than ignored.
+    #[serde(default = "default_true")]
+    pub sync_before_run: bool,
+    /// Refuse a sync that would drop more than this share of the previously known users
+    /// (default 50).
+    #[serde(default = "default_max_removed_percent")]
+    #[schemars(range(max = 100))]
+    pub max_removed_percent: u32,
+    /// Microsoft 365 only: the tenant's users from Microsoft Graph, read with the app's own
+    /// token (application permission `User.Read.All`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub microsoft_graph: Option<MicrosoftGraphSpec>,
+    /// Google only: the domain's users from the Admin SDK Directory API, read acting as an
+    /// administrator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub google_directory: Option<GoogleDirectorySpec>,
+    /// Users read from an LDAP directory or Active Directory, as for `masterPassword`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ldap: Option<LdapSpec>,
+}
+
+/// `spec.oauth2.directory.microsoftGraph`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MicrosoftGraphSpec {
+    /// Graph's endpoint; default `https://graph.microsoft.com` (national clouds have their
+    /// own, e.g. `https://graph.microsoft.us`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Only the members of this group (its object ID), at any depth of nesting; needs
+    /// `GroupMember.Read.All` besides `User.Read.All`.
+    #[serde(default, rename = "groupID", skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+}
+
+/// `spec.oauth2.directory.googleDirectory`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GoogleDirectorySpec {
+    /// The API's endpoint; default `https://admin.googleapis.com`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// `my_customer` (the default: the service account's own account) or a customer ID
+    /// such as `C03az79cb`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer: Option<String>,
+    /// A Google Workspace administrator the service account acts as to list users (scope
+    /// `https://www.googleapis.com/auth/admin.directory.user.readonly` must be delegated).
+    pub admin_email: String,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -692,13 +834,20 @@ pub struct MasterPasswordSpec {
     pub directory: Option<DirectorySpec>,
 }
 
+/// The directory is read before every run; `syncBeforeRun: false` would promise users
+/// kept between runs, which nothing keeps.
+const SYNC_BEFORE_RUN_RULE: &str = "!has(self.syncBeforeRun) || self.syncBeforeRun";
+pub const SYNC_BEFORE_RUN_MESSAGE: &str =
+    "syncBeforeRun: false is not supported: every run reads the directory first";
+
 /// `spec.masterPassword.directory`: the users to archive come from a directory.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new(SYNC_BEFORE_RUN_RULE).message(SYNC_BEFORE_RUN_MESSAGE))]
 pub struct DirectorySpec {
-    /// Read the directory before every run (default true); for the operator, which can
-    /// also keep the users between runs. `mailvault run` and `mailvault mailboxes` read it
-    /// every time: they keep no copy of the users' addresses.
+    /// Read the directory before every run: must be true (the default). Every run, in the
+    /// cluster and from the command line, reads the directory first and keeps no copy of
+    /// the users' addresses between runs, so `false` is refused rather than ignored.
     #[serde(default = "default_true")]
     pub sync_before_run: bool,
     /// Refuse a sync that would drop more than this share of the previously known users
@@ -879,7 +1028,7 @@ pub struct MailboxSetStatus {
     /// How many mailboxes the set resolved to last time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mailboxes: Option<u64>,
-    /// `masterPassword` or `csv`.
+    /// `masterPassword`, `csv` or `oauth2`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
     /// The last accepted directory sync.

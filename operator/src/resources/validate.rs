@@ -5,7 +5,10 @@
 use std::fmt;
 
 use super::load::{namespace_of, Bundle, Located};
-use super::{ArchiveProfile, MailboxSet, S3StoreSpec, ServerSideEncryption, StoreSpec};
+use super::{
+    ArchiveProfile, LdapSpec, MailboxSet, OAuth2Provider, S3StoreSpec, Security,
+    ServerSideEncryption, StaticUser, StoreSpec,
+};
 
 /// A problem with one field of one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,7 +172,20 @@ pub fn validate_profile(bundle: &Bundle, located: &Located<ArchiveProfile>) -> V
             field: "spec.mailboxSetRef.name".into(),
             message: format!("MailboxSet {namespace}/{set_name} is not in the given files"),
         }),
-        Some(set) => errors.extend(validate_mailbox_set(bundle, set)),
+        Some(set) => {
+            if set.object.spec.oauth2.is_some() && spec.server.security == Security::None {
+                errors.push(FieldError {
+                    place: located.place(),
+                    object: object_name(&located.object),
+                    field: "spec.server.security".into(),
+                    message: format!(
+                        "MailboxSet {namespace}/{set_name} logs in with OAuth2 tokens, which \
+                         are sent only over Tls or StartTls, never in the clear"
+                    ),
+                });
+            }
+            errors.extend(validate_mailbox_set(bundle, set))
+        }
     }
     errors
 }
@@ -273,85 +289,165 @@ fn validate_s3(bundle: &Bundle, report: &mut Report<'_, ArchiveProfile>, s3: &S3
 pub fn validate_mailbox_set(bundle: &Bundle, located: &Located<MailboxSet>) -> Vec<FieldError> {
     let mut report = Report::new(located);
     let spec = &located.object.spec;
-    match (&spec.master_password, &spec.csv) {
-        (Some(_), Some(_)) | (None, None) => {
-            report.error("spec", "set exactly one of masterPassword or csv");
+    let modes = [
+        spec.master_password.is_some(),
+        spec.csv.is_some(),
+        spec.oauth2.is_some(),
+    ];
+    if modes.iter().filter(|m| **m).count() != 1 {
+        report.error("spec", "set exactly one of masterPassword, csv or oauth2");
+        return report.errors;
+    }
+    if let Some(master) = &spec.master_password {
+        report.secret_keys(
+            bundle,
+            "spec.masterPassword.credentialsSecretRef.name",
+            &master.credentials_secret_ref.name,
+            &["username", "password"],
+        );
+        static_users(&mut report, "spec.masterPassword", &master.static_users);
+        if let Some(directory) = &master.directory {
+            const FIELD: &str = "spec.masterPassword.directory";
+            max_removed_percent(&mut report, FIELD, directory.max_removed_percent);
+            sync_before_run(&mut report, FIELD, directory.sync_before_run);
+            ldap(bundle, &mut report, FIELD, &directory.ldap);
         }
-        (Some(master), None) => {
+    }
+    if let Some(csv) = &spec.csv {
+        report.secret_keys(
+            bundle,
+            "spec.csv.secretRef",
+            &csv.secret_ref.name,
+            &[csv.secret_ref.key.as_str()],
+        );
+    }
+    if let Some(oauth2) = &spec.oauth2 {
+        const FIELD: &str = "spec.oauth2";
+        let secret = &oauth2.credentials_secret_ref.name;
+        let keys: &[&str] = match oauth2.provider {
+            OAuth2Provider::Google => &["serviceAccount.json"],
+            _ => &[],
+        };
+        report.secret_keys(
+            bundle,
+            "spec.oauth2.credentialsSecretRef.name",
+            secret,
+            keys,
+        );
+        if let Some(ca) = &oauth2.ca_secret_ref {
             report.secret_keys(
                 bundle,
-                "spec.masterPassword.credentialsSecretRef.name",
-                &master.credentials_secret_ref.name,
-                &["username", "password"],
+                "spec.oauth2.caSecretRef",
+                &ca.name,
+                &[ca.key.as_str()],
             );
-            // (archive user, mailbox label) → the entry archived there, as the archive folds
-            // them: two mailboxes in one place would overwrite each other's records.
-            let mut places = std::collections::HashMap::new();
-            for (i, user) in master.static_users.iter().enumerate() {
-                let place = (user.name.to_lowercase(), user.email.to_lowercase());
-                if let Some(first) = places.insert(place, i) {
-                    report.error(
-                        format!("spec.masterPassword.staticUsers[{i}]"),
-                        format!(
-                            "{:?} with {:?} would be archived into the same place as \
-                             staticUsers[{first}] (names and addresses are compared ignoring case); \
-                             list each mailbox once",
-                            user.name, user.email
-                        ),
-                    );
-                }
-                if user.name.trim().is_empty() {
-                    report.error(
-                        format!("spec.masterPassword.staticUsers[{i}].name"),
-                        "must not be empty",
-                    );
-                }
-                if !user.email.contains('@') {
-                    report.error(
-                        format!("spec.masterPassword.staticUsers[{i}].email"),
-                        format!("{:?} is not an email address", user.email),
-                    );
-                }
-            }
-            if let Some(directory) = &master.directory {
-                const FIELD: &str = "spec.masterPassword.directory";
-                if directory.max_removed_percent > 100 {
-                    report.error(
-                        format!("{FIELD}.maxRemovedPercent"),
-                        "must be between 0 and 100",
-                    );
-                }
-                for (field, message) in super::validate_ldap(&directory.ldap) {
-                    report.error(format!("{FIELD}.{field}"), message);
-                }
-                if let Some(bind) = &directory.ldap.bind_secret_ref {
-                    report.secret_keys(
-                        bundle,
-                        &format!("{FIELD}.ldap.bindSecretRef.name"),
-                        &bind.name,
-                        &["bindDN", "password"],
-                    );
-                }
-                if let Some(ca) = &directory.ldap.ca_secret_ref {
-                    report.secret_keys(
-                        bundle,
-                        &format!("{FIELD}.ldap.caSecretRef"),
-                        &ca.name,
-                        &[ca.key.as_str()],
-                    );
-                }
+        }
+        if oauth2.provider != OAuth2Provider::Google {
+            let namespace = namespace_of(&located.object.metadata);
+            let has = |key: &str| {
+                bundle
+                    .secret(namespace, secret)
+                    .is_some_and(|s| s.object.data.contains_key(key))
+            };
+            let certificate = has("tls.crt") && has("tls.key");
+            if bundle.secret(namespace, secret).is_some() && !has("clientSecret") && !certificate {
+                report.error(
+                    "spec.oauth2.credentialsSecretRef.name",
+                    format!(
+                        "Secret {namespace}/{secret} has neither key \"clientSecret\" nor keys \
+                         \"tls.crt\" and \"tls.key\" (a certificate registered with the app)"
+                    ),
+                );
             }
         }
-        (None, Some(csv)) => {
-            report.secret_keys(
-                bundle,
-                "spec.csv.secretRef",
-                &csv.secret_ref.name,
-                &[csv.secret_ref.key.as_str()],
-            );
+        for (field, message) in super::validate_oauth2(oauth2) {
+            report.error(format!("{FIELD}.{field}"), message);
+        }
+        static_users(&mut report, FIELD, &oauth2.static_users);
+        if let Some(directory) = &oauth2.directory {
+            const DIRECTORY: &str = "spec.oauth2.directory";
+            max_removed_percent(&mut report, DIRECTORY, directory.max_removed_percent);
+            sync_before_run(&mut report, DIRECTORY, directory.sync_before_run);
+            if let Some(spec) = &directory.ldap {
+                ldap(bundle, &mut report, DIRECTORY, spec);
+            }
         }
     }
     report.errors
+}
+
+/// Checks `staticUsers` of a set's mode at `field`.
+fn static_users(report: &mut Report<'_, MailboxSet>, field: &str, users: &[StaticUser]) {
+    // (archive user, mailbox label) → the entry archived there, as the archive folds
+    // them: two mailboxes in one place would overwrite each other's records.
+    let mut places = std::collections::HashMap::new();
+    for (i, user) in users.iter().enumerate() {
+        let place = (user.name.to_lowercase(), user.email.to_lowercase());
+        if let Some(first) = places.insert(place, i) {
+            report.error(
+                format!("{field}.staticUsers[{i}]"),
+                format!(
+                    "{:?} with {:?} would be archived into the same place as \
+                     staticUsers[{first}] (names and addresses are compared ignoring case); \
+                     list each mailbox once",
+                    user.name, user.email
+                ),
+            );
+        }
+        if user.name.trim().is_empty() {
+            report.error(
+                format!("{field}.staticUsers[{i}].name"),
+                "must not be empty",
+            );
+        }
+        if !user.email.contains('@') {
+            report.error(
+                format!("{field}.staticUsers[{i}].email"),
+                format!("{:?} is not an email address", user.email),
+            );
+        }
+    }
+}
+
+fn max_removed_percent(report: &mut Report<'_, MailboxSet>, field: &str, percent: u32) {
+    if percent > 100 {
+        report.error(
+            format!("{field}.maxRemovedPercent"),
+            "must be between 0 and 100",
+        );
+    }
+}
+
+fn sync_before_run(report: &mut Report<'_, MailboxSet>, field: &str, sync: bool) {
+    if !sync {
+        report.error(
+            format!("{field}.syncBeforeRun"),
+            super::SYNC_BEFORE_RUN_MESSAGE,
+        );
+    }
+}
+
+/// Checks an LDAP directory at `field` (`<field>.ldap`) and its Secrets.
+fn ldap(bundle: &Bundle, report: &mut Report<'_, MailboxSet>, field: &str, spec: &LdapSpec) {
+    for (name, message) in super::validate_ldap(spec) {
+        report.error(format!("{field}.{name}"), message);
+    }
+    if let Some(bind) = &spec.bind_secret_ref {
+        report.secret_keys(
+            bundle,
+            &format!("{field}.ldap.bindSecretRef.name"),
+            &bind.name,
+            &["bindDN", "password"],
+        );
+    }
+    if let Some(ca) = &spec.ca_secret_ref {
+        report.secret_keys(
+            bundle,
+            &format!("{field}.ldap.caSecretRef"),
+            &ca.name,
+            &[ca.key.as_str()],
+        );
+    }
 }
 
 #[cfg(test)]
@@ -440,6 +536,7 @@ stringData:
 
     const DIRECTORY: &str = "    directory:
       maxRemovedPercent: 101
+      syncBeforeRun: false
       ldap:
         url: https://dc1.example.org/dc=example
         baseDN: ' '
@@ -462,6 +559,7 @@ stringData:
             fields,
             [
                 "spec.masterPassword.directory.maxRemovedPercent",
+                "spec.masterPassword.directory.syncBeforeRun",
                 "spec.masterPassword.directory.ldap.url",
                 "spec.masterPassword.directory.ldap.url",
                 "spec.masterPassword.directory.ldap.baseDN",
@@ -472,10 +570,13 @@ stringData:
             ],
             "{errors:#?}"
         );
-        assert!(errors[6]
+        assert!(errors[1]
+            .message
+            .contains("every run reads the directory first"));
+        assert!(errors[7]
             .message
             .contains("Secret default/reader is not in the given files"));
-        assert!(errors[7].message.contains("has no key \"ca.crt\""));
+        assert!(errors[8].message.contains("has no key \"ca.crt\""));
     }
 
     #[test]
@@ -630,5 +731,108 @@ stringData:
         let b = bundle(&text);
         let errors = validate_mailbox_set(&b, &b.mailbox_sets[0]);
         assert_eq!(errors[0].field, "spec");
+        let text = SET.replace(
+            "  masterPassword:",
+            "  oauth2:\n    provider: Google\n    credentialsSecretRef:\n      name: master\n  masterPassword:",
+        );
+        let b = bundle(&text);
+        let errors = validate_mailbox_set(&b, &b.mailbox_sets[0]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(
+            errors[0].message,
+            "set exactly one of masterPassword, csv or oauth2"
+        );
+    }
+
+    const M365: &str = "provider: Microsoft365\n    tenantID: contoso.com\n    clientID: c";
+    const GENERIC: &str =
+        "provider: Generic\n    clientID: c\n    tokenURL: https://sso.example.org/token";
+
+    /// An OAuth2 set (`provider` and its settings) whose Secret `app` holds `keys`, with
+    /// `extra` spec lines.
+    fn oauth2_set(provider: &str, keys: &[&str], extra: &str) -> Bundle {
+        let data: String = match keys {
+            [] => " {}\n".into(),
+            keys => {
+                keys.iter()
+                    .map(|k| format!("\n  {k}: x"))
+                    .collect::<String>()
+                    + "\n"
+            }
+        };
+        bundle(&format!(
+            "apiVersion: mailvault.io/v1alpha1\nkind: MailboxSet\nmetadata:\n  name: s\nspec:\n  \
+             oauth2:\n    {provider}\n    credentialsSecretRef:\n      name: app\n{extra}\
+             ---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: app\nstringData:{data}"
+        ))
+    }
+
+    fn set_errors(b: &Bundle) -> Vec<(String, String)> {
+        validate_mailbox_set(b, &b.mailbox_sets[0])
+            .into_iter()
+            .map(|e| (e.field, e.message))
+            .collect()
+    }
+
+    #[test]
+    fn an_oauth2_secret_needs_the_providers_keys() {
+        for keys in [&["clientSecret"][..], &["tls.crt", "tls.key"][..]] {
+            assert_eq!(set_errors(&oauth2_set(M365, keys, "")), vec![]);
+        }
+        for keys in [&[][..], &["tls.crt"][..], &["serviceAccount.json"][..]] {
+            let errors = set_errors(&oauth2_set(GENERIC, keys, ""));
+            assert_eq!(errors.len(), 1, "{keys:?}: {errors:?}");
+            assert_eq!(errors[0].0, "spec.oauth2.credentialsSecretRef.name");
+            assert!(
+                errors[0].1.contains("neither key \"clientSecret\""),
+                "{errors:?}"
+            );
+        }
+        let google = "provider: Google";
+        assert_eq!(
+            set_errors(&oauth2_set(google, &["serviceAccount.json"], "")),
+            vec![]
+        );
+        let errors = set_errors(&oauth2_set(google, &["clientSecret"], ""));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].1.contains("has no key \"serviceAccount.json\""),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn oauth2_static_users_are_checked_like_master_password_ones() {
+        let users = "    staticUsers:\n      - name: alice\n        email: alice@contoso.com\n      \
+                     - name: ALICE\n        email: Alice@Contoso.com\n      - name: ' '\n        email: bob\n";
+        let fields: Vec<String> = set_errors(&oauth2_set(M365, &["clientSecret"], users))
+            .into_iter()
+            .map(|e| e.0)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.oauth2.staticUsers[1]",
+                "spec.oauth2.staticUsers[2].name",
+                "spec.oauth2.staticUsers[2].email"
+            ]
+        );
+    }
+
+    #[test]
+    fn tokens_are_never_sent_over_a_plain_connection() {
+        let b = oauth2_set(M365, &["clientSecret"], "");
+        let p = bundle(
+            "apiVersion: mailvault.io/v1alpha1\nkind: ArchiveProfile\nmetadata:\n  name: p\nspec:\n  \
+             mailboxSetRef:\n    name: s\n  server:\n    host: imap.example.org\n    security: None\n",
+        );
+        let b = Bundle {
+            profiles: p.profiles,
+            ..b
+        };
+        let errors = validate_profile(&b, &b.profiles[0]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].field, "spec.server.security");
+        assert!(errors[0].message.contains("never in the clear"));
     }
 }

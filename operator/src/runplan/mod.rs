@@ -22,7 +22,9 @@ pub use summary::{aggregate, RunFacts, ShardSummary};
 
 use crate::engine::{FolderSelector, RunParts, RunSettings};
 use crate::protocol::{RunProtocol, RunResult};
-use crate::resources::{DeletionMode, DeletionSpec, FilterSpec, FolderSpec, ServerSpec, StoreSpec};
+use crate::resources::{
+    DeletionMode, DeletionSpec, FilterSpec, FolderSpec, OAuth2Spec, ServerSpec, StoreSpec,
+};
 use crate::sensitive::Sensitive;
 use crate::sources::Mailbox;
 
@@ -43,6 +45,8 @@ pub const PLAN_KEY: &str = "plan.json";
 pub const STORE_CREDENTIALS_DIR: &str = "/var/run/mailvault/store-credentials";
 /// Where the Secret of `spec.store.encryption.keySecretRef` is mounted in run pods.
 pub const STORE_KEYS_DIR: &str = "/var/run/mailvault/store-keys";
+/// Where an OAuth2 set's credentials Secret is mounted in the worker's pod.
+pub const OAUTH2_CREDENTIALS_DIR: &str = "/var/run/mailvault/oauth2-credentials";
 /// Where the claim of `spec.store.local.persistentVolumeClaim` is mounted in the pods.
 pub const ARCHIVE_DIR: &str = "/var/lib/mailvault/archive";
 
@@ -87,6 +91,14 @@ pub struct RunPlan {
     pub warnings: Vec<String>,
     /// How many shards the run has.
     pub shards: u32,
+    /// For an OAuth2 set: its settings. Each worker gets its tokens itself, with the
+    /// credentials Secret mounted at [`OAUTH2_CREDENTIALS_DIR`]; no token or secret is in
+    /// the plan (its mailboxes carry no password then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2: Option<OAuth2Spec>,
+    /// The PEM from `spec.oauth2.caSecretRef`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2_ca_pem: Option<String>,
 }
 
 /// A mailbox in a shard file. Not `Debug`: it holds the password.
@@ -199,6 +211,7 @@ pub fn read_shard(dir: &Path, plan: &RunPlan, index: u32) -> Result<Vec<Mailbox>
             password: Sensitive::new(m.password),
             email: m.email,
             user: m.user,
+            oauth2: None,
         })
         .collect())
 }
@@ -254,6 +267,7 @@ mod tests {
             password: Sensitive::new(password),
             email: Some(format!("{user}@x")),
             user: user.into(),
+            oauth2: None,
         }
     }
 
@@ -271,6 +285,8 @@ mod tests {
             store_durable: true,
             warnings: vec![],
             shards,
+            oauth2: None,
+            oauth2_ca_pem: None,
         }
     }
 

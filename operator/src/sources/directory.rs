@@ -113,6 +113,28 @@ pub enum DirectoryError {
         base_dn: String,
         message: String,
     },
+    /// Microsoft Graph or the Google Directory API: no token, or a failed request (on any
+    /// page). The message says what to do, in plain words.
+    #[error("{service}: {message}")]
+    Api {
+        service: &'static str,
+        message: String,
+    },
+}
+
+/// The endpoint of a directory API, once its settings' `problems` (from resource
+/// validation) are none: nothing is sent for settings a resource could not have.
+pub(super) fn api_endpoint(
+    service: &'static str,
+    problems: Vec<(String, String)>,
+    given: Option<&str>,
+    default: &str,
+) -> Result<Url, DirectoryError> {
+    if !problems.is_empty() {
+        return Err(DirectoryError::InvalidSpec(problems));
+    }
+    crate::oauth2::http::endpoint("endpoint", given, default)
+        .map_err(|(_, message)| DirectoryError::Api { service, message })
 }
 
 fn join_problems(problems: &[(String, String)]) -> String {
@@ -463,7 +485,7 @@ fn collect_users(
 /// Sorted by name without regard to case, then by the exact name and DN,
 /// so that which of two same-named entries is kept does not depend on the
 /// server's order.
-fn sort_and_dedupe(mut users: Vec<DirectoryUser>) -> Vec<DirectoryUser> {
+pub(super) fn sort_and_dedupe(mut users: Vec<DirectoryUser>) -> Vec<DirectoryUser> {
     users.sort_by_cached_key(|user| (user.name.to_lowercase(), user.name.clone(), user.dn.clone()));
     let mut unique: Vec<DirectoryUser> = Vec::with_capacity(users.len());
     for user in users {
@@ -493,7 +515,7 @@ fn values<'e>(entry: &'e SearchEntry, attribute: &str) -> &'e [String] {
 }
 
 /// Trimmed, non-empty, first spelling of each address kept, order kept.
-fn unique_addresses<'a>(addresses: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+pub(super) fn unique_addresses<'a>(addresses: impl IntoIterator<Item = &'a str>) -> Vec<String> {
     let mut seen = HashSet::new();
     addresses
         .into_iter()
@@ -505,7 +527,7 @@ fn unique_addresses<'a>(addresses: impl IntoIterator<Item = &'a str>) -> Vec<Str
 
 /// Active Directory: the `SMTP:` proxy address is the primary one, then the
 /// mail attribute's values, then the `smtp:` aliases.
-fn ad_addresses(mail: &[String], proxy_addresses: &[String]) -> Vec<String> {
+pub(super) fn ad_addresses(mail: &[String], proxy_addresses: &[String]) -> Vec<String> {
     let mut primary = None;
     let mut aliases = Vec::new();
     for proxy in proxy_addresses {

@@ -1,19 +1,27 @@
 //! Turning a MailboxSet into the list of mailboxes to archive.
 //!
-//! Two kinds of set: a master user logging in for each user (the users come from the
-//! resource or a directory), or a CSV file of IMAP credentials. `mailvault run`,
+//! Three kinds of set: a master user logging in for each user (the users come from the
+//! resource or a directory), a CSV file of IMAP credentials, or an OAuth2 app logging in to
+//! each user's mailbox with a token (the users come from the resource or a directory:
+//! Microsoft Graph, the Google Directory API or LDAP). `mailvault run`,
 //! `mailvault mailboxes` and the operator all resolve sets here, the same way.
 
 pub mod csv;
 pub mod directory;
+pub mod google;
+pub mod graph;
+pub mod oauth2;
 
 use std::collections::HashSet;
 
 use serde::Serialize;
 
-use crate::resources::{Bundle, Located, MailboxSet, MasterPasswordSpec, Selection, SyncRecord};
+use crate::oauth2::ImapTokens;
+use crate::resources::{
+    Bundle, LdapSpec, Located, MailboxSet, Selection, StaticUser, SyncRecord, UserSelectionSpec,
+};
 use crate::sensitive::Sensitive;
-use directory::{Bind, DirectoryError};
+use directory::{Bind, DirectoryError, DirectoryUser};
 
 /// One mailbox to archive.
 #[derive(Clone, Debug)]
@@ -26,6 +34,9 @@ pub struct Mailbox {
     pub email: Option<String>,
     /// The archive user the mailbox is stored into.
     pub user: String,
+    /// For OAuth2 sets: the tokens to log in to `login` (the mailbox address) with; the
+    /// password is then empty.
+    pub oauth2: Option<ImapTokens>,
 }
 
 impl Mailbox {
@@ -44,6 +55,8 @@ impl Mailbox {
 pub enum Mode {
     Csv,
     MasterPassword,
+    #[serde(rename = "oauth2")]
+    OAuth2,
 }
 
 /// A user left out of the set, and why.
@@ -149,87 +162,53 @@ pub async fn resolve(
                 ))
             })
     };
+    let directory_failed = |source: DirectoryError| SourceError::Directory {
+        place: set.place(),
+        object: object.clone(),
+        source: Box::new(source),
+    };
+    let ldap_secrets = |ldap: &LdapSpec| -> Result<(Option<Bind>, Option<Vec<u8>>), SourceError> {
+        let bind = match &ldap.bind_secret_ref {
+            Some(r) => Some(Bind {
+                dn: text(&r.name, "bindDN")?,
+                password: Sensitive::new(text(&r.name, "password")?),
+            }),
+            None => None,
+        };
+        let ca_pem = match &ldap.ca_secret_ref {
+            Some(r) => Some(secret_value(&r.name, &r.key)?),
+            None => None,
+        };
+        Ok((bind, ca_pem))
+    };
+    let users = |statics: &[StaticUser],
+                 found: Option<(Vec<DirectoryUser>, u32)>,
+                 selection: &UserSelectionSpec| {
+        select(&object, statics, found, selection, previous).map_err(
+            |(known, removed, max_percent)| SourceError::TooManyRemoved {
+                place: set.place(),
+                object: object.clone(),
+                known,
+                removed,
+                max_percent,
+            },
+        )
+    };
     if let Some(master) = &set.object.spec.master_password {
         let secret = &master.credentials_secret_ref.name;
         let login = text(secret, "username")?;
         let password = Sensitive::new(text(secret, "password")?);
-        let (users, directory_sync) = match &master.directory {
-            None => (static_users(master), None),
+        let found = match &master.directory {
+            None => None,
             Some(spec) => {
-                let ldap = &spec.ldap;
-                let bind = match &ldap.bind_secret_ref {
-                    Some(r) => Some(Bind {
-                        dn: text(&r.name, "bindDN")?,
-                        password: Sensitive::new(text(&r.name, "password")?),
-                    }),
-                    None => None,
-                };
-                let ca_pem = match &ldap.ca_secret_ref {
-                    Some(r) => Some(secret_value(&r.name, &r.key)?),
-                    None => None,
-                };
-                let found = directory::fetch_users(ldap, bind.as_ref(), ca_pem.as_deref())
+                let users = read_ldap(&spec.ldap, ldap_secrets(&spec.ldap)?)
                     .await
-                    .map_err(|source| SourceError::Directory {
-                        place: set.place(),
-                        object: object.clone(),
-                        source: Box::new(source),
-                    })?;
-                let known = previous.map_or(&[][..], |p| p.users.as_slice());
-                let changes = directory::changes(known, &found);
-                if directory::too_many_removed(
-                    known.len(),
-                    changes.removed.len(),
-                    spec.max_removed_percent,
-                ) {
-                    return Err(SourceError::TooManyRemoved {
-                        place: set.place(),
-                        object: object.clone(),
-                        known: known.len(),
-                        removed: changes.removed,
-                        max_percent: spec.max_removed_percent,
-                    });
-                }
-                tracing::info!(
-                    set = %object,
-                    found = found.len(),
-                    added = changes.added.len(),
-                    removed = ?changes.removed,
-                    "read the directory"
-                );
-                let record = SyncRecord {
-                    time: crate::time::now(),
-                    users_found: count(found.len()),
-                    without_email: 0,
-                    excluded_by_selection: 0,
-                    added: count(changes.added.len()),
-                    removed: count(changes.removed.len()),
-                    users: found.iter().map(|u| u.name.clone()).collect(),
-                };
-                let directory_users = found.into_iter().map(|u| (u.name, u.emails)).collect();
-                (merge(directory_users, static_users(master)), Some(record))
+                    .map_err(directory_failed)?;
+                Some((users, spec.max_removed_percent))
             }
         };
-        let from_directory: HashSet<String> = directory_sync
-            .iter()
-            .flat_map(|r| r.users.iter().map(|n| n.to_lowercase()))
-            .collect();
-        let without_email = users
-            .iter()
-            .filter(|(name, emails)| {
-                emails.is_empty() && from_directory.contains(&name.to_lowercase())
-            })
-            .count();
-        let (selected, excluded) = select_users(users, master.users.selection, &master.users.names);
-        let excluded_from_directory = excluded
-            .iter()
-            .filter(|e| from_directory.contains(&e.name.to_lowercase()))
-            .count();
-        let directory_sync = directory_sync.map(|record| SyncRecord {
-            without_email: count(without_email),
-            excluded_by_selection: count(excluded_from_directory.saturating_sub(without_email)),
-            ..record
-        });
+        let (selected, excluded, directory_sync) =
+            users(&master.static_users, found, &master.users)?;
         let mailboxes = selected
             .into_iter()
             .map(|(name, emails)| Mailbox {
@@ -238,10 +217,55 @@ pub async fn resolve(
                 password: password.clone(),
                 email: emails.first().cloned(),
                 user: name,
+                oauth2: None,
             })
             .collect();
         return Ok(Resolved {
             mode: Mode::MasterPassword,
+            mailboxes,
+            excluded,
+            directory_sync,
+        });
+    }
+    if let Some(spec) = &set.object.spec.oauth2 {
+        let credentials = &spec.credentials_secret_ref.name;
+        let ca_pem = match &spec.ca_secret_ref {
+            Some(r) => Some(secret_value(&r.name, &r.key)?),
+            None => None,
+        };
+        let client = oauth2::client(spec, ca_pem.as_deref(), |key| {
+            secret_value(credentials, key).ok()
+        })
+        .map_err(invalid)?;
+        let found = match &spec.directory {
+            None => None,
+            Some(directory) => {
+                let users = match &directory.ldap {
+                    Some(ldap) => read_ldap(ldap, ldap_secrets(ldap)?)
+                        .await
+                        .map_err(directory_failed)?,
+                    None => oauth2::fetch_users(directory, &client)
+                        .await
+                        .map_err(directory_failed)?,
+                };
+                Some((users, directory.max_removed_percent))
+            }
+        };
+        let (selected, excluded, directory_sync) = users(&spec.static_users, found, &spec.users)?;
+        let imap = client.tokens.for_imap();
+        let mailboxes = selected
+            .into_iter()
+            .map(|(name, emails)| Mailbox {
+                login: emails[0].clone(),
+                authorization_identity: None,
+                password: Sensitive::new(""),
+                email: emails.first().cloned(),
+                user: name,
+                oauth2: Some(imap.clone()),
+            })
+            .collect();
+        return Ok(Resolved {
+            mode: Mode::OAuth2,
             mailboxes,
             excluded,
             directory_sync,
@@ -252,7 +276,7 @@ pub async fn resolve(
         .spec
         .csv
         .as_ref()
-        .ok_or_else(|| invalid("set exactly one of masterPassword or csv".into()))?;
+        .ok_or_else(|| invalid("set exactly one of masterPassword, csv or oauth2".into()))?;
     let secret = &csv_spec.secret_ref;
     let bytes = secret_value(&secret.name, &secret.key)?;
     let rows = csv::parse(&bytes).map_err(|errors| SourceError::Csv {
@@ -269,6 +293,7 @@ pub async fn resolve(
             authorization_identity: None,
             password: Sensitive::new(row.password),
             email: row.email,
+            oauth2: None,
         })
         .collect();
     Ok(Resolved {
@@ -279,12 +304,83 @@ pub async fn resolve(
     })
 }
 
-fn static_users(master: &MasterPasswordSpec) -> Vec<(String, Vec<String>)> {
-    master
-        .static_users
+/// Reads an LDAP directory with its bind and CA (from [`resolve`]'s Secrets).
+async fn read_ldap(
+    ldap: &LdapSpec,
+    (bind, ca_pem): (Option<Bind>, Option<Vec<u8>>),
+) -> Result<Vec<DirectoryUser>, DirectoryError> {
+    directory::fetch_users(ldap, bind.as_ref(), ca_pem.as_deref()).await
+}
+
+/// The users selected as (name, addresses), those left out with why, and the sync record
+/// of a set that reads a directory.
+type Selected = (
+    Vec<(String, Vec<String>)>,
+    Vec<Excluded>,
+    Option<SyncRecord>,
+);
+
+/// The users of a set (`object`, for the log) with `statics` and, if it reads a directory, the users `found` there
+/// (with its `maxRemovedPercent`), after the selection; with the sync record. A sync that
+/// drops too many of the `previous` users is refused: `Err((known, removed, max_percent))`.
+fn select(
+    object: &str,
+    statics: &[StaticUser],
+    found: Option<(Vec<DirectoryUser>, u32)>,
+    selection: &UserSelectionSpec,
+    previous: Option<&SyncRecord>,
+) -> Result<Selected, (usize, Vec<String>, u32)> {
+    let statics: Vec<(String, Vec<String>)> = statics
         .iter()
         .map(|u| (u.name.clone(), vec![u.email.clone()]))
-        .collect()
+        .collect();
+    let (users, directory_sync) = match found {
+        None => (statics, None),
+        Some((found, max_percent)) => {
+            let known = previous.map_or(&[][..], |p| p.users.as_slice());
+            let changes = directory::changes(known, &found);
+            if directory::too_many_removed(known.len(), changes.removed.len(), max_percent) {
+                return Err((known.len(), changes.removed, max_percent));
+            }
+            tracing::info!(
+                set = %object,
+                found = found.len(),
+                added = changes.added.len(),
+                removed = ?changes.removed,
+                "read the directory"
+            );
+            let record = SyncRecord {
+                time: crate::time::now(),
+                users_found: count(found.len()),
+                without_email: 0,
+                excluded_by_selection: 0,
+                added: count(changes.added.len()),
+                removed: count(changes.removed.len()),
+                users: found.iter().map(|u| u.name.clone()).collect(),
+            };
+            let directory_users = found.into_iter().map(|u| (u.name, u.emails)).collect();
+            (merge(directory_users, statics), Some(record))
+        }
+    };
+    let from_directory: HashSet<String> = directory_sync
+        .iter()
+        .flat_map(|r| r.users.iter().map(|n| n.to_lowercase()))
+        .collect();
+    let without_email = users
+        .iter()
+        .filter(|(name, emails)| emails.is_empty() && from_directory.contains(&name.to_lowercase()))
+        .count();
+    let (selected, excluded) = select_users(users, selection.selection, &selection.names);
+    let excluded_from_directory = excluded
+        .iter()
+        .filter(|e| from_directory.contains(&e.name.to_lowercase()))
+        .count();
+    let directory_sync = directory_sync.map(|record| SyncRecord {
+        without_email: count(without_email),
+        excluded_by_selection: count(excluded_from_directory.saturating_sub(without_email)),
+        ..record
+    });
+    Ok((selected, excluded, directory_sync))
 }
 
 /// The directory's users plus the static ones, sorted by name without regard to case. A

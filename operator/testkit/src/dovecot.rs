@@ -91,6 +91,35 @@ pub struct DovecotOptions {
     /// names may contain `/` (the mail is then stored in Dovecot's index layout, which
     /// keeps names in its index rather than in directory names).
     pub separator: Option<char>,
+    /// Accept only OAuth2 logins, checked by an introspection endpoint.
+    pub oauth2: Option<OAuth2Login>,
+}
+
+/// An OAuth2-only server: logins with SASL XOAUTH2 or OAUTHBEARER (nothing else is
+/// offered, and only after TLS), the token checked by Dovecot's `oauth2` passdb through
+/// `introspection_url` (`POST token=...`, RFC 7662 style, as
+/// [`crate::cloud::Cloud`] serves it).
+///
+/// Which mailboxes a token opens is decided like Exchange Online's mailbox permissions: the
+/// introspection answer names the token's principal (`mailvault_principal`), and a second
+/// passdb lets the login through only if [`Dovecot::grant_oauth2`] granted that principal
+/// the mailbox. (Dovecot 2.3 sends no user name to the introspection endpoint, so the
+/// endpoint itself cannot decide per mailbox.)
+#[derive(Debug, Clone)]
+pub struct OAuth2Login {
+    pub introspection_url: String,
+    /// SASL mechanisms offered, lower case: `xoauth2`, `oauthbearer` or both.
+    pub mechanisms: Vec<String>,
+}
+
+impl OAuth2Login {
+    /// Both mechanisms.
+    pub fn new(introspection_url: &str) -> OAuth2Login {
+        OAuth2Login {
+            introspection_url: introspection_url.to_string(),
+            mechanisms: vec!["xoauth2".into(), "oauthbearer".into()],
+        }
+    }
 }
 
 /// A running private Dovecot; see the module docs. Dropping it stops the
@@ -111,6 +140,7 @@ pub struct Dovecot {
     imaps_port: u16,
     ca_pem: String,
     master_password: String,
+    oauth2: Option<OAuth2Login>,
     /// Unique greeting, so readiness checks cannot mistake another server
     /// that grabbed the port for this one.
     greeting: String,
@@ -182,6 +212,7 @@ impl Dovecot {
             imaps_port: 0,
             ca_pem: String::new(),
             master_password: String::new(),
+            oauth2: opts.oauth2.clone(),
             greeting: format!("mailvault test server {} ready.", random_hex(8)?),
             separator: opts.separator.unwrap_or('/'),
             server: None,
@@ -269,16 +300,42 @@ impl Dovecot {
                 .write(true)
                 .open(&path)?
                 .set_modified(unix_time(stamp))?;
-            let into_second = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .subsec_nanos();
-            thread::sleep(
-                Duration::from_nanos(1_000_000_000 - u64::from(into_second))
-                    + Duration::from_millis(10),
-            );
+            wait_for_next_second();
         }
         Ok(())
+    }
+
+    /// Lets OAuth2 tokens of `principal` (a name from the introspection answer, see
+    /// [`OAuth2Login`]) open `mailbox`: what `Add-MailboxPermission` does in Exchange Online.
+    /// One file per grant, so that a change is seen at once.
+    pub fn grant_oauth2(&self, principal: &str, mailbox: &str) -> io::Result<()> {
+        let mailbox = normalize_user(mailbox)?;
+        let dir = self.grants_dir().join(normalize_user(principal)?);
+        if !dir.is_dir() {
+            fs::create_dir(&dir)?;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+            self.own(&dir)?;
+        }
+        self.write_private(&dir.join(&mailbox), format!("{mailbox}::::::\n").as_bytes())
+    }
+
+    /// Takes a grant of [`Dovecot::grant_oauth2`] back.
+    pub fn revoke_oauth2(&self, principal: &str, mailbox: &str) -> io::Result<()> {
+        let path = self
+            .grants_dir()
+            .join(normalize_user(principal)?)
+            .join(normalize_user(mailbox)?);
+        match fs::remove_file(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            other => other?,
+        }
+        // Dovecot looks at a passwd-file it has open at most once a second.
+        wait_for_next_second();
+        Ok(())
+    }
+
+    fn grants_dir(&self) -> PathBuf {
+        self.dir.join("auth").join("oauth2-grants")
     }
 
     /// Creates a folder (path uses the separator, '/' unless
@@ -472,7 +529,14 @@ impl Dovecot {
         self.own(self.run_dir.path())?;
         fs::set_permissions(self.run_dir.path(), fs::Permissions::from_mode(0o755))?;
         self.own(&self.dir)?;
-        for sub in ["auth", "auth/users", "tls", "home", "state"] {
+        for sub in [
+            "auth",
+            "auth/users",
+            "auth/oauth2-grants",
+            "tls",
+            "home",
+            "state",
+        ] {
             let path = self.dir.join(sub);
             fs::create_dir_all(&path)?;
             fs::set_permissions(&path, fs::Permissions::from_mode(0o700))?;
@@ -554,6 +618,53 @@ impl Dovecot {
 
     fn write_config(&self, auth_failure_delay_ms: u32) -> io::Result<()> {
         let dir = self.dir.display();
+        let (auth, passdbs) = match &self.oauth2 {
+            None => (
+                "disable_plaintext_auth = no\nauth_mechanisms = plain login".to_string(),
+                format!(
+                    "# SASL PLAIN with authzid=<user> and authcid={MASTER_USER} logs in as <user>.
+passdb {{
+  driver = passwd-file
+  args = {dir}/auth/master-users
+  master = yes
+  result_success = continue
+}}
+passdb {{
+  driver = passwd-file
+  args = {dir}/auth/users/%u
+}}"
+                ),
+            ),
+            Some(oauth2) => {
+                self.write_oauth2_config(oauth2)?;
+                (
+                    format!(
+                        "disable_plaintext_auth = yes\nauth_mechanisms = {}",
+                        oauth2.mechanisms.join(" ")
+                    ),
+                    format!(
+                        "# The token must be valid (introspection), and its principal granted the
+# mailbox (a file per grant; a missing one fails the login).
+passdb {{
+  driver = oauth2
+  mechanisms = {mechanisms}
+  args = {dir}/auth/oauth2.conf.ext
+  result_success = continue-ok
+  result_failure = return-fail
+  result_internalfail = return-fail
+}}
+passdb {{
+  driver = passwd-file
+  args = {dir}/auth/oauth2-grants/%{{passdb:mailvault_principal}}/%u
+  result_success = return-ok
+  result_failure = return-fail
+  result_internalfail = return-fail
+}}",
+                        mechanisms = oauth2.mechanisms.join(" "),
+                    ),
+                )
+            }
+        };
         let Account {
             user,
             group,
@@ -588,8 +699,7 @@ first_valid_gid = {gid}
 {layout}
 # Benchmarks open many parallel sessions per user (default limit: 10).
 mail_max_userip_connections = 100
-disable_plaintext_auth = no
-auth_mechanisms = plain login
+{auth}
 auth_failure_delay = {delay} secs
 auth_verbose = yes
 ssl = yes
@@ -623,17 +733,7 @@ namespace inbox {{
   separator = {separator}
 {special_use}}}
 
-# SASL PLAIN with authzid=<user> and authcid={MASTER_USER} logs in as <user>.
-passdb {{
-  driver = passwd-file
-  args = {dir}/auth/master-users
-  master = yes
-  result_success = continue
-}}
-passdb {{
-  driver = passwd-file
-  args = {dir}/auth/users/%u
-}}
+{passdbs}
 userdb {{
   driver = passwd-file
   args = {dir}/auth/users/%u
@@ -652,10 +752,31 @@ userdb {{
             delay = auth_failure_delay_ms.div_ceil(1000),
             imap = self.imap_port,
             imaps = self.imaps_port,
+            auth = auth,
+            passdbs = passdbs,
         );
         let path = self.config_path();
         fs::write(&path, config)?;
         self.own(&path)
+    }
+
+    /// The oauth2 passdb's settings. The user name check is switched off (a constant
+    /// format on both sides): app-only tokens name no user; the grants passdb decides.
+    fn write_oauth2_config(&self, oauth2: &OAuth2Login) -> io::Result<()> {
+        let path = self.dir.join("auth").join("oauth2.conf.ext");
+        let config = format!(
+            "introspection_mode = post
+introspection_url = {url}
+username_attribute = mailvault_principal
+username_format = any
+active_attribute = active
+active_value = true
+pass_attrs = mailvault_principal=%{{oauth2:mailvault_principal}}
+timeout_msecs = 10000
+",
+            url = oauth2.introspection_url,
+        );
+        self.write_private(&path, config.as_bytes())
     }
 
     /// Spawns the master (and its watchdog) and waits until it greets.
@@ -1148,6 +1269,17 @@ fn unique_name(size: usize) -> String {
         "{started}.M{n}P{}.mailvault,S={size},W={size}",
         std::process::id()
     )
+}
+
+/// Sleeps into the next wall-clock second, after which Dovecot sees changed passwd-files.
+fn wait_for_next_second() {
+    let into_second = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    thread::sleep(
+        Duration::from_nanos(1_000_000_000 - u64::from(into_second)) + Duration::from_millis(10),
+    );
 }
 
 fn unix_now() -> i64 {

@@ -234,6 +234,24 @@ admin_token = "{admin_token}"
         })
     }
 
+    /// Bytes of object data Garage keeps on disk: grows as objects are written (not from
+    /// Garage's own bookkeeping, which goes into its metadata), so a test can wait until a
+    /// run is under way instead of guessing how long that takes.
+    pub fn data_bytes(&self) -> u64 {
+        fn below(path: &std::path::Path) -> u64 {
+            std::fs::read_dir(path)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .fold(0, |sum, e| match e.metadata() {
+                    Ok(m) if m.is_dir() => sum + below(&e.path()),
+                    Ok(m) => sum + m.len(),
+                    Err(_) => sum,
+                })
+        }
+        below(&self.dir.path().join("data"))
+    }
+
     /// Kills the server (as a crash would: no shutdown); its data stays for [`restart`].
     ///
     /// [`restart`]: Garage::restart

@@ -1,13 +1,16 @@
 //! A TCP proxy in front of a test server that misbehaves on cue: for the connections of
 //! one user, once a message download has started, it stops answering (the server hangs)
 //! or drops the connection (the server goes away). Other connections pass untouched, so a
-//! test can show that one broken mailbox does not stop the others.
+//! test can show that one broken mailbox does not stop the others. Or, for every connection,
+//! it passes the server's bytes at a set rate only: a slow link that makes a run last as long
+//! as a test needs (a token outliving), whatever the speed of the machine.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
 /// What happens to a targeted connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,10 +31,29 @@ impl Proxy {
     /// client sends `user` (as in `LOGIN user ...`) meet `fault` once they send a
     /// `BODY.PEEK[]` fetch and `after_bytes` more bytes of the answer have passed.
     pub fn start(target: u16, user: &str, fault: Fault, after_bytes: usize) -> io::Result<Proxy> {
+        let user = user.as_bytes().to_vec();
+        Proxy::listen(target, move |client, server| {
+            relay(client, server, user.clone(), fault, after_bytes)
+        })
+    }
+
+    /// Listens on a free loopback port and forwards to `127.0.0.1:target`, passing what the
+    /// server sends at `bytes_per_second` at most on each connection (what the client sends
+    /// passes freely). It works below TLS, on any protocol.
+    pub fn throttled(target: u16, bytes_per_second: usize) -> io::Result<Proxy> {
+        Proxy::listen(target, move |client, server| {
+            throttle(client, server, bytes_per_second)
+        })
+    }
+
+    /// Accepts connections until dropped, handing each, with one to the target, to `relay`.
+    fn listen(
+        target: u16,
+        relay: impl Fn(TcpStream, TcpStream) + Send + 'static,
+    ) -> io::Result<Proxy> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let port = listener.local_addr()?.port();
         let stop = Arc::new(AtomicBool::new(false));
-        let user = user.as_bytes().to_vec();
         let stopping = stop.clone();
         thread::spawn(move || {
             for client in listener.incoming() {
@@ -42,7 +64,7 @@ impl Proxy {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
                     continue;
                 };
-                relay(client, server, user.clone(), fault, after_bytes);
+                relay(client, server);
             }
         });
         Ok(Proxy { port, stop })
@@ -122,6 +144,30 @@ fn relay(client: TcpStream, server: TcpStream, user: Vec<u8>, fault: Fault, afte
             if client_write.write_all(&buf[..n]).is_err() {
                 break;
             }
+        }
+        let _ = client_write.shutdown(Shutdown::Write);
+    });
+}
+
+fn throttle(client: TcpStream, server: TcpStream, bytes_per_second: usize) {
+    let (mut client_read, mut server_write) = (
+        client.try_clone().expect("clone"),
+        server.try_clone().expect("clone"),
+    );
+    thread::spawn(move || {
+        let _ = io::copy(&mut client_read, &mut server_write);
+        let _ = server_write.shutdown(Shutdown::Write);
+    });
+    let (mut server_read, mut client_write) = (server, client);
+    thread::spawn(move || {
+        // Small chunks, each followed by its share of a second: a smooth rate.
+        let chunk = (bytes_per_second / 20).max(1);
+        let mut buf = vec![0u8; chunk];
+        while let Ok(n) = server_read.read(&mut buf) {
+            if n == 0 || client_write.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            thread::sleep(Duration::from_secs_f64(n as f64 / bytes_per_second as f64));
         }
         let _ = client_write.shutdown(Shutdown::Write);
     });

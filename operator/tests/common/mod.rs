@@ -149,6 +149,29 @@ stringData:
     )
 }
 
+/// A profile and an OAuth2 MailboxSet: `oauth2` is the YAML of `spec.oauth2` (indented
+/// by four spaces), `secret` the `stringData` of its credentials Secret `app` (indented by
+/// two).
+pub fn oauth2_yaml(dovecot: &Dovecot, oauth2: &str, secret: &str) -> String {
+    format!(
+        "{}---
+apiVersion: mailvault.io/v1alpha1
+kind: MailboxSet
+metadata:
+  name: users
+spec:
+  oauth2:
+{oauth2}---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: app
+stringData:
+{secret}",
+        profile_yaml(dovecot, Connection::Tls, "")
+    )
+}
+
 /// A profile and a CSV MailboxSet with the given CSV text.
 pub fn csv_yaml(dovecot: &Dovecot, connection: Connection, csv: &str, extra_spec: &str) -> String {
     let indented: String = csv.lines().map(|l| format!("    {l}\n")).collect();

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use kube::ResourceExt;
 
-use super::decide::Start;
+use super::decide::{missing_set, Start};
 use crate::operator::context::{Context, Error};
 use crate::operator::mailboxset::{self, Outcome};
 use crate::operator::{history, job};
@@ -51,13 +51,14 @@ fn refused(e: &kube::Error) -> Option<&kube::core::Status> {
 pub async fn start_run(
     ctx: &Context,
     profile: &ArchiveProfile,
+    set: Option<&MailboxSet>,
     namespace: &str,
     run: &str,
     existing: &[&ObjectMeta],
     now: &str,
 ) -> Result<Start, Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let (sizes, parts) = match job::complete_plan(run, profile.metadata.generation, existing) {
+    let shape = match job::complete_plan(run, profile.metadata.generation, existing) {
         Some(plan) => {
             tracing::info!(profile = %profile.name_any(), run, "using the plan of an earlier attempt");
             plan
@@ -68,15 +69,15 @@ pub async fn start_run(
                 let name = m.name.clone().unwrap_or_default();
                 delete_ignoring_absent(&secrets, &name, &DeleteParams::default()).await?;
             }
-            match make_plan(ctx, profile, namespace, run).await? {
+            match make_plan(ctx, profile, set, namespace, run).await? {
                 Ok(plan) => plan,
                 Err(start) => return Ok(start),
             }
         }
     };
-    let count = sizes.iter().sum::<u64>();
+    let count = shape.sizes.iter().sum::<u64>();
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
-    let new = job::build(profile, run, &sizes, parts, &ctx.worker_image);
+    let new = job::build(profile, run, &shape, &ctx.worker_image);
     match jobs.create(&PostParams::default(), &new).await {
         Ok(_) => {}
         // Another replica (or this one, before a restart) created it: adopt it.
@@ -88,7 +89,7 @@ pub async fn start_run(
             let message = format!("the API server refused the run's Job: {}", api_message(e));
             tracing::warn!(profile = %profile.name_any(), run, %message);
             // The run is over before it began: its plan (and passwords) go now.
-            for part in 0..parts {
+            for part in 0..shape.parts {
                 let name = job::plan_secret_name(run, part);
                 delete_ignoring_absent(&secrets, &name, &DeleteParams::default()).await?;
             }
@@ -97,35 +98,43 @@ pub async fn start_run(
             return Ok(Start::failed(message, stalled));
         }
     }
-    tracing::info!(profile = %profile.name_any(), run, mailboxes = count, shards = sizes.len(), started = now, "run started");
+    tracing::info!(profile = %profile.name_any(), run, mailboxes = count, shards = shape.sizes.len(), started = now, "run started");
     Ok(Start::Started(history::active_run(
         run,
         Some(now.to_string()),
-        &sizes,
+        &shape.sizes,
         "",
         "",
     )))
 }
 
 /// Resolves the profile's MailboxSet (recording the sync on it) and creates the run's plan
-/// Secrets; returns the shard sizes and the number of plan Secrets, or why the run cannot
+/// Secrets; returns the plan's shape (shard sizes, plan Secrets), or why the run cannot
 /// start.
 async fn make_plan(
     ctx: &Context,
     profile: &ArchiveProfile,
+    set: Option<&MailboxSet>,
     namespace: &str,
     run: &str,
-) -> Result<Result<(Vec<u64>, usize), Start>, Error> {
-    let (bundle, set, mailboxes) = match resolve_set(ctx, profile, namespace).await? {
+) -> Result<Result<job::PlanShape, Start>, Error> {
+    let (bundle, set, mailboxes) = match resolve_set(ctx, profile, set, namespace).await? {
         Ok(resolved) => resolved,
         Err(start) => return Ok(Err(start)),
     };
     let started = std::time::Instant::now();
     let count = mailboxes.len();
     let (plan, shards) = job::run_plan(profile, run, &bundle, &set, mailboxes);
-    let sizes: Vec<u64> = shards.iter().map(|s| s.len() as u64).collect();
+    let mut shape = job::PlanShape {
+        sizes: shards.iter().map(|s| s.len() as u64).collect(),
+        parts: 0,
+        oauth2_secret: plan
+            .oauth2
+            .as_ref()
+            .map(|o| o.credentials_secret_ref.name.clone()),
+    };
     let files = crate::runplan::plan_files(&plan, shards);
-    let plan_secrets = match job::plan_secrets(profile, run, &sizes, files) {
+    let plan_secrets = match job::plan_secrets(profile, run, &shape, files) {
         Ok(secrets) => secrets,
         Err(message) => {
             return Ok(Err(Start::failed(
@@ -134,7 +143,7 @@ async fn make_plan(
             )))
         }
     };
-    let parts = plan_secrets.len();
+    shape.parts = plan_secrets.len();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     for secret in &plan_secrets {
         match secrets.create(&PostParams::default(), secret).await {
@@ -159,26 +168,25 @@ async fn make_plan(
         profile = %profile.name_any(),
         run,
         mailboxes = count,
-        secrets = parts,
+        secrets = shape.parts,
         millis = started.elapsed().as_millis() as u64,
         "made the run plan"
     );
-    Ok(Ok((sizes, parts)))
+    Ok(Ok(shape))
 }
 
-/// Reads the profile's MailboxSet and the Secrets it needs, and resolves it, recording the
-/// outcome on the set; returns them and the mailboxes, or why the run cannot start (yet).
+/// Reads the Secrets the profile's MailboxSet (`set`, as observed) needs, and resolves it,
+/// recording the outcome on the set; returns them and the mailboxes, or why the run cannot
+/// start (yet).
 async fn resolve_set(
     ctx: &Context,
     profile: &ArchiveProfile,
+    set: Option<&MailboxSet>,
     namespace: &str,
 ) -> Result<Result<(Bundle, MailboxSet, Vec<Mailbox>), Start>, Error> {
     let set_name = &profile.spec.mailbox_set_ref.name;
-    let sets: Api<MailboxSet> = Api::namespaced(ctx.client.clone(), namespace);
-    let Some(set) = sets.get_opt(set_name).await? else {
-        return Ok(Err(Start::Waiting(format!(
-            "MailboxSet {namespace}/{set_name} does not exist"
-        ))));
+    let Some(set) = set.cloned() else {
+        return Ok(Err(Start::Waiting(missing_set(namespace, set_name))));
     };
     let started = std::time::Instant::now();
     let bundle = mailboxset::load_bundle(ctx, namespace, &set, Some(profile)).await?;

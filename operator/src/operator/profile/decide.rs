@@ -205,6 +205,11 @@ pub fn decide(world: &World) -> Decided {
     decided
 }
 
+/// What a profile whose MailboxSet `name` is not in `namespace` waits for.
+pub fn missing_set(namespace: &str, name: &str) -> String {
+    format!("MailboxSet {namespace}/{name} does not exist")
+}
+
 /// Records the runs that finished and are not recorded yet, oldest first; and fails a run
 /// none of whose pods could run for too long, so that the next one can start. Returns the
 /// recorded runs and their events.
@@ -473,12 +478,18 @@ pub fn conclude(world: &World, decided: Decided) -> Concluded {
         _ => stalled,
     };
     let schedule = schedule.unwrap_or_default();
+    // A set that is not there is shown at once, not only when a run is due and waits.
+    let set_absent = world.mailbox_set.is_none().then(|| {
+        let namespace = profile.namespace().unwrap_or_default();
+        let set = &profile.spec.mailbox_set_ref.name;
+        format!("{}; runs wait for it", missing_set(&namespace, set))
+    });
     set_conditions(
         &mut status,
         world,
         schedule.as_ref(),
         not_durable.as_deref(),
-        waiting.as_deref(),
+        waiting.as_deref().or(set_absent.as_deref()),
         stalled.or(stalled_before),
     );
     let requeue = requeue(&status, world, waiting.is_some());
@@ -1067,6 +1078,14 @@ mod tests {
                 .into_iter()
                 .map(|m| serde_json::from_value(m).unwrap())
                 .collect(),
+            mailbox_set: Some(
+                serde_json::from_value(serde_json::json!({
+                    "apiVersion": API_VERSION, "kind": "MailboxSet",
+                    "metadata": {"name": "staff", "namespace": "mail"},
+                    "spec": {"csv": {"secretRef": {"name": "list"}}},
+                }))
+                .unwrap(),
+            ),
         }
     }
 
@@ -1257,6 +1276,41 @@ mod tests {
         );
         assert_eq!(concluded.requeue, WAITING_RECHECK);
         assert_eq!(concluded.events[0].reason, "RunWaiting");
+    }
+
+    #[test]
+    fn a_missing_set_shows_on_ready_before_any_run_is_due() {
+        let p = profile(
+            durable(serde_json::json!({})),
+            serde_json::json!({"lastScheduleTime": "2025-01-07T02:00:00Z"}),
+        );
+        let mut w = world(p, "2025-01-07T10:00:00Z", vec![], vec![], vec![]);
+        let ready = |w: &World| {
+            let decided = decide(w);
+            assert_eq!(decided.start, None, "nothing is due");
+            let concluded = conclude(w, decided);
+            let c = conditions::get(&concluded.status.conditions, READY).unwrap();
+            (
+                c.status.clone(),
+                c.reason.clone(),
+                c.message.clone(),
+                concluded.requeue,
+            )
+        };
+        let (status, reason, _, requeue) = ready(&w);
+        assert_eq!((status.as_str(), reason.as_str()), ("True", "Reconciled"));
+        w.mailbox_set = None;
+        let (status, reason, message, requeue_missing) = ready(&w);
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "ReferenceMissing")
+        );
+        assert_eq!(
+            message,
+            "MailboxSet mail/staff does not exist; runs wait for it"
+        );
+        // No run waits: the set's watch wakes the profile, no quick polling.
+        assert_eq!(requeue_missing, requeue);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The ArchiveProfile controller. Each reconcile reads the world ([`observe`]: the profile's
-//! Jobs, their pods, its plan Secrets), decides ([`decide`], pure: records runs that
+//! Jobs, their pods, its plan Secrets, its MailboxSet), decides ([`decide`], pure: records runs that
 //! finished, tracks the active one, sees whether the schedule or a manual trigger starts a
 //! run), acts ([`act`]: starts the run, stops a stuck one, deletes old Jobs and plan
 //! Secrets) and writes the status, its one writer. The scheduling state (last slot, last
@@ -84,7 +84,8 @@ pub async fn reconcile(profile: Arc<ArchiveProfile>, ctx: Arc<Context>) -> Resul
             .filter(|m| decide::run_of(m) == Some(run.as_str()))
             .collect();
         let now = crate::time::rfc3339(world.now);
-        let start = act::start_run(&ctx, &profile, &namespace, &run, &existing, &now).await?;
+        let set = world.mailbox_set.as_ref();
+        let start = act::start_run(&ctx, &profile, set, &namespace, &run, &existing, &now).await?;
         decided.outcome = Some((run, start));
     }
     let concluded = decide::conclude(&world, decided);

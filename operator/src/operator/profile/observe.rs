@@ -1,6 +1,6 @@
 //! What a reconcile of an ArchiveProfile reads: the profile's Jobs, the pods of the runs
-//! that are to be recorded (their termination messages are the shards' summaries), and the
-//! plan Secrets the profile owns. Nothing here decides or writes.
+//! that are to be recorded (their termination messages are the shards' summaries), the
+//! plan Secrets the profile owns, and its MailboxSet. Nothing here decides or writes.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use super::decide::{may_be_stuck, recorded};
 use super::PENDING_DEADLINE;
 use crate::operator::context::{Context, Error};
 use crate::operator::job;
-use crate::resources::ArchiveProfile;
+use crate::resources::{ArchiveProfile, MailboxSet};
 
 /// The world as one reconcile of a profile sees it: plain data for [`super::decide`].
 pub struct World {
@@ -28,6 +28,10 @@ pub struct World {
     pub pods: BTreeMap<String, Vec<Pod>>,
     /// The plan Secrets the profile owns (metadata only).
     pub plan_secrets: Vec<ObjectMeta>,
+    /// The MailboxSet `spec.mailboxSetRef` names, if it exists: read on every reconcile,
+    /// so that a profile naming a set that is not there says so at once, not only when a
+    /// run is due.
+    pub mailbox_set: Option<MailboxSet>,
 }
 
 impl World {
@@ -57,6 +61,7 @@ pub async fn observe(
         jobs: Vec::new(),
         pods: BTreeMap::new(),
         plan_secrets: Vec::new(),
+        mailbox_set: None,
     };
     let mut jobs = jobs_api
         .list(&ListParams::default().labels(&format!("{}={name}", job::LABEL_PROFILE)))
@@ -92,6 +97,8 @@ pub async fn observe(
         .map(|s| s.metadata)
         .filter(|m| owned_by(m, profile))
         .collect();
+    let sets: Api<MailboxSet> = Api::namespaced(ctx.client.clone(), namespace);
+    world.mailbox_set = sets.get_opt(&profile.spec.mailbox_set_ref.name).await?;
     Ok(world)
 }
 
