@@ -8,7 +8,7 @@
 //! ```
 //!
 //! `MAILVAULT_BENCH_SECTIONS` picks sections (`first`, `rerun`, `scaling`, `memory`, `s3`,
-//! `deletion`; all by default). `MAILVAULT_BENCH_BASELINE` names another `mailvault` binary
+//! `deletion`, `packs`; all by default). `MAILVAULT_BENCH_BASELINE` names another `mailvault` binary
 //! (an earlier build) that the first-archive, re-run and deletion sections measure in turns
 //! with this one, so that a change is compared under the same load rather than against
 //! figures of another day.
@@ -96,7 +96,9 @@ struct Sections {
 }
 
 impl Sections {
-    const ALL: [&'static str; 6] = ["first", "rerun", "scaling", "memory", "s3", "deletion"];
+    const ALL: [&'static str; 7] = [
+        "first", "rerun", "scaling", "memory", "s3", "deletion", "packs",
+    ];
 
     fn from_env() -> Result<Sections, String> {
         let names: Vec<String> = match std::env::var("MAILVAULT_BENCH_SECTIONS") {
@@ -179,6 +181,9 @@ fn bench(reps: usize, sections: &Sections) -> io::Result<()> {
     if sections.has("deletion") {
         deletion(&work, &dovecot, reps, &mut report)?;
     }
+    if sections.has("packs") {
+        report.packs = Some(packs(&work, &dovecot, reps)?);
+    }
     report.load_after = load_average();
     print!("{}", report.render(reps, &seeded));
     Ok(())
@@ -205,7 +210,10 @@ fn seed(dovecot: &Dovecot, sections: &Sections) -> io::Result<Seeded> {
         many_bytes: 0,
         memory_bytes: 0,
     };
-    if ["first", "rerun", "s3"].iter().any(|s| sections.has(s)) {
+    if ["first", "rerun", "s3", "packs"]
+        .iter()
+        .any(|s| sections.has(s))
+    {
         seeded.big_bytes = deliver(BIG_USER, mail::mailbox(1, BIG_USER, BIG_MESSAGES))?;
     }
     if sections.has("scaling") {
@@ -466,22 +474,33 @@ fn peak_memory(work: &Work, dovecot: &Dovecot, reps: usize, report: &mut Report)
     Ok(())
 }
 
+/// A private Garage, its credentials in the environment: the child processes inherit
+/// them, as a user's shell would pass them.
+fn start_garage() -> io::Result<Garage> {
+    let garage = Garage::start().map_err(|e| io::Error::other(e.to_string()))?;
+    std::env::set_var("AWS_ACCESS_KEY_ID", garage.access_key_id());
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", garage.secret_access_key());
+    Ok(garage)
+}
+
+/// The command-line flags that reach `garage`.
+fn s3_flags(garage: &Garage) -> [String; 5] {
+    [
+        "--s3-endpoint".into(),
+        garage.endpoint(),
+        "--s3-region".into(),
+        garage.region().into(),
+        "--s3-path-style".into(),
+    ]
+}
+
 /// Section 5: the 5,000-message mailbox into a private S3 server (Garage on loopback), a
 /// first archive and a re-run with nothing new, each into a fresh prefix.
 fn s3_store(work: &Work, dovecot: &Dovecot, reps: usize) -> io::Result<Vec<Row>> {
-    let garage = Garage::start().map_err(|e| io::Error::other(e.to_string()))?;
-    // The child processes inherit the credentials, as a user's shell would pass them.
-    std::env::set_var("AWS_ACCESS_KEY_ID", garage.access_key_id());
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", garage.secret_access_key());
+    let garage = start_garage()?;
     let input = work.mailvault_input(dovecot, &[BIG_USER], 4, "")?;
-    let endpoint = garage.endpoint();
-    let extra: [&OsStr; 5] = [
-        "--s3-endpoint".as_ref(),
-        endpoint.as_ref(),
-        "--s3-region".as_ref(),
-        garage.region().as_ref(),
-        "--s3-path-style".as_ref(),
-    ];
+    let flags = s3_flags(&garage);
+    let extra: Vec<&OsStr> = flags.iter().map(|f| f.as_ref()).collect();
     let (mut first, mut rerun) = (Vec::new(), Vec::new());
     for rep in 1..=reps {
         let url = format!("s3://{}/rep-{rep}", garage.bucket());
@@ -501,6 +520,120 @@ fn s3_store(work: &Work, dovecot: &Dovecot, reps: usize) -> io::Result<Vec<Row>>
         Row::new("mailvault run, first archive", first),
         Row::new("mailvault run, nothing new", rerun),
     ])
+}
+
+/// What section 7 measured besides times.
+struct PackFigures {
+    rows: Vec<Row>,
+    /// Objects (files) the first local archive left, tmp/ aside.
+    objects: u64,
+    /// Their bytes, and the bytes of the packs alone.
+    stored_bytes: u64,
+    pack_bytes: u64,
+}
+
+/// Section 7: the pack store (issue 14), all in one run, contenders in turns: the first
+/// archive of the big mailbox into a local directory, into S3 (Garage on this machine),
+/// and into a local directory encrypted; the re-run with nothing new; the export of the
+/// local archive. Counts the objects and bytes the local archive took.
+fn packs(work: &Work, dovecot: &Dovecot, reps: usize) -> io::Result<PackFigures> {
+    let garage = start_garage()?;
+    let input = work.mailvault_input(dovecot, &[BIG_USER], 4, "")?;
+    let flags = s3_flags(&garage);
+    let s3_args: Vec<&OsStr> = flags.iter().map(|f| f.as_ref()).collect();
+    let key_file = work.fresh("keys")?.join("keys.txt");
+    fs::write(&key_file, format!("bench: {}\n", "5a".repeat(32)))?;
+    let key_args: [&OsStr; 2] = ["--encryption-key-file".as_ref(), key_file.as_os_str()];
+    let mut times: [Vec<Measured>; 5] = Default::default();
+    let mut figures = (0, 0, 0);
+    for rep in 1..=reps {
+        let local = work.fresh("packs-local")?;
+        let run = work.mailvault_run(&work.mailvault, &input, &local)?;
+        run.expect_archived(BIG_MESSAGES, 0)?;
+        times[0].push(run.measured);
+        let url = format!("s3://{}/packs-{rep}", garage.bucket());
+        let run = work.mailvault_run_on(&work.mailvault, &input, url.as_ref(), &s3_args)?;
+        run.expect_archived(BIG_MESSAGES, 0)?;
+        times[1].push(run.measured);
+        let sealed = work.fresh("packs-sealed")?;
+        let run = work.mailvault_run_on(&work.mailvault, &input, sealed.as_os_str(), &key_args)?;
+        run.expect_archived(BIG_MESSAGES, 0)?;
+        times[2].push(run.measured);
+        figures = store_figures(&local)?;
+        let run = work.mailvault_run(&work.mailvault, &input, &local)?;
+        run.expect_archived(0, BIG_MESSAGES)?;
+        times[3].push(run.measured);
+        let out = work.fresh("packs-export")?;
+        let args: [&OsStr; 7] = [
+            "export".as_ref(),
+            "--store".as_ref(),
+            local.as_os_str(),
+            "--user".as_ref(),
+            BIG_USER.as_ref(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ];
+        times[4].push(work.measure("export", &work.mailvault, &args, Stdio::null())?);
+        expect_maildir_files(&out, BIG_MESSAGES)?;
+        progress(&format!(
+            "packs {rep}/{reps}: local {}, S3 {}, encrypted {}, nothing new {}, export {}",
+            secs(times[0][rep - 1].wall),
+            secs(times[1][rep - 1].wall),
+            secs(times[2][rep - 1].wall),
+            secs(times[3][rep - 1].wall),
+            secs(times[4][rep - 1].wall)
+        ));
+    }
+    let [local, s3, sealed, noop, export] = times;
+    Ok(PackFigures {
+        rows: vec![
+            Row::new("first archive, local directory", local),
+            Row::new("first archive, S3", s3),
+            Row::new("first archive, local, encrypted", sealed),
+            Row::new("re-run with nothing new, local", noop),
+            Row::new("export of the local archive", export),
+        ],
+        objects: figures.0,
+        stored_bytes: figures.1,
+        pack_bytes: figures.2,
+    })
+}
+
+/// Objects, bytes and pack bytes of a local archive (its tmp/ aside).
+fn store_figures(store: &Path) -> io::Result<(u64, u64, u64)> {
+    let (mut objects, mut bytes, mut packs) = (0, 0, 0);
+    let mut stack = vec![store.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                if path != store.join("tmp") {
+                    stack.push(path);
+                }
+                continue;
+            }
+            let len = entry.metadata()?.len();
+            objects += 1;
+            bytes += len;
+            if path.starts_with(store.join("packs/data")) {
+                packs += len;
+            }
+        }
+    }
+    Ok((objects, bytes, packs))
+}
+
+/// Fails unless `dir` holds `expected` files below it (an export of every message).
+fn expect_maildir_files(dir: &Path, expected: u64) -> io::Result<()> {
+    let (files, _, _) = store_figures(dir)?;
+    if files == expected {
+        return Ok(());
+    }
+    Err(io::Error::other(format!(
+        "{}: {files} files, expected {expected}",
+        dir.display()
+    )))
 }
 
 /// Section 6: the deletion pass. A mailbox archived by an untimed run, then a timed run
@@ -1203,6 +1336,7 @@ struct Report {
     memory: Vec<Row>,
     s3: Vec<Row>,
     deletion: Vec<Row>,
+    packs: Option<PackFigures>,
 }
 
 impl Report {
@@ -1331,6 +1465,32 @@ impl Report {
             }
         }
 
+        if let Some(packs) = &self.packs {
+            w(format!(
+                "\n7. Pack store: {BIG_MESSAGES} messages, {:.1} MB",
+                mb(seeded.big_bytes)
+            ));
+            w(header(&format!(" {:>8} {:>9}", "MB/s", "/ local")));
+            let local = packs.rows[0].median();
+            for row in &packs.rows {
+                let t = row.median();
+                w(format!(
+                    "{} {:>8.1} {:>9.2}",
+                    timing(row),
+                    mb(seeded.big_bytes) / t,
+                    t / local
+                ));
+            }
+            w(format!(
+                "   objects per 1,000 messages: {:.1} ({} objects); stored / raw bytes: {:.3} \
+                 (packs alone {:.3})",
+                packs.objects as f64 * 1000.0 / BIG_MESSAGES as f64,
+                packs.objects,
+                packs.stored_bytes as f64 / seeded.big_bytes as f64,
+                packs.pack_bytes as f64 / seeded.big_bytes as f64
+            ));
+        }
+
         w("\nTargets".into());
         let check = |ok: bool| if ok { "met" } else { "NOT met" };
         if !self.first.is_empty() {
@@ -1363,6 +1523,19 @@ impl Report {
                 "   (3) maxParallelJobs 4 ≥ 1.6 × faster than 1: {:.2} ×: {}",
                 one / four,
                 check(one / four >= 1.6)
+            ));
+        }
+        if let Some(packs) = &self.packs {
+            let t = |i: usize| packs.rows[i].median();
+            let per_thousand = packs.objects as f64 * 1000.0 / BIG_MESSAGES as f64;
+            w(format!(
+                "   (14) S3 ≤ 1.5 × local: {:.2} ×: {}; encrypted ≤ 1.2 × plain: {:.2} ×: {}; \
+                 ≤ 20 objects per 1,000 messages: {per_thousand:.1}: {}",
+                t(1) / t(0),
+                check(t(1) <= 1.5 * t(0)),
+                t(2) / t(0),
+                check(t(2) <= 1.2 * t(0)),
+                check(per_thousand <= 20.0)
             ));
         }
         if !self.memory.is_empty() {

@@ -383,7 +383,10 @@ async fn migrate_moves_messages_of_earlier_versions_into_packs() {
              5 messages moved into packs (0 were there already), 1 damaged left in place\n"
         )
     );
-    assert_eq!(objects.list("messages/").await.unwrap(), std::slice::from_ref(&damaged));
+    assert_eq!(
+        objects.list("messages/").await.unwrap(),
+        std::slice::from_ref(&damaged)
+    );
     assert!(!objects.list("packs/data/").await.unwrap().is_empty());
 
     // Stopped before it deleted an object: the next run packs nothing twice.
