@@ -799,7 +799,8 @@ mod tests {
             "encryption": {"keySecretRef": {"name": "archive-keys", "key": "keys.txt"}}
         }))
         .unwrap();
-        let v = serde_json::to_value(build(&p, "nightly-1", &[1], 1, "mailvault:1")).unwrap();
+        let v = serde_json::to_value(build(&p, "nightly-1", &PlanShape::of(&[1]), "mailvault:1"))
+            .unwrap();
         let pod = &v["spec"]["template"]["spec"];
         let volume = pod["volumes"]
             .as_array()
@@ -823,8 +824,13 @@ mod tests {
         assert_eq!(mount["mountPath"], STORE_KEYS_DIR);
         assert_eq!(mount["readOnly"], true);
         assert!(!container["env"].to_string().contains("archive-keys"));
-        let v =
-            serde_json::to_value(build(&profile(), "nightly-1", &[1], 1, "mailvault:1")).unwrap();
+        let v = serde_json::to_value(build(
+            &profile(),
+            "nightly-1",
+            &PlanShape::of(&[1]),
+            "mailvault:1",
+        ))
+        .unwrap();
         assert!(!v.to_string().contains("store-keys"));
     }
 
