@@ -20,7 +20,8 @@ use super::conditions::{self, DIRECTORY_SYNCED, READY, STALLED};
 use super::context::{Context, Error};
 use super::status;
 use crate::resources::{
-    self, ArchiveProfile, Bundle, Located, MailboxSet, MailboxSetStatus, SecretObject, SyncStatus,
+    self, ArchiveProfile, Bundle, FieldError, Located, MailboxSet, MailboxSetStatus, SecretObject,
+    SyncStatus,
 };
 use crate::sources::{self, directory, Mode, Resolved, SourceError};
 use crate::time::rfc3339;
@@ -170,7 +171,17 @@ pub fn cluster_message(message: &str) -> String {
     message
         .strip_prefix(":0: ")
         .unwrap_or(message)
+        .replace(" (:0)", "")
         .replace("is not in the given files", "does not exist")
+}
+
+/// Field errors as one status message: `field: message; ...`.
+pub fn field_messages(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(|e| cluster_message(&format!("{}: {}", e.field, e.message)))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn located<T>(object: T) -> Located<T> {
@@ -283,12 +294,7 @@ pub async fn resolve(
         None => resources::validate_mailbox_set(bundle, &bundle.mailbox_sets[0]),
     };
     if !field_errors.is_empty() {
-        let message = field_errors
-            .iter()
-            .map(|e| cluster_message(&format!("{}: {}", e.field, e.message)))
-            .collect::<Vec<_>>()
-            .join("; ");
-        return (Outcome::Invalid(message), None);
+        return (Outcome::Invalid(field_messages(&field_errors)), None);
     }
     let last = set.status.as_ref().and_then(|s| s.last_sync.as_ref());
     let previous = last.and_then(SyncStatus::to_record);
@@ -684,6 +690,12 @@ mod tests {
         assert_eq!(
             cluster_message(":0: MailboxSet mail/x: Secret mail/s is not in the given files"),
             "MailboxSet mail/x: Secret mail/s does not exist"
+        );
+        assert_eq!(
+            cluster_message(
+                "spec.store.encryption.keySecretRef.key: Secret mail/k (:0) has no key \"k\""
+            ),
+            "spec.store.encryption.keySecretRef.key: Secret mail/k has no key \"k\""
         );
     }
 }

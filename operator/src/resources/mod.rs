@@ -16,7 +16,7 @@ pub use directory::{
 #[cfg(test)]
 pub use directory::{is_valid_ldap_filter, ldap_spec_for_tests};
 pub use load::{load_paths, namespace_of, Bundle, LoadError, Located, SecretObject};
-pub use validate::{validate_mailbox_set, validate_profile, FieldError};
+pub use validate::{validate_mailbox_set, validate_profile, validate_profile_alone, FieldError};
 
 use std::collections::BTreeMap;
 

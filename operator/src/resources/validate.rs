@@ -6,7 +6,7 @@ use std::fmt;
 
 use super::load::{namespace_of, Bundle, Located};
 use super::{
-    ArchiveProfile, LdapSpec, MailboxSet, OAuth2Provider, S3StoreSpec, Security,
+    ArchiveProfile, LdapSpec, MailboxSet, OAuth2Provider, S3StoreSpec, SecretKeyRef, Security,
     ServerSideEncryption, StaticUser, StoreSpec,
 };
 
@@ -65,6 +65,28 @@ impl<'a, T: kube::Resource<DynamicType = ()>> Report<'a, T> {
         });
     }
 
+    /// Checks that the Secret `secret` (at `field`) names exists and holds its key; a
+    /// missing key is reported at `<field>.key`, since that is the field to correct.
+    fn secret_key_ref(&mut self, bundle: &Bundle, field: &str, secret: &SecretKeyRef) {
+        let namespace = namespace_of(self.located.object.meta()).to_string();
+        let name = &secret.name;
+        match bundle.secret(&namespace, name) {
+            None => self.error(
+                format!("{field}.name"),
+                format!("Secret {namespace}/{name} is not in the given files"),
+            ),
+            Some(found) if !found.object.data.contains_key(&secret.key) => self.error(
+                format!("{field}.key"),
+                format!(
+                    "Secret {namespace}/{name} ({}) has no key {:?}",
+                    found.place(),
+                    secret.key
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
+
     /// Checks that `name` is a Secret in the object's namespace holding every key in `keys`.
     fn secret_keys(&mut self, bundle: &Bundle, field: &str, name: &str, keys: &[&str]) {
         let namespace = namespace_of(self.located.object.meta()).to_string();
@@ -92,6 +114,21 @@ impl<'a, T: kube::Resource<DynamicType = ()>> Report<'a, T> {
 
 /// Validates a profile together with the MailboxSet and Secrets it references.
 pub fn validate_profile(bundle: &Bundle, located: &Located<ArchiveProfile>) -> Vec<FieldError> {
+    let mut errors = validate_profile_alone(bundle, located);
+    let spec = &located.object.spec;
+    let namespace = namespace_of(&located.object.metadata);
+    if let Some(set) = bundle.mailbox_set(namespace, &spec.mailbox_set_ref.name) {
+        errors.extend(validate_mailbox_set(bundle, set));
+    }
+    errors
+}
+
+/// The errors of [`validate_profile`] that are the profile's own, not its MailboxSet's:
+/// the operator shows these on the profile alone.
+pub fn validate_profile_alone(
+    bundle: &Bundle,
+    located: &Located<ArchiveProfile>,
+) -> Vec<FieldError> {
     let mut report = Report::new(located);
     let spec = &located.object.spec;
     if spec.server.host.trim().is_empty() {
@@ -184,7 +221,6 @@ pub fn validate_profile(bundle: &Bundle, located: &Located<ArchiveProfile>) -> V
                     ),
                 });
             }
-            errors.extend(validate_mailbox_set(bundle, set))
         }
     }
     errors
@@ -208,12 +244,7 @@ fn validate_store(bundle: &Bundle, report: &mut Report<'_, ArchiveProfile>, stor
         if secret.key.trim().is_empty() {
             report.error(format!("{field}.key"), "must not be empty");
         } else {
-            report.secret_keys(
-                bundle,
-                &format!("{field}.name"),
-                &secret.name,
-                &[&secret.key],
-            );
+            report.secret_key_ref(bundle, field, secret);
         }
     }
 }
@@ -644,18 +675,47 @@ stringData:
         };
         assert_eq!(store_errors(&store("s3-keys", "accessKeyId")), []);
         let errors = store_errors(&store("s3-keys", "keys.txt"));
-        assert_eq!(errors[0].0, "spec.store.encryption.keySecretRef.name");
+        assert_eq!(errors[0].0, "spec.store.encryption.keySecretRef.key");
         assert!(
             errors[0].1.contains("has no key \"keys.txt\""),
             "{errors:?}"
         );
         let errors = store_errors(&store("nowhere", "keys.txt"));
+        assert_eq!(errors[0].0, "spec.store.encryption.keySecretRef.name");
         assert!(
             errors[0].1.contains("is not in the given files"),
             "{errors:?}"
         );
         let errors = store_errors(&store("s3-keys", " "));
         assert_eq!(errors[0].0, "spec.store.encryption.keySecretRef.key");
+    }
+
+    #[test]
+    fn the_profile_alone_is_blamed_only_for_its_own_fields() {
+        // The set's Secret lacks its password, the profile's key Secret its key.
+        let text = format!(
+            "{}{S3_SECRET}",
+            profile(
+                "  store:\n    local: {}\n    encryption:\n      keySecretRef:\n        \
+                 name: s3-keys\n        key: keys.txt\n"
+            )
+        )
+        .replace("  password: pw\n", "");
+        let b = bundle(&text);
+        let fields = |errors: Vec<FieldError>| -> Vec<String> {
+            errors.into_iter().map(|e| e.field).collect()
+        };
+        assert_eq!(
+            fields(validate_profile(&b, &b.profiles[0])),
+            [
+                "spec.store.encryption.keySecretRef.key",
+                "spec.masterPassword.credentialsSecretRef.name"
+            ]
+        );
+        assert_eq!(
+            fields(validate_profile_alone(&b, &b.profiles[0])),
+            ["spec.store.encryption.keySecretRef.key"]
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use super::decide::{missing_set, Start};
 use crate::operator::context::{Context, Error};
 use crate::operator::mailboxset::{self, Outcome};
 use crate::operator::{history, job};
-use crate::resources::Bundle;
+use crate::resources::{self, Bundle};
 use crate::resources::{ArchiveProfile, MailboxSet};
 use crate::sources::Mailbox;
 
@@ -201,6 +201,13 @@ async fn resolve_set(
             "{} {verb} not exist",
             names.join(", ")
         ))));
+    }
+    // What is wrong with the profile alone (say a key its store names is not in its
+    // Secret) fails the run on the profile; its MailboxSet is not invalid for that.
+    let own = resources::validate_profile_alone(&bundle, &bundle.profiles[0]);
+    if !own.is_empty() {
+        let message = mailboxset::field_messages(&own);
+        return Ok(Err(Start::failed(message, Some("InvalidProfile"))));
     }
     let (outcome, resolved) =
         mailboxset::resolve_and_record(ctx, &bundle, &set, Some(profile)).await?;

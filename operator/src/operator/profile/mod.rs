@@ -31,8 +31,9 @@ const MAX_WAIT: Duration = Duration::from_secs(3600);
 const PENDING_DEADLINE: Duration = Duration::from_secs(900);
 /// Reasons a run could not start that a person must fix in the spec (or the objects it
 /// names): the profile stays `Stalled` with them until the spec changes.
-const START_FAILURES: [&str; 4] = [
+const START_FAILURES: [&str; 5] = [
     "InvalidMailboxSet",
+    "InvalidProfile",
     "JobRejected",
     "PlanRejected",
     "PlanTooLarge",
