@@ -159,23 +159,34 @@ impl Cluster {
     }
 
     /// No token `cloud` issued and none of `secrets` is in the operator's log, a worker's
-    /// log (`run` must be there: the logs were read) or the status of the profile and set
-    /// named `name`.
-    fn assert_never_shown(&self, cloud: &Cloud, name: &str, run: &str, secrets: &[&str]) {
-        let issued: Vec<String> =
-            cloud.update(|s| s.issued.iter().map(|i| i.token.clone()).collect());
+    /// log (`run` must be there: the logs were read), the files the pods were given (their
+    /// plans, uncompressed) other than the Secret volumes that hold them by design, the
+    /// Jobs, the pods, the events or the status of the profile and set named `name`.
+    fn assert_never_shown(&self, cloud: Option<&Cloud>, name: &str, run: &str, secrets: &[&str]) {
+        let issued: Vec<String> = cloud
+            .map(|cloud| cloud.update(|s| s.issued.iter().map(|i| i.token.clone()).collect()))
+            .unwrap_or_default();
         let operator_log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        // The pods' logs (not their volumes, which hold the mounted Secret).
-        let pod_logs: String = files_below(&self.kube.data_dir().join("pods"))
-            .into_iter()
+        let pod_files = files_below(&self.kube.data_dir().join("pods"));
+        let pod_logs: String = pod_files
+            .iter()
             .filter(|(path, _)| path.contains("logs/"))
-            .map(|(_, bytes)| String::from_utf8_lossy(&bytes).into_owned())
+            .map(|(_, bytes)| String::from_utf8_lossy(bytes).into_owned())
             .collect();
         assert!(pod_logs.contains(run), "the workers' logs were read");
-        let status = format!(
-            "{}{}",
-            self.profile(name),
-            self.get("mailboxset", name).unwrap()
+        let given: Vec<(&String, Vec<u8>)> = pod_files
+            .iter()
+            .filter(|(path, _)| path.contains("volumes/plan/"))
+            .map(|(path, bytes)| (path, gunzipped(bytes)))
+            .collect();
+        assert!(!given.is_empty(), "the pods' plans were read");
+        let objects = format!(
+            "{}{}{}{}{}",
+            self.profile(name)["status"],
+            self.get("mailboxset", name).unwrap()["status"],
+            Value::from(self.list("jobs", "")),
+            Value::from(self.list("pods", "")),
+            Value::from(self.list("events", "")),
         );
         for needle in issued
             .iter()
@@ -187,7 +198,14 @@ impl Cluster {
                 "{needle} in the operator log"
             );
             assert!(!pod_logs.contains(needle), "{needle} in a worker's log");
-            assert!(!status.contains(needle), "{needle} in a status");
+            for (path, bytes) in &given {
+                let found = bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+                assert!(!found, "{needle} in {path}");
+            }
+            assert!(
+                !objects.contains(needle),
+                "{needle} in a Job, pod, event or status"
+            );
         }
     }
 
@@ -390,8 +408,13 @@ fn deliver(dovecot: &Dovecot, user: &str, seed: u64, count: u64) -> Vec<Vec<u8>>
 
 /// The messages of `user` in the archive at `store`, exported, sorted.
 fn exported(store: &Path, user: &str) -> Vec<Vec<u8>> {
+    exported_with(store, user, &[])
+}
+
+/// [`exported`] with more arguments to `mailvault export` (`--encryption-key-file`).
+fn exported_with(store: &Path, user: &str, more: &[&str]) -> Vec<Vec<u8>> {
     let out = tempfile::tempdir().unwrap();
-    let result = mailvault(&[
+    let mut args = vec![
         "export",
         "--store",
         store.to_str().unwrap(),
@@ -399,11 +422,24 @@ fn exported(store: &Path, user: &str) -> Vec<Vec<u8>> {
         user,
         "--out",
         out.path().to_str().unwrap(),
-    ]);
+    ];
+    args.extend(more);
+    let result = mailvault(&args);
     assert_eq!(result.code, 0, "{}", result.stderr);
     let mut messages: Vec<Vec<u8>> = files_below(out.path()).into_iter().map(|f| f.1).collect();
     messages.sort();
     messages
+}
+
+/// `bytes` uncompressed if gzip-compressed (a plan's shard), else as they are.
+fn gunzipped(bytes: &[u8]) -> Vec<u8> {
+    if !bytes.starts_with(&[0x1f, 0x8b]) {
+        return bytes.to_vec();
+    }
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(bytes), &mut out)
+        .expect("a gzip file");
+    out
 }
 
 fn sorted(mut v: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
@@ -511,6 +547,10 @@ spec:
 
 /// The users of `slapd::SAMPLE_LDIF` that have an address: the MailboxSet's mailboxes.
 const DIRECTORY_USERS: [&str; 3] = ["alice", "bob", "dave"];
+/// The key of the encrypted profile's archive; it must show nowhere but in its Secret.
+const ARCHIVE_KEY: &str = "9c3e5f1a2b4d6e8f0a1c3e5f7a9b1d3f5e7a9c1b3d5f7e9a1c3b5d7f9e1a3c5b";
+/// The subject of the messages archived encrypted; no random text contains it.
+const SEALED_SUBJECT: &str = "Quarterly merger memo for the board";
 
 #[test]
 fn a_claim_store_runs_manually_again_and_survives_restarts_and_deletion() {
@@ -534,6 +574,61 @@ fn a_claim_store_runs_manually_again_and_survives_restarts_and_deletion() {
     c.apply(&format!(
         "{CLAIM}{set}{}",
         profile_yaml("staff", "staff", &dovecot, &extra)
+    ));
+    // Beside it, an encrypted profile whose key Secret is made from a key file the way a
+    // person makes one, and a profile of the same set whose key reference has a typo.
+    let ivy = "ivy@example.org";
+    dovecot.add_user(ivy, "ivy-pw").unwrap();
+    let sealed: Vec<Vec<u8>> = (0..4)
+        .map(|n| {
+            let m = mail::message(
+                31,
+                n,
+                "board@example.net",
+                ivy,
+                SEALED_SUBJECT,
+                2_000 + 700 * n as usize,
+            );
+            dovecot.deliver(ivy, "INBOX", &m, DATE, &[]).unwrap();
+            m
+        })
+        .collect();
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("keys.txt");
+    let key_text =
+        format!("# the archive's keys; the last one seals new data\nfirst: {ARCHIVE_KEY}\n");
+    std::fs::write(&key_file, &key_text).unwrap();
+    c.kubectl(&[
+        "-n",
+        NS,
+        "create",
+        "secret",
+        "generic",
+        "archive-keys",
+        &format!("--from-file=keys.txt={}", key_file.display()),
+    ]);
+    let encrypted = |path: &str, key: &str, trigger: &str| {
+        format!(
+            "{}    encryption:\n      keySecretRef:\n        name: archive-keys\n        \
+             key: {key}\n  trigger:\n    manual: {trigger}\n",
+            claim_store(path)
+        )
+    };
+    c.apply(&format!(
+        "{}{}",
+        csv_set_yaml("sealed", &format!("Login;Password\n{ivy};ivy-pw\n")),
+        profile_yaml(
+            "sealed",
+            "sealed",
+            &dovecot,
+            &encrypted("sealed", "keys.txt", "first")
+        )
+    ));
+    c.apply(&profile_yaml(
+        "unkeyed",
+        "sealed",
+        &dovecot,
+        &encrypted("unkeyed", "key.txt", "go"),
     ));
 
     // The first run archives every message, byte for byte, into the claim.
@@ -581,6 +676,112 @@ fn a_claim_store_runs_manually_again_and_survives_restarts_and_deletion() {
             "{protocol:#}"
         );
     }
+
+    // The encrypted profile archived every message, and nothing it wrote reads as mail:
+    // no subject, no line of a body, no message's SHA-256.
+    let last = c.wait_run("sealed", "sealed-m-first");
+    assert_eq!(last["result"], "Succeeded", "{last:#}");
+    assert_eq!(
+        (&last["totals"]["mailboxes"], &last["totals"]["archived"]),
+        (&Value::from(1), &Value::from(4))
+    );
+    let sealed_store = c.kube.claim_dir(NS, "archive").join("sealed");
+    let files = files_below(&sealed_store);
+    assert!(
+        files.iter().any(|(p, _)| p.starts_with("packs/data/")),
+        "{files:?}"
+    );
+    let mut needles: Vec<Vec<u8>> = vec![SEALED_SUBJECT.into()];
+    for m in &sealed {
+        let body = &m[m.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..];
+        needles.extend(
+            body.split(|&b| b == b'\n')
+                .filter(|l| l.len() > 20)
+                .map(<[u8]>::to_vec),
+        );
+        needles.push(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(m)).into());
+    }
+    for (path, bytes) in &files {
+        for needle in &needles {
+            let found = bytes.windows(needle.len()).any(|w| w == needle.as_slice());
+            assert!(!found, "{path} holds {:?}", String::from_utf8_lossy(needle));
+        }
+    }
+    // With the key file, export gives back what Dovecot holds, byte for byte; verify too.
+    let key_arg = key_file.to_str().unwrap();
+    assert_eq!(
+        exported_with(&sealed_store, ivy, &["--encryption-key-file", key_arg]),
+        sorted(sealed.clone())
+    );
+    let verify = mailvault(&[
+        "verify",
+        "--store",
+        sealed_store.to_str().unwrap(),
+        "--encryption-key-file",
+        key_arg,
+    ]);
+    assert_eq!(verify.code, 0, "{}", verify.stdout);
+    assert!(verify.stdout.contains("4 messages"), "{}", verify.stdout);
+    // The key reached the pod as one file of its own volume, and nowhere else: not in the
+    // Job, the pods, the plan, an event, a status or a log (as text or as the Secret's
+    // base64).
+    let mounted = files_below(&c.kube.data_dir().join("pods"))
+        .into_iter()
+        .any(|(path, bytes)| {
+            path.ends_with("volumes/store-keys/keys.txt") && bytes == key_text.as_bytes()
+        });
+    assert!(mounted, "the key file was mounted");
+    let encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &key_text);
+    c.assert_never_shown(None, "sealed", "sealed-m-first", &[ARCHIVE_KEY, &encoded]);
+
+    // The profile naming a key its Secret lacks starts no pod that could not mount it: its
+    // run fails at once, naming the field and the key, and the set is not blamed for it.
+    let last = c.wait_run("unkeyed", "unkeyed-m-go");
+    assert_eq!(last["result"], "Failed", "{last:#}");
+    let message = last["message"].as_str().unwrap();
+    assert!(
+        message.contains(
+            r#"spec.store.encryption.keySecretRef.key: Secret mail/archive-keys has no key "key.txt""#
+        ),
+        "{message}"
+    );
+    let profile = c.profile("unkeyed");
+    let stalled = condition(&profile, "Stalled");
+    assert_eq!(
+        (&stalled["status"], &stalled["reason"]),
+        (&Value::from("True"), &Value::from("InvalidProfile")),
+        "{stalled:#}"
+    );
+    assert!(c.get("job", "unkeyed-m-go").is_none());
+    assert!(!c.list("pods", "mailvault.io/profile=sealed").is_empty());
+    assert!(c.list("pods", "mailvault.io/profile=unkeyed").is_empty());
+    let set = c.get("mailboxset", "sealed").unwrap();
+    assert_eq!(
+        condition(&set, "Ready")["status"],
+        "True",
+        "{:#}",
+        set["status"]
+    );
+    // Corrected, with a new trigger, it runs.
+    c.kubectl(&[
+        "-n",
+        NS,
+        "patch",
+        "archiveprofile",
+        "unkeyed",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"store":{"encryption":{"keySecretRef":{"key":"keys.txt"}}},"trigger":{"manual":"fixed"}}}"#,
+    ]);
+    let last = c.wait_run("unkeyed", "unkeyed-m-fixed");
+    assert_eq!(last["result"], "Succeeded", "{last:#}");
+    assert_eq!(last["totals"]["archived"], 4);
+    let unkeyed_store = c.kube.claim_dir(NS, "archive").join("unkeyed");
+    assert_eq!(
+        exported_with(&unkeyed_store, ivy, &["--encryption-key-file", key_arg]),
+        sorted(sealed)
+    );
 
     // A new message, a new trigger: only the new one is archived; then nothing.
     let more = deliver(&dovecot, "alice@example.org", 99, 1);
@@ -1340,7 +1541,7 @@ spec:
     assert_eq!(last["result"], "Succeeded", "{last:#}");
     assert_eq!(last["totals"]["archived"], 0);
     assert_eq!(last["totals"]["alreadyArchived"], 6);
-    c.assert_never_shown(&cloud, "m365", "m365-m-again", &[SECRET]);
+    c.assert_never_shown(Some(&cloud), "m365", "m365-m-again", &[SECRET]);
 
     // A set of listed users whose app secret is an old one: each worker asks for a
     // token once, before any login, and the run fails with Microsoft's code and what to
@@ -1533,7 +1734,7 @@ spec:
     assert_eq!(last["result"], "Succeeded", "{last:#}");
     assert_eq!(last["totals"]["archived"], 0);
     assert_eq!(last["totals"]["alreadyArchived"], 6);
-    c.assert_never_shown(&cloud, "workspace", "workspace-m-again", &[&key_line]);
+    c.assert_never_shown(Some(&cloud), "workspace", "workspace-m-again", &[&key_line]);
 }
 
 /// `n` directory users under [`slapd::PEOPLE_DN`], as LDIF.
