@@ -753,13 +753,12 @@ mod tests {
         p
     }
 
-    #[test]
-    fn s3_credentials_are_mounted_as_files_and_never_in_the_environment() {
+    /// The Job of `profile` with the store spec `store`: the Secret volume `name`, its
+    /// mount's path, and whether the Secret's name shows in the container's environment;
+    /// and whether a profile without that store has the volume anyway.
+    fn secret_volume(store: serde_json::Value, name: &str) -> (serde_json::Value, String, bool) {
         let mut p = profile();
-        p.spec.store = serde_json::from_value(serde_json::json!({
-            "s3": {"bucket": "b", "credentialsSecretRef": {"name": "archive-s3"}}
-        }))
-        .unwrap();
+        p.spec.store = serde_json::from_value(store).unwrap();
         let v = serde_json::to_value(build(&p, "nightly-1", &PlanShape::of(&[1]), "mailvault:1"))
             .unwrap();
         let pod = &v["spec"]["template"]["spec"];
@@ -767,71 +766,55 @@ mod tests {
             .as_array()
             .unwrap()
             .iter()
-            .find(|v| v["name"] == "store-credentials")
-            .expect("a volume for the store credentials");
-        assert_eq!(volume["secret"]["secretName"], "archive-s3");
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("a volume {name}"))
+            .clone();
         let container = &pod["containers"][0];
         let mount = container["volumeMounts"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|m| m["name"] == "store-credentials")
-            .expect("mounted");
-        assert_eq!(mount["mountPath"], STORE_CREDENTIALS_DIR);
+            .find(|m| m["name"] == name)
+            .unwrap_or_else(|| panic!("{name} mounted"));
         assert_eq!(mount["readOnly"], true);
-        assert!(!container["env"].to_string().contains("archive-s3"));
-        // Without a Secret (IRSA, pod identity) nothing is mounted.
-        let v = serde_json::to_value(build(
-            &profile(),
-            "nightly-1",
-            &PlanShape::of(&[1]),
-            "mailvault:1",
-        ))
-        .unwrap();
-        assert!(!v.to_string().contains("store-credentials"));
+        let secret = volume["secret"]["secretName"].as_str().unwrap();
+        let in_env = container["env"].to_string().contains(secret);
+        // Without that store setting (IRSA, pod identity, no encryption) nothing is mounted.
+        let plain = build(&profile(), "nightly-1", &PlanShape::of(&[1]), "mailvault:1");
+        assert!(!serde_json::to_value(plain)
+            .unwrap()
+            .to_string()
+            .contains(name));
+        let path = mount["mountPath"].as_str().unwrap().to_string();
+        (volume, path, in_env)
+    }
+
+    #[test]
+    fn s3_credentials_are_mounted_as_files_and_never_in_the_environment() {
+        let store = serde_json::json!({
+            "s3": {"bucket": "b", "credentialsSecretRef": {"name": "archive-s3"}}
+        });
+        let (volume, path, in_env) = secret_volume(store, "store-credentials");
+        assert_eq!(volume["secret"]["secretName"], "archive-s3");
+        assert_eq!(path, STORE_CREDENTIALS_DIR);
+        assert!(!in_env);
     }
 
     #[test]
     fn the_encryption_key_is_mounted_as_one_file_and_never_in_the_environment() {
-        let mut p = profile();
-        p.spec.store = serde_json::from_value(serde_json::json!({
+        let store = serde_json::json!({
             "local": {"path": "/a"},
             "encryption": {"keySecretRef": {"name": "archive-keys", "key": "keys.txt"}}
-        }))
-        .unwrap();
-        let v = serde_json::to_value(build(&p, "nightly-1", &PlanShape::of(&[1]), "mailvault:1"))
-            .unwrap();
-        let pod = &v["spec"]["template"]["spec"];
-        let volume = pod["volumes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["name"] == "store-keys")
-            .expect("a volume for the keys");
+        });
+        let (volume, path, in_env) = secret_volume(store, "store-keys");
         assert_eq!(volume["secret"]["secretName"], "archive-keys");
         // Only the key the profile names, as a file of that name.
         assert_eq!(
             volume["secret"]["items"],
             serde_json::json!([{"key": "keys.txt", "path": "keys.txt"}])
         );
-        let container = &pod["containers"][0];
-        let mount = container["volumeMounts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["name"] == "store-keys")
-            .expect("mounted");
-        assert_eq!(mount["mountPath"], STORE_KEYS_DIR);
-        assert_eq!(mount["readOnly"], true);
-        assert!(!container["env"].to_string().contains("archive-keys"));
-        let v = serde_json::to_value(build(
-            &profile(),
-            "nightly-1",
-            &PlanShape::of(&[1]),
-            "mailvault:1",
-        ))
-        .unwrap();
-        assert!(!v.to_string().contains("store-keys"));
+        assert_eq!(path, STORE_KEYS_DIR);
+        assert!(!in_env);
     }
 
     #[test]
