@@ -1292,6 +1292,12 @@ fn a_run_is_recorded_once_when_the_operator_is_killed_mid_run() {
     let last = c.wait_run("killed", "killed-m-go");
     assert_eq!(last["result"], "Succeeded", "{last:#}");
     assert_eq!(last["totals"]["archived"], 60);
+    // The event follows the status write; an operator killed between the two loses it
+    // (events are best effort), so the next kill waits for it.
+    fakekube::wait_until(Duration::from_secs(30), || {
+        (!c.events("killed", "RunSucceeded").is_empty()).then_some(())
+    })
+    .expect("the run's event");
     // Once more: the run stays recorded once.
     c.restart_operator();
     std::thread::sleep(Duration::from_secs(2));
