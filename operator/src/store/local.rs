@@ -183,6 +183,24 @@ impl LocalStore {
         Ok(Some(bytes))
     }
 
+    /// [`Self::read_range`] on a blocking thread, for `get_range` and `read_back_range`.
+    async fn range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+        from_disk: bool,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let key = key.to_string();
+        let action = if from_disk { "read back" } else { "read" };
+        self.run_blocking(move |s| {
+            s.read_range(&key, offset, len, from_disk)
+                .map(|bytes| bytes.map(Bytes::from))
+                .map_err(|e| s.error(action, &key, e))
+        })
+        .await
+    }
+
     async fn run_blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&LocalStore) -> T + Send + 'static,
@@ -360,13 +378,7 @@ impl ObjectStore for LocalStore {
         offset: u64,
         len: u64,
     ) -> Result<Option<Bytes>, StoreError> {
-        let key = key.to_string();
-        self.run_blocking(move |s| {
-            s.read_range(&key, offset, len, false)
-                .map(|bytes| bytes.map(Bytes::from))
-                .map_err(|e| s.error("read", &key, e))
-        })
-        .await
+        self.range(key, offset, len, false).await
     }
 
     async fn read_back_range(
@@ -375,13 +387,7 @@ impl ObjectStore for LocalStore {
         offset: u64,
         len: u64,
     ) -> Result<Option<Bytes>, StoreError> {
-        let key = key.to_string();
-        self.run_blocking(move |s| {
-            s.read_range(&key, offset, len, true)
-                .map(|bytes| bytes.map(Bytes::from))
-                .map_err(|e| s.error("read back", &key, e))
-        })
-        .await
+        self.range(key, offset, len, true).await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
