@@ -6,76 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use mailvault::sensitive::Sensitive;
-use mailvault::store::local::LocalStore;
 use mailvault::store::pack::keys::{Key, KeyRing};
 use mailvault::store::pack::{PackOptions, PackStore};
-use mailvault::store::s3::{S3Config, S3Credentials, S3Store};
 use mailvault::store::{ObjectStore, StoreError};
-use mailvault_testkit::garage::Garage;
 use mailvault_testkit::mail;
 use sha2::{Digest, Sha256};
 
-struct Backend {
-    store: Arc<dyn ObjectStore>,
-    _dir: Option<tempfile::TempDir>,
-    _garage: Option<Garage>,
-}
+#[macro_use]
+mod backends;
+use backends::Backend;
 
-async fn local() -> Backend {
-    let dir = tempfile::tempdir().unwrap();
-    let store = LocalStore::open(dir.path().join("archive")).unwrap();
-    Backend {
-        store: Arc::new(store),
-        _dir: Some(dir),
-        _garage: None,
-    }
-}
-
-async fn s3() -> Backend {
-    let garage = Garage::start().unwrap();
-    let config = S3Config {
-        bucket: garage.bucket().to_string(),
-        prefix: "archive".into(),
-        region: Some(garage.region().to_string()),
-        endpoint: Some(garage.endpoint()),
-        force_path_style: true,
-        credentials: Some(S3Credentials {
-            access_key_id: garage.access_key_id().to_string(),
-            secret_access_key: Sensitive::new(garage.secret_access_key()),
-        }),
-        server_side_encryption: None,
-    };
-    let store = S3Store::open(&config).await.unwrap();
-    Backend {
-        store: Arc::new(store),
-        _dir: None,
-        _garage: Some(garage),
-    }
-}
-
-macro_rules! both {
-    ($($test:ident),* $(,)?) => {
-        mod local {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(super::local().await).await
-                }
-            )*
-        }
-        mod s3 {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(super::s3().await).await
-                }
-            )*
-        }
-    };
-}
-
-both!(
+on_both_backends!(
     messages_round_trip_through_packs,
     duplicates_are_stored_once,
     two_writers_at_once_lose_nothing,

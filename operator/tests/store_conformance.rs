@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mailvault::export::{self, Format};
 use mailvault::sensitive::Sensitive;
-use mailvault::store::local::LocalStore;
-use mailvault::store::s3::{S3Config, S3Credentials, S3Store, MULTIPART_THRESHOLD};
+use mailvault::store::s3::{S3Store, MULTIPART_THRESHOLD};
 use mailvault::store::{
     Archive, Direction, FolderKey, FolderState, IndexEntry, ObjectStore, PreparedMessage,
     StoreError,
@@ -19,73 +18,11 @@ use mailvault::store::{
 use mailvault_testkit::garage::Garage;
 use mailvault_testkit::mail;
 
-/// A store under test, and what keeps it alive.
-struct Backend {
-    store: Arc<dyn ObjectStore>,
-    _dir: Option<tempfile::TempDir>,
-    _garage: Option<Garage>,
-}
+#[macro_use]
+mod backends;
+use backends::{s3_config, Backend};
 
-async fn local() -> Backend {
-    let dir = tempfile::tempdir().unwrap();
-    let store = LocalStore::open(dir.path().join("archive")).unwrap();
-    Backend {
-        store: Arc::new(store),
-        _dir: Some(dir),
-        _garage: None,
-    }
-}
-
-async fn s3() -> Backend {
-    let garage = Garage::start().unwrap();
-    // Under a prefix, so that every test also checks that keys map in and out of it.
-    let store = S3Store::open(&s3_config(&garage, garage.bucket(), "mail/archive"))
-        .await
-        .unwrap();
-    Backend {
-        store: Arc::new(store),
-        _dir: None,
-        _garage: Some(garage),
-    }
-}
-
-fn s3_config(garage: &Garage, bucket: &str, prefix: &str) -> S3Config {
-    S3Config {
-        bucket: bucket.to_string(),
-        prefix: prefix.to_string(),
-        region: Some(garage.region().to_string()),
-        endpoint: Some(garage.endpoint()),
-        force_path_style: true,
-        credentials: Some(S3Credentials {
-            access_key_id: garage.access_key_id().to_string(),
-            secret_access_key: Sensitive::new(garage.secret_access_key()),
-        }),
-        server_side_encryption: None,
-    }
-}
-
-macro_rules! conformance {
-    ($($test:ident),* $(,)?) => {
-        mod local {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(super::local().await).await
-                }
-            )*
-        }
-        mod s3 {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(super::s3().await).await
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+on_both_backends!(
     put_get_and_list,
     ranges_and_deletes,
     list_is_complete_beyond_one_page,
