@@ -460,6 +460,14 @@ fn unix(t: &Value) -> f64 {
         .timestamp() as f64
 }
 
+/// Whether `object`'s `Ready` condition has `status` (`True` or `False`).
+fn ready_is(object: &Value, status: &str) -> bool {
+    object["status"]["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == status)
+    })
+}
+
 fn condition<'a>(object: &'a Value, type_: &str) -> &'a Value {
     object["status"]["conditions"]
         .as_array()
@@ -1023,10 +1031,7 @@ fn an_s3_store_with_its_credentials_secret_in_one_apply() {
     c.kubectl(&["-n", NS, "delete", "secret", "s3-creds"]);
     c.trigger("s3", "again");
     let profile = c.wait_profile("s3", Duration::from_secs(30), "Ready=False", |p| {
-        p["status"]["conditions"].as_array().is_some_and(|c| {
-            c.iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "False")
-        })
+        ready_is(p, "False")
     });
     let ready = condition(&profile, "Ready");
     assert_eq!(ready["reason"], "ReferenceMissing");
@@ -1154,10 +1159,7 @@ spec:
         &claim_store("early"),
     ));
     let profile = c.wait_profile("early", Duration::from_secs(30), "Ready=False", |p| {
-        p["status"]["conditions"].as_array().is_some_and(|c| {
-            c.iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "False")
-        })
+        ready_is(p, "False")
     });
     let ready = condition(&profile, "Ready");
     assert_eq!(ready["reason"], "ReferenceMissing");
@@ -1179,10 +1181,7 @@ spec:
 "
     ));
     c.wait_profile("early", Duration::from_secs(30), "Ready=True", |p| {
-        p["status"]["conditions"].as_array().is_some_and(|c| {
-            c.iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
+        ready_is(p, "True")
     });
 
     // A Job the API server refuses (a mount of a volume that does not exist): the run
