@@ -379,11 +379,13 @@ fn wait_for_attach_writes_nothing_before_the_input_ends() {
 }
 
 /// The stream is written as the messages are read: exporting a folder six times the size of
-/// another takes no more memory than exporting the small one.
+/// another takes no more memory than exporting the small one. The slack is for the
+/// allocator; before large buffers were kept out of its arenas, 60 MiB more took 12–19 MiB
+/// more of them, and an export grew with its length.
 #[test]
 fn streaming_memory_does_not_grow_with_the_archive() {
     const SIZE: usize = 1 << 20;
-    const SLACK_KIB: u64 = 16 << 10;
+    const SLACK_KIB: u64 = 8 << 10;
     let user = "big@example.org";
     let dovecot = Dovecot::start().unwrap();
     dovecot.add_user(user, PW).unwrap();
