@@ -1123,9 +1123,20 @@ spec:
 {}",
         profile_yaml("lost", "lost", &dovecot, &extra)
     ));
-    let profile = c.wait_profile("lost", Duration::from_secs(30), "RunWaiting", |_| {
-        !c.events("lost", "RunWaiting").is_empty()
-    });
+    // Until the operator's cache holds the set, the run waits for the set itself: wait
+    // for the Secret to be the reason.
+    let profile = c.wait_profile(
+        "lost",
+        Duration::from_secs(30),
+        "RunWaiting for the Secret",
+        |p| {
+            ready_is(p, "False")
+                && condition(p, "Ready")["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("Secret mail/nowhere"))
+                && !c.events("lost", "RunWaiting").is_empty()
+        },
+    );
     let ready = condition(&profile, "Ready");
     assert_eq!(
         (&ready["status"], &ready["reason"]),
