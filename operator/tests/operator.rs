@@ -1218,7 +1218,12 @@ spec:
     );
     let profile = c.profile("rejected");
     assert_eq!(condition(&profile, "Stalled")["reason"], "JobRejected");
-    assert_eq!(c.events("rejected", "RunNotStarted").len(), 1);
+    // Events follow the status write that recorded the run.
+    let events = fakekube::wait_until(Duration::from_secs(10), || {
+        Some(c.events("rejected", "RunNotStarted")).filter(|e| !e.is_empty())
+    })
+    .expect("a RunNotStarted event");
+    assert_eq!(events.len(), 1, "{events:#?}");
     assert!(c
         .list("secrets", "mailvault.io/run=rejected-m-go")
         .is_empty());
