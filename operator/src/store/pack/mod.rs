@@ -567,8 +567,10 @@ impl PackStore {
 
     /// Uploads a closed pack in the background: the pack, a durability barrier, its
     /// delta, another barrier; only then are its blobs durable and in the view.
-    fn launch(self: &Arc<Self>, pack: OpenPack, permit: OwnedSemaphorePermit) {
+    fn launch(self: &Arc<Self>, mut pack: OpenPack, permit: OwnedSemaphorePermit) {
         let durable = pack.durable();
+        // The upload owns the pack's bytes: a copy would hold every closing pack twice.
+        let bytes = Bytes::from(std::mem::take(&mut pack.bytes));
         {
             let mut writer = self
                 .writer
@@ -579,7 +581,7 @@ impl PackStore {
         }
         let store = self.clone();
         self.handle.spawn(async move {
-            let result = store.upload(&pack).await;
+            let result = store.upload(&pack, bytes).await;
             if result.is_ok() {
                 if let Some(view) = store.current_view() {
                     view.add(&pack.entries);
@@ -599,9 +601,8 @@ impl PackStore {
         });
     }
 
-    async fn upload(&self, pack: &OpenPack) -> Result<(), StoreError> {
+    async fn upload(&self, pack: &OpenPack, bytes: Bytes) -> Result<(), StoreError> {
         self.mark_key().await?;
-        let bytes = Bytes::copy_from_slice(&pack.bytes);
         self.objects.put(&layout::pack(&pack.id), bytes).await?;
         self.objects.sync().await?;
         let mut entries = pack.entries.clone();
