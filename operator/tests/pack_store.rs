@@ -104,6 +104,23 @@ async fn messages_round_trip_through_packs(backend: Backend) {
         "packs and their deltas, nothing else"
     );
     assert_all_readable(&packs, &messages).await;
+    // The large message has a pack of its own, holding nothing else; the others share.
+    let (big, small) = messages.split_last().unwrap();
+    let big = packs.locate(&sha(big)).await.unwrap().unwrap();
+    let object = store
+        .get(&format!("packs/data/{}", big.pack))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (big.offset, object.len() as u64),
+        (32, 32 + u64::from(big.stored))
+    );
+    assert!(u64::from(big.stored) < u64::from(big.raw), "compressed");
+    for message in small {
+        let location = packs.locate(&sha(message)).await.unwrap().unwrap();
+        assert!(location.pack != big.pack);
+    }
 
     // A new process finds everything through the index, and stores nothing again.
     let again = open(&store, None).await;
@@ -244,9 +261,18 @@ async fn compaction_keeps_every_entry_while_others_write_and_compact(backend: Ba
 async fn encrypted_archives_hide_mail_and_refuse_wrong_keys(backend: Backend) {
     let store = backend.store;
     let marker = "Quarterly figures: confidential";
-    let messages: Vec<Vec<u8>> = (0..20)
+    let mut messages: Vec<Vec<u8>> = (0..20)
         .map(|n| mail::message(5, n, "cfo@example.org", "board@example.org", marker, 3000))
         .collect();
+    // Large enough for a pack of its own, sealed the same way.
+    messages.push(mail::message(
+        5,
+        20,
+        "cfo@example.org",
+        "board@example.org",
+        marker,
+        9 << 20,
+    ));
     let packs = open(&store, Some(ring(&[("2025", 1)]))).await;
     store_all(&packs, &messages).await;
     packs.flush().await.unwrap();

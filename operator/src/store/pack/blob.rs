@@ -132,18 +132,18 @@ impl Envelope {
         (fp.0 != [0; 8]).then_some(fp)
     }
 
-    /// Appends `raw` as a blob at the end of `object` (which starts with this envelope's
-    /// header), compressed when that makes it smaller; returns the blob's stored length.
-    pub fn append_blob(&self, object: &mut Vec<u8>, raw: &[u8], level: i32) -> usize {
-        self.append(object, &Compressed::of(raw, level))
-    }
-
     /// Appends a blob compressed beforehand (so that compressing, the costly part, can
     /// happen outside a lock around `object`); returns its stored length.
     pub fn append(&self, object: &mut Vec<u8>, blob: &Compressed<'_>) -> usize {
         let offset = object.len();
         object.push(blob.codec);
         object.extend_from_slice(&blob.payload);
+        self.seal_from(object, offset)
+    }
+
+    /// Seals the blob that starts at `offset` and ends `object`, if this envelope seals;
+    /// returns its stored length.
+    fn seal_from(&self, object: &mut Vec<u8>, offset: usize) -> usize {
         if let Some(sealing) = &self.sealing {
             let tag = sealing.seal(offset as u64, &self.header, &mut object[offset..]);
             object.extend_from_slice(&tag);
@@ -186,11 +186,27 @@ impl Envelope {
     }
 
     /// A whole object holding one blob: the header and `raw` (the form of every index
-    /// object).
+    /// object, and of a pack of one large message). It is compressed straight into the
+    /// object, whose zeroed allocation leaves the pages compression does not fill untouched,
+    /// so a large message is held once more, not twice (a compressed copy, then the object).
     pub fn single(&self, raw: &[u8], level: i32) -> Vec<u8> {
-        let mut object = Vec::with_capacity(HEADER_LEN + raw.len() / 2 + TAG_LEN + 1);
-        object.extend_from_slice(&self.header);
-        self.append_blob(&mut object, raw, level);
+        let payload = HEADER_LEN + 1;
+        let bound = zstd::zstd_safe::compress_bound(raw.len());
+        let mut object = vec![0u8; payload + bound + TAG_LEN];
+        object[..HEADER_LEN].copy_from_slice(&self.header);
+        let written = with_compressor(level, |c| {
+            c.compress_to_buffer(raw, &mut object[payload..payload + bound])
+        })
+        .expect("a buffer of zstd's bound holds the compressed bytes");
+        if written < raw.len() {
+            object[HEADER_LEN] = CODEC_ZSTD;
+            object.truncate(payload + written);
+        } else {
+            object.truncate(HEADER_LEN);
+            object.push(CODEC_RAW);
+            object.extend_from_slice(raw);
+        }
+        self.seal_from(&mut object, HEADER_LEN);
         object
     }
 }
@@ -223,24 +239,8 @@ pub struct Compressed<'a> {
 impl<'a> Compressed<'a> {
     /// zstd at `level` when that is smaller, else the bytes as they are.
     pub fn of(raw: &'a [u8], level: i32) -> Compressed<'a> {
-        let compressed = COMPRESSOR.with(|c| {
-            let mut c = c.borrow_mut();
-            let (lvl, compressor) = c.get_or_insert_with(|| {
-                (
-                    level,
-                    zstd::bulk::Compressor::new(level).expect("a valid zstd level"),
-                )
-            });
-            if *lvl != level {
-                compressor
-                    .set_compression_level(level)
-                    .expect("a valid zstd level");
-                *lvl = level;
-            }
-            compressor
-                .compress(raw)
-                .expect("compressing into a growing buffer does not fail")
-        });
+        let compressed = with_compressor(level, |c| c.compress(raw))
+            .expect("compressing into a buffer of zstd's bound does not fail");
         if compressed.len() < raw.len() {
             Compressed {
                 codec: CODEC_ZSTD,
@@ -267,6 +267,26 @@ thread_local! {
         const { RefCell::new(None) };
 }
 
+/// Runs `f` with this thread's compressor, set to `level`.
+fn with_compressor<R>(level: i32, f: impl FnOnce(&mut zstd::bulk::Compressor<'static>) -> R) -> R {
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        let (lvl, compressor) = c.get_or_insert_with(|| {
+            (
+                level,
+                zstd::bulk::Compressor::new(level).expect("a valid zstd level"),
+            )
+        });
+        if *lvl != level {
+            compressor
+                .set_compression_level(level)
+                .expect("a valid zstd level");
+            *lvl = level;
+        }
+        f(compressor)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,7 +309,7 @@ mod tests {
             let mut blobs = Vec::new();
             for raw in [&text[..], &noise[..], b""] {
                 let offset = object.len();
-                let stored = envelope.append_blob(&mut object, raw, 3);
+                let stored = envelope.append(&mut object, &Compressed::of(raw, 3));
                 blobs.push((offset, stored, raw));
             }
             // Text compresses; noise is stored as it is, plus the codec byte (and tag).

@@ -37,7 +37,9 @@
 //! # Writing, and what a crash leaves
 //!
 //! Writers append to an open pack in memory ([`PackStore::store_blocking`]: compressing
-//! outside the lock, sealing under it, since the offset is the nonce). A pack is closed at
+//! outside the lock, sealing under it, since the offset is the nonce); a message of
+//! `own_pack_size` or more is compressed straight into a pack of its own instead. A pack
+//! is closed at
 //! `target_size` or `max_age` (or on [`PackStore::flush`]) and uploaded in the background,
 //! several at once: the pack, a durability barrier (`syncfs` locally; S3 acknowledges
 //! durable PUTs), its delta, another barrier. Only then does its [`Durable`] resolve: a
@@ -158,6 +160,10 @@ pub(crate) mod layout {
 pub struct PackOptions {
     /// A pack is closed and uploaded once it holds this many bytes.
     pub target_size: usize,
+    /// A message this large or larger gets a pack of its own, compressed straight into it:
+    /// in the open pack it would be held a third time (as fetched, compressed, appended),
+    /// and one request per several MiB costs nothing worth saving.
+    pub own_pack_size: usize,
     /// ... or once its first blob is this old, so that a slow or small run still makes
     /// its messages durable.
     pub max_age: Duration,
@@ -176,6 +182,7 @@ impl Default for PackOptions {
     fn default() -> Self {
         PackOptions {
             target_size: 32 << 20,
+            own_pack_size: 8 << 20,
             max_age: Duration::from_secs(30),
             uploads_in_flight: 3,
             bucket_entries: 1 << 16,
@@ -249,6 +256,11 @@ impl OpenPack {
         let envelope = Envelope::new(Kind::Pack, keys);
         let mut bytes = Vec::with_capacity(capacity);
         bytes.extend_from_slice(envelope.header());
+        OpenPack::holding(envelope, bytes)
+    }
+
+    /// A pack of `envelope` whose bytes (header first) are already there.
+    fn holding(envelope: Envelope, bytes: Vec<u8>) -> OpenPack {
         OpenPack {
             id: PackId::generate(),
             envelope,
@@ -395,9 +407,12 @@ impl PackStore {
                 return Ok(found);
             }
         }
+        let id = ids[0];
+        if raw.len() >= self.options.own_pack_size {
+            return self.append_alone(id, raw, raw_len);
+        }
         // Compressing, the costly part, outside the lock.
         let blob = Compressed::of(raw, COMPRESSION_LEVEL);
-        let id = ids[0];
         let mut writer = self
             .writer
             .lock()
@@ -435,6 +450,53 @@ impl PackStore {
                 .expect("the upload semaphore is never closed");
             self.launch(pack, permit);
         }
+        Ok(Stored {
+            location,
+            written: true,
+            durable,
+        })
+    }
+
+    /// Stores a large message as the only blob of a new pack, uploaded at once; the open
+    /// pack goes on filling.
+    fn append_alone(
+        self: &Arc<Self>,
+        id: [u8; 32],
+        raw: &[u8],
+        raw_len: u32,
+    ) -> Result<Stored, StoreError> {
+        // No lock while compressing and sealing: nobody else writes this pack.
+        let envelope = Envelope::new(Kind::Pack, self.keys.as_deref());
+        let bytes = envelope.single(raw, COMPRESSION_LEVEL);
+        let mut pack = OpenPack::holding(envelope, bytes);
+        let location = Location {
+            pack: pack.id,
+            offset: HEADER_LEN as u64,
+            stored: (pack.bytes.len() - HEADER_LEN) as u32,
+            raw: raw_len,
+        };
+        let durable = pack.durable();
+        {
+            let mut writer = self
+                .writer
+                .lock()
+                .expect("the writer lock is never poisoned");
+            // Another thread of this process stored it meanwhile: that copy will do.
+            if let Some((location, durable)) = writer.pending.get(&id) {
+                return Ok(Stored {
+                    location: *location,
+                    written: false,
+                    durable: durable.clone(),
+                });
+            }
+            writer.pending.insert(id, (location, durable.clone()));
+        }
+        pack.entries.push(Entry { id, location });
+        let permit = self
+            .handle
+            .block_on(self.uploads.clone().acquire_owned())
+            .expect("the upload semaphore is never closed");
+        self.launch(pack, permit);
         Ok(Stored {
             location,
             written: true,
