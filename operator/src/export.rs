@@ -15,12 +15,19 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use futures::StreamExt;
+use tokio::sync::Semaphore;
 
 use crate::store::{Archive, IndexEntry, StoreError};
 
-/// Messages read from the store ahead of writing them out.
+/// Messages read from the store ahead of writing them out, so that a store with latency
+/// (S3) keeps up ...
 const READ_AHEAD: usize = 8;
+/// ... and at most this many KiB of them, so that a folder of large messages is not held
+/// eight at a time. A message larger than this is read alone.
+const READ_AHEAD_KIB: u32 = 32 << 10;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -118,7 +125,8 @@ pub async fn export(
 }
 
 /// Exports what `request` asks for to `destination`. A stream is written as the messages
-/// are read (at most [`READ_AHEAD`] of them in memory), never the whole archive at once.
+/// are read (at most [`READ_AHEAD`] of them, of [`READ_AHEAD_KIB`] together, in memory),
+/// never the whole archive at once.
 pub async fn export_to(
     archive: &Archive,
     request: &Request<'_>,
@@ -202,12 +210,29 @@ pub async fn export_to(
             .max()
             .unwrap_or(0);
         sink.begin_folder(&path, request.format, newest)?;
-        // Reads run ahead of the writes, so that a store with latency (S3) keeps up.
-        let mut bodies = futures::stream::iter(entries.iter())
-            .map(|entry| async move { (entry, archive.entry_message(entry).await) })
+        // Reads run ahead of the writes. Their share of the budget is taken in order,
+        // before a read starts, and given back once the message is written: taken inside
+        // the reads, a later one could hold what an earlier one waits for.
+        let budget = Arc::new(Semaphore::new(READ_AHEAD_KIB as usize));
+        let bodies = futures::stream::iter(entries.iter())
+            .then(|entry| {
+                let budget = budget.clone();
+                async move {
+                    let kib = u32::try_from(entry.size.div_ceil(1024))
+                        .unwrap_or(u32::MAX)
+                        .clamp(1, READ_AHEAD_KIB);
+                    let share = budget
+                        .acquire_many_owned(kib)
+                        .await
+                        .expect("the read-ahead budget is never closed");
+                    (entry, share)
+                }
+            })
+            .map(|(entry, share)| async move { (entry, archive.entry_message(entry).await, share) })
             .buffered(READ_AHEAD);
+        let mut bodies = std::pin::pin!(bodies);
         let mut n = 0;
-        while let Some((entry, bytes)) = bodies.next().await {
+        while let Some((entry, bytes, _share)) = bodies.next().await {
             let bytes = bytes?.ok_or_else(|| ExportError::Missing {
                 sha256: entry.sha256.clone(),
                 folder: entry.folder.clone(),
