@@ -8,7 +8,9 @@ use std::process::{Command, Output};
 use bytes::Bytes;
 use mailvault::sensitive::Sensitive;
 use mailvault::store::s3::{S3Config, S3Credentials, S3Store};
-use mailvault::store::{Archive, Direction, FolderKey, IndexEntry, ObjectStore, PreparedMessage};
+use mailvault::store::{
+    Archive, Direction, FolderKey, IndexEntry, ObjectStore, PreparedMessage, ReadBack,
+};
 use mailvault_testkit::garage::Garage;
 use mailvault_testkit::mail;
 
@@ -47,7 +49,9 @@ async fn open(garage: &Garage, prefix: &str) -> S3Store {
 }
 
 /// One folder of one user, committed as the engine does.
-async fn archive_messages(archive: &Archive, messages: &[Vec<u8>]) {
+/// Archives `messages` as the INBOX of alice, the way earlier versions stored them (one
+/// object per message); returns the index entries.
+async fn archive_messages(archive: &Archive, messages: &[Vec<u8>]) -> Vec<IndexEntry> {
     let key = FolderKey::new("alice", "alice@example.org", "INBOX");
     archive
         .ensure_mailbox(&key.user, &key.mailbox)
@@ -87,6 +91,7 @@ async fn archive_messages(archive: &Archive, messages: &[Vec<u8>]) {
         .segments
         .push(archive.append_index(&key, &entries).await.unwrap());
     archive.save_state(&key, &state).await.unwrap();
+    entries
 }
 
 #[tokio::test]
@@ -345,7 +350,7 @@ async fn migrate_moves_messages_of_earlier_versions_into_packs() {
     let messages = mail::mailbox(22, "alice@example.org", 5);
     let objects = std::sync::Arc::new(open(&garage, "old").await);
     let archive = Archive::new(objects.clone());
-    archive_messages(&archive, &messages).await;
+    let entries = archive_messages(&archive, &messages).await;
     let damaged = format!("messages/ab/ab{}", "0".repeat(62));
     objects
         .put(&damaged, Bytes::from_static(b"not that message"))
@@ -388,6 +393,28 @@ async fn migrate_moves_messages_of_earlier_versions_into_packs() {
         std::slice::from_ref(&damaged)
     );
     assert!(!objects.list("packs/data/").await.unwrap().is_empty());
+    // What the deletion pass reads back for an entry of the earlier version: its object is
+    // gone, so the copy in the packs; a message in neither is missing, never another one.
+    let moved = Archive::new(objects.clone());
+    for entry in &entries {
+        match moved.read_back_entry(entry).await.unwrap() {
+            ReadBack::Read(bytes) => assert!(
+                bytes == messages[entry.uid as usize - 1][..],
+                "UID {}",
+                entry.uid
+            ),
+            other => panic!("UID {}: {other:?}", entry.uid),
+        }
+    }
+    let never = IndexEntry {
+        uid: 99,
+        sha256: PreparedMessage::of(b"never archived").sha256,
+        ..entries[0].clone()
+    };
+    assert!(matches!(
+        moved.read_back_entry(&never).await.unwrap(),
+        ReadBack::Missing
+    ));
 
     // Stopped before it deleted an object: the next run packs nothing twice.
     archive
