@@ -288,6 +288,18 @@ struct Writer {
     launched: Vec<Durable>,
 }
 
+impl Writer {
+    /// The blob this process is writing under `id`, if any: what a second store of the
+    /// same message gets instead of another copy.
+    fn pending_stored(&self, id: &[u8; 32]) -> Option<Stored> {
+        self.pending.get(id).map(|(location, durable)| Stored {
+            location: *location,
+            written: false,
+            durable: durable.clone(),
+        })
+    }
+}
+
 /// Messages in packs, over any object store: see the module documentation.
 pub struct PackStore {
     objects: Arc<dyn ObjectStore>,
@@ -417,12 +429,8 @@ impl PackStore {
             .writer
             .lock()
             .expect("the writer lock is never poisoned");
-        if let Some((location, durable)) = writer.pending.get(&id) {
-            return Ok(Stored {
-                location: *location,
-                written: false,
-                durable: durable.clone(),
-            });
+        if let Some(stored) = writer.pending_stored(&id) {
+            return Ok(stored);
         }
         let capacity = self.options.target_size + blob.placed_len() + 64;
         let keys = self.keys.as_deref();
@@ -444,11 +452,7 @@ impl PackStore {
         let closed = if full { writer.open.take() } else { None };
         drop(writer);
         if let Some(pack) = closed {
-            let permit = self
-                .handle
-                .block_on(self.uploads.clone().acquire_owned())
-                .expect("the upload semaphore is never closed");
-            self.launch(pack, permit);
+            self.launch_blocking(pack);
         }
         Ok(Stored {
             location,
@@ -482,21 +486,13 @@ impl PackStore {
                 .lock()
                 .expect("the writer lock is never poisoned");
             // Another thread of this process stored it meanwhile: that copy will do.
-            if let Some((location, durable)) = writer.pending.get(&id) {
-                return Ok(Stored {
-                    location: *location,
-                    written: false,
-                    durable: durable.clone(),
-                });
+            if let Some(stored) = writer.pending_stored(&id) {
+                return Ok(stored);
             }
             writer.pending.insert(id, (location, durable.clone()));
         }
         pack.entries.push(Entry { id, location });
-        let permit = self
-            .handle
-            .block_on(self.uploads.clone().acquire_owned())
-            .expect("the upload semaphore is never closed");
-        self.launch(pack, permit);
+        self.launch_blocking(pack);
         Ok(Stored {
             location,
             written: true,
@@ -549,14 +545,8 @@ impl PackStore {
                 .writer
                 .lock()
                 .expect("the writer lock is never poisoned");
-            for id in ids {
-                if let Some((location, durable)) = writer.pending.get(id) {
-                    return Ok(Some(Stored {
-                        location: *location,
-                        written: false,
-                        durable: durable.clone(),
-                    }));
-                }
+            if let Some(stored) = ids.iter().find_map(|id| writer.pending_stored(id)) {
+                return Ok(Some(stored));
             }
         }
         for id in ids {
@@ -625,6 +615,15 @@ impl PackStore {
     /// Bytes the loaded index view holds (0 before it is loaded), for figures.
     pub fn index_memory(&self) -> usize {
         self.current_view().map_or(0, |v| v.memory_bytes())
+    }
+
+    /// [`PackStore::launch`] from a blocking thread, waiting there for an upload slot.
+    fn launch_blocking(self: &Arc<Self>, pack: OpenPack) {
+        let permit = self
+            .handle
+            .block_on(self.uploads.clone().acquire_owned())
+            .expect("the upload semaphore is never closed");
+        self.launch(pack, permit);
     }
 
     /// Uploads a closed pack in the background: the pack, a durability barrier, its
