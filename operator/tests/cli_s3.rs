@@ -6,13 +6,14 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use bytes::Bytes;
-use mailvault::sensitive::Sensitive;
-use mailvault::store::s3::{S3Config, S3Credentials, S3Store};
+use mailvault::store::s3::S3Store;
 use mailvault::store::{
     Archive, Direction, FolderKey, IndexEntry, ObjectStore, PreparedMessage, ReadBack,
 };
 use mailvault_testkit::garage::Garage;
 use mailvault_testkit::mail;
+
+mod backends;
 
 /// The binary with a clean environment: no AWS configuration of this machine leaks in.
 fn mailvault(home: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
@@ -32,23 +33,23 @@ fn text(bytes: &[u8]) -> String {
 }
 
 async fn open(garage: &Garage, prefix: &str) -> S3Store {
-    S3Store::open(&S3Config {
-        bucket: garage.bucket().to_string(),
-        prefix: prefix.to_string(),
-        region: Some(garage.region().to_string()),
-        endpoint: Some(garage.endpoint()),
-        force_path_style: true,
-        credentials: Some(S3Credentials {
-            access_key_id: garage.access_key_id().to_string(),
-            secret_access_key: Sensitive::new(garage.secret_access_key()),
-        }),
-        server_side_encryption: None,
-    })
-    .await
-    .unwrap()
+    S3Store::open(&backends::s3_config(garage, garage.bucket(), prefix))
+        .await
+        .unwrap()
 }
 
-/// One folder of one user, committed as the engine does.
+/// Every message came out of `export --out out` byte for byte, as alice's INBOX.
+fn assert_exported(out: &Path, messages: &[Vec<u8>]) {
+    for (n, message) in messages.iter().enumerate() {
+        let path = out.join(format!("alice@example.org/INBOX/{}.eml", n + 1));
+        assert!(
+            std::fs::read(path).unwrap() == *message,
+            "message {}",
+            n + 1
+        );
+    }
+}
+
 /// Archives `messages` as the INBOX of alice, the way earlier versions stored them (one
 /// object per message); returns the index entries.
 async fn archive_messages(archive: &Archive, messages: &[Vec<u8>]) -> Vec<IndexEntry> {
@@ -154,14 +155,7 @@ async fn verify_and_export_an_s3_archive() {
         .concat(),
     );
     assert_eq!(export.status.code(), Some(0), "{}", text(&export.stderr));
-    for (n, message) in messages.iter().enumerate() {
-        let path = out.join(format!("alice@example.org/INBOX/{}.eml", n + 1));
-        assert!(
-            std::fs::read(path).unwrap() == *message,
-            "message {}",
-            n + 1
-        );
-    }
+    assert_exported(&out, &messages);
 
     // Reading commands never take an empty prefix for an archive.
     let empty = run(
@@ -444,12 +438,5 @@ async fn migrate_moves_messages_of_earlier_versions_into_packs() {
     let out = home.path().join("export");
     let export = run(&["export", "--user", "alice", "--out", out.to_str().unwrap()]);
     assert_eq!(export.status.code(), Some(0), "{}", text(&export.stderr));
-    for (n, message) in messages.iter().enumerate() {
-        let path = out.join(format!("alice@example.org/INBOX/{}.eml", n + 1));
-        assert!(
-            std::fs::read(path).unwrap() == *message,
-            "message {}",
-            n + 1
-        );
-    }
+    assert_exported(&out, &messages);
 }

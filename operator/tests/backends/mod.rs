@@ -59,6 +59,7 @@ pub fn s3_config(garage: &Garage, bucket: &str, prefix: &str) -> S3Config {
 
 /// `on_both_backends!(a, b)`: the async tests `a(backend)` and `b(backend)` of this file run
 /// as `local::a`, `s3::a`, `local::b`, `s3::b`.
+#[allow(unused_macros)] // a test binary that needs only the S3 settings does not run it
 macro_rules! on_both_backends {
     ($($test:ident),* $(,)?) => {
         mod local {
